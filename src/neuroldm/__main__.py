@@ -1,0 +1,3 @@
+from neuroldm.cli import main
+
+raise SystemExit(main())

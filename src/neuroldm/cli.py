@@ -1,0 +1,156 @@
+"""The ``neuroldm`` command: a thin layer of argument parsing over the stage functions.
+
+Every subcommand takes the same configuration options (``--preset``, ``--config``, ``--set key=value``),
+prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+from neuroldm import __version__
+from neuroldm.config import PRESETS, Config, load_config
+from neuroldm.errors import NeuroLDMError
+
+log = logging.getLogger("neuroldm")
+
+
+class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    pass
+
+
+def _config_options() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("configuration")
+    g.add_argument("--preset", choices=PRESETS, default=None,
+                   help="packaged preset to start from (default: built-in defaults, which are the paper setting)")
+    g.add_argument("--config", metavar="FILE", default=None,
+                   help="YAML file of settings over the preset (may name its own 'preset:')")
+    g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
+                   help="override one setting, e.g. --set prepare.spacing=[2,2,2] (repeatable)")
+    return p
+
+
+def _resolve(args: argparse.Namespace) -> Config:
+    return load_config(args.preset, args.config, args.overrides)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Subcommands
+# --------------------------------------------------------------------------------------------------------------
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    sys.stdout.write(_resolve(args).to_yaml())
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from neuroldm.data.prepare import prepare_cohort
+
+    cfg = _resolve(args)
+    df = prepare_cohort(args.input, args.out, cfg, skip_invalid=args.skip_invalid, workers=args.workers,
+                        progress=not args.no_progress)
+    ok = df[df["status"] == "ok"]
+    counts = ok.groupby(["split", "label_name"])["subject"].nunique().unstack(fill_value=0)
+    print(f"prepared {len(ok)} image(s) of {ok['subject'].nunique()} subject(s) on the "
+          f"{'x'.join(map(str, cfg.prepare.grid))} grid at {'x'.join(f'{s:g}' for s in cfg.prepare.spacing)} mm"
+          f"{f'; {len(df) - len(ok)} invalid skipped' if len(df) > len(ok) else ''}")
+    print(counts.to_string())
+    print(f"manifest: {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
+def cmd_demo_cohort(args: argparse.Namespace) -> int:
+    from neuroldm.demo.cohort import make_demo_cohort
+
+    overrides = list(args.overrides)
+    for key, value in (("subjects", args.subjects), ("seed", args.seed), ("spacing", args.spacing)):
+        if value is not None:
+            overrides.append(f"demo_cohort.{key}={value}")
+    cfg = load_config(args.preset or "demo", args.config, overrides)
+    table = make_demo_cohort(args.out, cfg.demo_cohort, progress=not args.no_progress)
+    print(f"wrote {len(table)} subjects ({(table['group'] == 'TLE').sum()} TLE, {(table['group'] == 'HC').sum()} HC) "
+          f"to {args.out}")
+    return 0
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Parser
+# --------------------------------------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="neuroldm", formatter_class=_Formatter,
+        description="Synthetic, labelled 3D brain MRI with latent diffusion, and its evaluation.",
+        epilog="Run 'neuroldm COMMAND --help' for the options of a command.")
+    parser.add_argument("--version", action="version", version=f"neuroldm {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    common = _config_options()
+
+    p = sub.add_parser("config", help="show the resolved configuration", formatter_class=_Formatter,
+                       description="Configuration commands.")
+    csub = p.add_subparsers(dest="config_command", metavar="ACTION", required=True)
+    show = csub.add_parser("show", parents=[common], formatter_class=_Formatter,
+                           help="print the resolved configuration as YAML",
+                           description="Print the configuration that a run with these options would use.")
+    show.set_defaults(func=cmd_config_show)
+
+    p = sub.add_parser(
+        "prepare", parents=[common], formatter_class=_Formatter, help="validate, resample and cache a cohort",
+        description="Validate every volume of a cohort, reorient to RAS, resample to the configured spacing, "
+                    "crop/pad around the brain to the model grid, normalise intensities, cache the volumes and "
+                    "write a manifest with subject-level stratified splits. Re-running reuses up-to-date files.")
+    p.add_argument("input", help="a BIDS folder (participants.tsv + sub-*/[ses-*/]anat/*_T1w.nii[.gz]) or a "
+                                 "CSV/TSV with path, subject and label columns")
+    p.add_argument("--out", required=True, help="output folder (cached volumes, manifest.csv, config.yaml)")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="leave bad inputs out (recorded in the manifest) instead of stopping")
+    p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser(
+        "demo-cohort", parents=[common], formatter_class=_Formatter,
+        help="generate the demo cohort (BIDS) from the MNI152 template",
+        description="Write a BIDS dataset of synthetic subjects made from nilearn's MNI152 2009 template (no "
+                    "download): random smooth warps, affine, bias field and noise per subject; TLE subjects get a "
+                    "unilateral hippocampal atrophy; hippocampus masks under derivatives/. Uses the demo preset.")
+    p.add_argument("out", help="output folder of the BIDS dataset")
+    p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: demo_cohort.subjects)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default: demo_cohort.seed)")
+    p.add_argument("--spacing", type=float, default=None, help="voxel size in mm (default: demo_cohort.spacing)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_demo_cohort)
+    return parser
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO, stream=sys.stderr,
+                        format="%(levelname)s: %(message)s" if verbose else "%(message)s")
+    logging.getLogger("neuroldm").setLevel(logging.DEBUG if verbose else logging.INFO)
+    if not verbose:
+        for noisy in ("nibabel", "matplotlib", "PIL"):
+            logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.verbose)
+    try:
+        return int(args.func(args) or 0)
+    except NeuroLDMError as e:
+        print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"neuroldm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,247 @@
+"""Typed configuration: defaults ← packaged preset ← user YAML ← ``--set key=value``.
+
+Every section is a pydantic model that forbids unknown keys, so a typo such as ``prepare.spacng`` stops the run
+with the list of valid keys instead of being silently ignored. The resolved config is saved in every run
+directory (`save_config`) so a run can always be traced back to the exact settings that produced it.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from neuroldm.errors import ConfigError
+from neuroldm.io import write_text_atomic
+
+PRESETS = ("demo", "paper")
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class BidsColumns(Section):
+    """How to read a BIDS dataset's ``participants.tsv``."""
+
+    label_column: str = "group"
+
+
+class CsvColumns(Section):
+    """Column names of a cohort CSV. Relative paths are relative to the CSV's folder."""
+
+    path_column: str = "path"
+    subject_column: str = "subject"
+    label_column: str = "label"
+    session_column: str = "session"  # used when the CSV has it
+
+
+class DataConfig(Section):
+    """Cohort labels: raw label values are mapped to class names; a class's index in `classes` is its label."""
+
+    classes: list[str] = Field(default_factory=lambda: ["HC", "TLE"], min_length=2)
+    # raw value -> class name; the seed data labelled TLE subjects by side ("left"/"right")
+    label_map: dict[str, str] = Field(
+        default_factory=lambda: {"HC": "HC", "TLE": "TLE", "left": "TLE", "right": "TLE"})
+    bids: BidsColumns = Field(default_factory=BidsColumns)
+    csv: CsvColumns = Field(default_factory=CsvColumns)
+    covariates: list[str] = Field(default_factory=list)  # extra columns copied into the manifest
+
+    @model_validator(mode="after")
+    def _label_map_targets_are_classes(self) -> DataConfig:
+        bad = sorted({v for v in self.label_map.values() if v not in self.classes})
+        if bad:
+            raise ValueError(f"label_map maps to {bad}, which are not in classes {self.classes}")
+        if len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be unique, got {self.classes}")
+        return self
+
+    def class_index(self, raw: str) -> int | None:
+        """Class index of a raw label value, or None if the value is unknown."""
+        name = self.label_map.get(raw, raw if raw in self.classes else None)
+        return None if name is None else self.classes.index(name)
+
+
+class PrepareConfig(Section):
+    """Resampling, crop/pad and intensity normalisation of every volume (real and, later, synthetic)."""
+
+    spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)  # mm, RAS axes
+    grid: tuple[int, int, int] = (112, 136, 112)  # voxels
+    interpolation: Literal["linear", "cubic"] = "linear"
+    normalisation: Literal["zscore", "percentile"] = "zscore"
+    percentiles: tuple[float, float] = (0.5, 99.5)  # for `percentile` (maps to 0..1, clipped)
+    # foreground mask: voxels above this fraction of the 99th intensity percentile, largest component, holes filled
+    mask_threshold: float = Field(0.15, gt=0, lt=1)
+    # a volume whose field of view covers less than this fraction of the grid's extent (mm) on any axis is refused
+    min_fov_fraction: float = Field(0.6, gt=0, le=1)
+
+    @field_validator("spacing")
+    @classmethod
+    def _positive_spacing(cls, v):
+        if min(v) <= 0:
+            raise ValueError("spacing must be positive")
+        return v
+
+    @field_validator("grid")
+    @classmethod
+    def _positive_grid(cls, v):
+        if min(v) < 8:
+            raise ValueError("grid must be at least 8 voxels per axis")
+        return v
+
+
+class SplitConfig(Section):
+    """Subject-level, label-stratified splits; the test split is held out of every fold."""
+
+    seed: int = 42
+    val_fraction: float = Field(0.15, ge=0, lt=1)
+    test_fraction: float = Field(0.15, ge=0, lt=1)
+    folds: int = Field(5, ge=0)  # k-fold assignment over train+val subjects; 0 or 1 turns it off
+
+    @model_validator(mode="after")
+    def _fractions(self) -> SplitConfig:
+        if self.val_fraction + self.test_fraction >= 1:
+            raise ValueError("val_fraction + test_fraction must be below 1")
+        return self
+
+
+class DemoCohortConfig(Section):
+    """The synthetic demo cohort generated from nilearn's MNI152 2009 template (see `neuroldm.demo.cohort`)."""
+
+    subjects: int = Field(40, ge=4)
+    tle_fraction: float = Field(0.5, gt=0, lt=1)
+    spacing: float = Field(2.0, gt=0)  # mm, isotropic, of the written volumes
+    atrophy: tuple[float, float] = (0.30, 0.40)  # hippocampal volume loss range on the lesion side
+    warp_mm: float = Field(3.0, ge=0)  # typical displacement of the random smooth warp
+    rotation_deg: float = Field(4.0, ge=0)
+    scale: float = Field(0.04, ge=0)  # +- fraction of the random anisotropic scaling
+    translation_mm: float = Field(4.0, ge=0)
+    bias: float = Field(0.15, ge=0)  # +- amplitude of the multiplicative bias field
+    noise: float = Field(0.03, ge=0)  # Rician noise sigma as a fraction of white-matter intensity
+    seed: int = 0
+
+
+class Config(Section):
+    """The whole resolved configuration of a run."""
+
+    preset: str | None = None
+    seed: int = 0
+    data: DataConfig = Field(default_factory=DataConfig)
+    prepare: PrepareConfig = Field(default_factory=PrepareConfig)
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    demo_cohort: DemoCohortConfig = Field(default_factory=DemoCohortConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Loading and overriding
+# --------------------------------------------------------------------------------------------------------------
+
+def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> None:
+    """Reject unknown keys with the valid ones listed (pydantic alone would only say 'extra forbidden')."""
+    if not isinstance(data, dict):
+        return
+    fields = model.model_fields
+    for key, value in data.items():
+        full = f"{where}.{key}" if where else str(key)
+        if key not in fields:
+            valid = ", ".join(fields)
+            raise ConfigError(f"{source}: unknown config key '{full}'; valid keys"
+                              f"{' in ' + repr(where) if where else ''}: {valid}")
+        annotation = fields[key].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            _check_keys(value, annotation, full, source)
+
+
+def _merge(base: dict, override: dict) -> dict:
+    out = dict(base)
+    for k, v in override.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "label_map":
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = v
+    return out
+
+
+def _read_yaml(path: Path, source: str) -> dict:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"{source}: config file not found") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config file must hold a mapping of keys, got {type(data).__name__}")
+    return data
+
+
+def preset_dict(name: str) -> dict:
+    if name not in PRESETS:
+        raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(PRESETS)}")
+    ref = resources.files("neuroldm.configs") / f"{name}.yaml"
+    with resources.as_file(ref) as path:
+        data = _read_yaml(Path(path), f"preset {name}")
+    _check_keys(data, Config, "", f"preset {name}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. prepare.spacing=[2,2,2]")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"--set {item!r}: empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: Any = value
+    for part in reversed(path):
+        out = {part: out}
+    return out
+
+
+def load_config(preset: str | None = None, config_file: str | Path | None = None,
+                overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Resolve a config: defaults, then `preset` (or the file's own ``preset:`` key), the file, the overrides."""
+    user: dict = {}
+    if config_file is not None:
+        user = _read_yaml(Path(config_file), str(config_file))
+        _check_keys(user, Config, "", str(config_file))
+    name = preset or user.get("preset")
+    merged = preset_dict(name) if name else {}
+    merged = _merge(merged, user)
+    for item in overrides:
+        path, value = parse_override(item)
+        override = _nest(path, value)
+        _check_keys(override, Config, "", f"--set {item}")
+        merged = _merge(merged, override)
+    if name:
+        merged["preset"] = name
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as e:
+        err = e.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"]) or "config"
+        raise ConfigError(f"config key '{loc}': {err['msg']} (got {err.get('input')!r})") from None
+
+
+def save_config(cfg: Config, run_dir: str | Path) -> Path:
+    """Write the resolved config as ``run_dir/config.yaml`` (atomically) and return its path."""
+    path = Path(run_dir) / "config.yaml"
+    write_text_atomic(path, cfg.to_yaml())
+    return path

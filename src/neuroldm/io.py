@@ -1,0 +1,81 @@
+"""Atomic file writes and content hashes.
+
+Every output goes to a temporary file in the destination folder and is renamed into place, so a crash leaves
+either the old file or the new one, never half of one (`os.replace` is atomic on POSIX within a filesystem).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+_NIFTI_SUFFIXES = (".nii.gz", ".nii")
+
+
+def _split_suffix(path: Path) -> tuple[str, str]:
+    name = path.name
+    for suffix in _NIFTI_SUFFIXES + (".safetensors", ".json", ".csv", ".yaml", ".png", ".html"):
+        if name.endswith(suffix):
+            return name[: -len(suffix)], suffix
+    return path.stem, path.suffix
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` if the block succeeds, delete it if not.
+
+    The temporary name keeps the suffix (``.nii.gz`` included) so writers that pick a format by extension work.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stem, suffix = _split_suffix(path)
+    tmp = path.with_name(f".{stem}.{uuid.uuid4().hex[:8]}.tmp{suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def write_text_atomic(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+
+
+def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
+                      header: nib.Nifti1Header | None = None) -> None:
+    """Write `data` with `affine` as NIfTI-1; sform and qform both set to the affine (scanner code 1)."""
+    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=header)
+    img.set_sform(img.affine, code=1)
+    img.set_qform(img.affine, code=1)
+    with atomic_path(path) as tmp:
+        nib.save(img, tmp)
+
+
+def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def sha256_array(array: np.ndarray) -> str:
+    """Hash of an array's dtype, shape and bytes: equal arrays give equal hashes on every platform."""
+    a = np.ascontiguousarray(array)
+    h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
+    h.update(a.tobytes())
+    return h.hexdigest()

@@ -1,0 +1,86 @@
+import pytest
+import yaml
+
+from neuroldm.config import Config, load_config, parse_override, save_config
+from neuroldm.errors import ConfigError
+
+
+def test_defaults_are_the_paper_grid():
+    cfg = load_config()
+    assert cfg.prepare.grid == (112, 136, 112) and cfg.prepare.spacing == (1.5, 1.5, 1.5)
+    assert cfg.data.class_index("left") == 1 and cfg.data.class_index("HC") == 0
+    assert cfg.data.class_index("MCI") is None
+
+
+@pytest.mark.parametrize("preset", ["demo", "paper"])
+def test_presets_load_and_name_themselves(preset):
+    cfg = load_config(preset)
+    assert cfg.preset == preset
+    assert all(n % 4 == 0 for n in cfg.prepare.grid), "the VAE downsamples 4x: the grid must divide by 4"
+
+
+def test_demo_preset_is_coarser_than_paper():
+    demo, paper = load_config("demo"), load_config("paper")
+    assert min(demo.prepare.spacing) > max(paper.prepare.spacing)
+
+
+def test_set_overrides_parse_yaml_values():
+    cfg = load_config("demo", None, ["prepare.grid=[32,40,32]", "split.seed=7", "prepare.normalisation=percentile"])
+    assert cfg.prepare.grid == (32, 40, 32) and cfg.split.seed == 7
+    assert cfg.prepare.normalisation == "percentile"
+    assert parse_override("data.classes=[CN, AD]") == (["data", "classes"], ["CN", "AD"])
+
+
+def test_unknown_key_lists_valid_keys():
+    with pytest.raises(ConfigError, match=r"unknown config key 'prepare.spacng'.*valid keys.*spacing, grid"):
+        load_config(None, None, ["prepare.spacng=2"])
+    with pytest.raises(ConfigError, match=r"unknown config key 'bogus'.*valid keys: preset, seed, data"):
+        load_config(None, None, ["bogus=1"])
+
+
+def test_unknown_key_in_file_names_the_file(tmp_path):
+    f = tmp_path / "my.yaml"
+    f.write_text("prepare:\n  grid: [64, 64, 64]\n  normalization: zscore\n")
+    with pytest.raises(ConfigError, match=rf"{f}: unknown config key 'prepare.normalization'"):
+        load_config(None, f)
+
+
+def test_bad_values_are_one_line_errors(tmp_path):
+    with pytest.raises(ConfigError, match="prepare.normalisation") as e:
+        load_config(None, None, ["prepare.normalisation=minmax"])
+    assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config(None, None, ["split.val_fraction=0.6", "split.test_fraction=0.5"])
+    with pytest.raises(ConfigError, match="not in classes"):
+        load_config(None, None, ["data.label_map={MCI: AD}"])
+    with pytest.raises(ConfigError, match="unknown preset 'huge'"):
+        load_config("huge")
+    with pytest.raises(ConfigError, match="expected key=value"):
+        load_config(None, None, ["prepare.grid"])
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("prepare: [1, 2\n")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(None, bad)
+
+
+def test_file_preset_then_file_then_set(tmp_path):
+    f = tmp_path / "run.yaml"
+    f.write_text("preset: demo\nsplit:\n  seed: 3\n")
+    cfg = load_config(None, f, ["split.folds=3"])
+    assert cfg.preset == "demo" and cfg.prepare.grid == load_config("demo").prepare.grid
+    assert cfg.split.seed == 3 and cfg.split.folds == 3
+
+
+def test_label_map_is_replaced_not_merged(tmp_path):
+    f = tmp_path / "ad.yaml"
+    f.write_text("data:\n  classes: [CN, AD]\n  label_map: {control: CN, alzheimer: AD}\n")
+    cfg = load_config(None, f)
+    assert cfg.data.label_map == {"control": "CN", "alzheimer": "AD"}
+    assert cfg.data.class_index("alzheimer") == 1
+
+
+def test_saved_config_round_trips(tmp_path):
+    cfg = load_config("demo", None, ["split.seed=11"])
+    path = save_config(cfg, tmp_path / "run")
+    assert Config.model_validate(yaml.safe_load(path.read_text())) == cfg
+    assert load_config(None, path) == cfg
