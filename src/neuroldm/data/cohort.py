@@ -1,0 +1,179 @@
+"""Read a cohort (a BIDS dataset or a CSV) into one table: one row per T1w image.
+
+Columns: ``subject, session, source, raw_label, label, label_name`` plus the configured covariates, and
+``reason`` / ``reason_path``: empty for a good row, else the problem and the file it concerns. Problems are
+collected for the whole cohort, not raised at the first, so `prepare` can report every bad row at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from neuroldm.config import DataConfig
+from neuroldm.errors import InputError
+
+log = logging.getLogger(__name__)
+
+COHORT_COLUMNS = ["subject", "session", "source", "raw_label", "label", "label_name", "reason", "reason_path"]
+
+
+def _read_table(path: Path, sep: str) -> pd.DataFrame:
+    try:
+        # every value as text: labels such as "0"/"1" or "n/a" must not become numbers or NaN
+        return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False).rename(columns=str.strip)
+    except FileNotFoundError:
+        raise InputError(path, "file not found") from None
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as e:
+        raise InputError(path, f"not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({e})") from None
+
+
+def _require_columns(table: pd.DataFrame, columns: list[str], path: Path) -> None:
+    missing = [c for c in columns if c not in table.columns]
+    if missing:
+        raise InputError(path, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
+                               f"columns present: {', '.join(table.columns)}")
+
+
+def _find_t1w(subject_dir: Path) -> list[tuple[str, Path]]:
+    """(session, path) of every ``*_T1w.nii[.gz]`` under ``sub-X/anat`` or ``sub-X/ses-*/anat``."""
+    found = [("", p) for p in sorted((subject_dir / "anat").glob("*_T1w.nii*"))]
+    for ses in sorted(subject_dir.glob("ses-*")):
+        found += [(ses.name, p) for p in sorted((ses / "anat").glob("*_T1w.nii*"))]
+    return [(s, p) for s, p in found if p.name.endswith((".nii", ".nii.gz"))]
+
+
+def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
+    """Rows for every T1w image of every participant in ``participants.tsv``.
+
+    A participant with no T1w image gets a row with an empty ``source`` and a reason naming the participant.
+    """
+    root = Path(root)
+    tsv = root / "participants.tsv"
+    table = _read_table(tsv, "\t")
+    label_col = cfg.bids.label_column
+    _require_columns(table, ["participant_id", label_col, *cfg.covariates], tsv)
+    rows = []
+    for _, rec in table.iterrows():
+        pid = rec["participant_id"].strip()
+        if not pid.startswith("sub-"):
+            pid = f"sub-{pid}"
+        base = {"subject": pid, "raw_label": rec[label_col].strip(), "label_source": str(tsv),
+                **{c: rec[c] for c in cfg.covariates}}
+        images = _find_t1w(root / pid)
+        if not images:
+            rows.append({**base, "session": "", "source": "", "reason_path": str(tsv),
+                         "reason": f"participant {pid} has no T1w image under {pid}/[ses-*/]anat/"})
+        for session, path in images:
+            rows.append({**base, "session": session, "source": str(path.resolve())})
+    listed = {r["subject"] for r in rows}
+    unlisted = sorted(p.name for p in root.glob("sub-*") if p.is_dir() and p.name not in listed)
+    if unlisted:
+        log.warning("%s: %d subject folder(s) not in participants.tsv are ignored: %s", tsv, len(unlisted),
+                    ", ".join(unlisted[:10]) + (" ..." if len(unlisted) > 10 else ""))
+    return _finish(pd.DataFrame(rows), cfg)
+
+
+def read_csv(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
+    """Rows of a cohort CSV (or TSV); relative image paths are relative to the table's folder."""
+    path = Path(path)
+    table = _read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+    c = cfg.csv
+    _require_columns(table, [c.path_column, c.subject_column, c.label_column, *cfg.covariates], path)
+    rows = []
+    for i, rec in table.iterrows():
+        src = rec[c.path_column].strip()
+        row = {"subject": rec[c.subject_column].strip(),
+               "session": rec[c.session_column].strip() if c.session_column in table.columns else "",
+               "source": str((path.parent / src).resolve()) if src else "",
+               "raw_label": rec[c.label_column].strip(), "label_source": f"{path} row {i + 2}",
+               "row": i + 2,  # 1-based line number in the file, header included
+               **{k: rec[k] for k in cfg.covariates}}
+        if not src:
+            row.update(reason="empty path", reason_path=f"{path} row {i + 2}")
+        elif not row["subject"]:
+            row.update(reason="empty subject", reason_path=f"{path} row {i + 2}")
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    _flag_duplicates(df, path)
+    _flag_label_conflicts(df, path)
+    return _finish(df, cfg)
+
+
+def _flag(df: pd.DataFrame, index, reason: str, where: str) -> None:
+    if not df.at[index, "reason"]:
+        df.at[index, "reason"] = reason
+        df.at[index, "reason_path"] = where
+
+
+def _ensure_reason_columns(df: pd.DataFrame) -> None:
+    for col in ("reason", "reason_path"):
+        if col not in df.columns:
+            df[col] = ""
+        df[col] = df[col].fillna("")
+
+
+def _flag_duplicates(df: pd.DataFrame, table: Path) -> None:
+    """The same image listed twice is an error on every row after the first."""
+    _ensure_reason_columns(df)
+    first: dict[str, int] = {}
+    for i, src in df["source"].items():
+        if not src:
+            continue
+        if src in first:
+            j = first[src]
+            _flag(df, i, f"duplicate row: row {df.at[i, 'row']} repeats the image of row {df.at[j, 'row']} "
+                         f"(subject {df.at[j, 'subject']})", str(table))
+        else:
+            first[src] = i
+
+
+def _flag_label_conflicts(df: pd.DataFrame, table: Path) -> None:
+    """One subject must have one label, whatever the number of sessions."""
+    _ensure_reason_columns(df)
+    for subject, group in df.groupby("subject", sort=False):
+        labels = sorted(set(group["raw_label"]))
+        if len(labels) > 1:
+            for i in group.index:
+                _flag(df, i, f"subject {subject} has {len(labels)} different labels ({', '.join(labels)})",
+                      str(table))
+
+
+def _finish(df: pd.DataFrame, cfg: DataConfig) -> pd.DataFrame:
+    """Map raw labels to classes; flag unknown values; put the columns in a stable order."""
+    if df.empty:
+        raise InputError("cohort", "no rows")
+    _ensure_reason_columns(df)
+    known = sorted(set(cfg.label_map) | set(cfg.classes))
+    labels, names = [], []
+    for i, rec in df.iterrows():
+        idx = cfg.class_index(rec["raw_label"])
+        labels.append(-1 if idx is None else idx)
+        names.append("" if idx is None else cfg.classes[idx])
+        if idx is None:
+            _flag(df, i, f"subject {rec['subject']}: unknown label value {rec['raw_label']!r}; known values: "
+                         f"{', '.join(known)} (set data.label_map to map it)", rec["label_source"])
+    df["label"] = labels
+    df["label_name"] = names
+    extra = [c for c in cfg.covariates if c in df.columns]
+    return df[COHORT_COLUMNS + extra].reset_index(drop=True)
+
+
+def read_cohort(source: str | Path, cfg: DataConfig) -> pd.DataFrame:
+    """A BIDS folder (with ``participants.tsv``) or a ``.csv``/``.tsv`` table."""
+    source = Path(source)
+    if source.is_dir():
+        if not (source / "participants.tsv").exists():
+            raise InputError(source, "a folder input must be a BIDS dataset with participants.tsv")
+        return read_bids(source, cfg)
+    if not source.exists():
+        raise InputError(source, "file not found")
+    if source.suffix.lower() not in (".csv", ".tsv"):
+        raise InputError(source, "expected a BIDS folder or a .csv/.tsv cohort table")
+    return read_csv(source, cfg)
+
+
+def cohort_errors(df: pd.DataFrame) -> list[InputError]:
+    return [InputError(r.reason_path or r.source, r.reason) for r in df.itertuples() if r.reason]

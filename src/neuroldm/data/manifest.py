@@ -1,0 +1,59 @@
+"""The prepared-cohort manifest: one CSV row per input image, written atomically beside the cached volumes.
+
+Columns (``status == "ok"`` rows are usable; ``invalid`` rows say why in ``reason``):
+
+- ``subject``, ``session``, ``label`` (class index), ``label_name``, ``raw_label``, covariates
+- ``split`` (train / val / test), ``fold`` (0..k-1 for non-test subjects, -1 otherwise)
+- ``path``: prepared volume, relative to the manifest's folder (NIfTI, float32, uncompressed so it memory-maps)
+- ``roi_path``: the subject's ROI label mask on the same grid, when the input had one (demo cohort)
+- ``shape``, ``spacing``: of the prepared grid, e.g. ``112x136x112`` and ``1.5x1.5x1.5``
+- ``source``, ``source_sha256``: the input file and its content hash; ``prep_hash``: hash of the preparation
+  settings; together they decide whether a cached volume is up to date
+- ``data_sha256``: hash of the prepared array, used to find identical images under different subjects
+- ``cropped_vox``: foreground voxels that fell outside the grid (0 when the whole brain fits)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+from neuroldm.data.splits import check_split_leakage
+from neuroldm.errors import InputError
+from neuroldm.io import atomic_path
+
+MANIFEST_NAME = "manifest.csv"
+MANIFEST_COLUMNS = ["subject", "session", "label", "label_name", "raw_label", "split", "fold", "path", "roi_path",
+                    "shape", "spacing", "source", "source_sha256", "prep_hash", "data_sha256", "cropped_vox",
+                    "status", "reason"]
+
+
+def write_manifest(df: pd.DataFrame, path: str | Path) -> None:
+    extra = [c for c in df.columns if c not in MANIFEST_COLUMNS]
+    with atomic_path(path) as tmp:
+        df[MANIFEST_COLUMNS + extra].to_csv(tmp, index=False)
+
+
+def read_manifest(path: str | Path, *, usable_only: bool = True) -> pd.DataFrame:
+    """Read a manifest (a file, or the folder holding ``manifest.csv``); paths become absolute.
+
+    With `usable_only`, only ``status == "ok"`` rows are returned, and the splits are checked for leakage.
+    """
+    path = Path(path)
+    if path.is_dir():
+        path = path / MANIFEST_NAME
+    if not path.exists():
+        raise InputError(path, "manifest not found; run `neuroldm prepare` first")
+    df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    missing = [c for c in MANIFEST_COLUMNS if c not in df.columns]
+    if missing:
+        raise InputError(path, f"not a neuroldm manifest (missing columns {', '.join(missing)})")
+    df["label"] = df["label"].astype(int)
+    df["fold"] = df["fold"].replace("", "-1").astype(int)
+    for col in ("path", "roi_path"):
+        df[col] = [str((path.parent / p).resolve()) if p else "" for p in df[col]]
+    if usable_only:
+        df = df[df["status"] == "ok"].reset_index(drop=True)
+        check_split_leakage(df)
+    return df

@@ -1,0 +1,101 @@
+import pytest
+
+from neuroldm.config import load_config
+from neuroldm.data.cohort import cohort_errors, read_cohort
+from neuroldm.errors import InputError
+
+from conftest import phantom, save, write_bids
+
+
+@pytest.fixture
+def cfg():
+    return load_config().data
+
+
+def test_bids_with_sessions_and_covariates(tmp_path, cfg):
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "left", "sub-03": "TLE"},
+                      sessions={"sub-02": ["ses-1", "ses-2"]},
+                      extra_columns={"age": {"sub-01": "30", "sub-02": "41", "sub-03": "n/a"}})
+    cfg = cfg.model_copy(update={"covariates": ["age"]})
+    df = read_cohort(root, cfg)
+    assert list(df["subject"]) == ["sub-01", "sub-02", "sub-02", "sub-03"]
+    assert list(df["session"]) == ["", "ses-1", "ses-2", ""]
+    assert list(df["label"]) == [0, 1, 1, 1] and list(df["label_name"]) == ["HC", "TLE", "TLE", "TLE"]
+    assert list(df["age"]) == ["30", "41", "41", "n/a"]
+    assert not cohort_errors(df)
+
+
+def test_bids_participant_without_t1w_is_named(tmp_path, cfg):
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "TLE"})
+    with open(root / "participants.tsv", "a") as f:
+        f.write("sub-07\tHC\n")
+    errors = cohort_errors(read_cohort(root, cfg))
+    assert len(errors) == 1
+    assert "participant sub-07 has no T1w image" in str(errors[0])
+    assert errors[0].path == str(root / "participants.tsv")
+
+
+def test_bids_label_column_is_configurable(tmp_path, cfg):
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "TLE"})
+    text = (root / "participants.tsv").read_text().replace("group", "diagnosis")
+    (root / "participants.tsv").write_text(text)
+    with pytest.raises(InputError, match="missing column 'group'; columns present: participant_id, diagnosis"):
+        read_cohort(root, cfg)
+    cfg = load_config(None, None, ["data.bids.label_column=diagnosis"]).data
+    assert list(read_cohort(root, cfg)["label"]) == [0, 1]
+
+
+def test_unknown_label_value(tmp_path, cfg):
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "MCI"})
+    errors = cohort_errors(read_cohort(root, cfg))
+    assert len(errors) == 1 and errors[0].path == str(root / "participants.tsv")
+    assert "sub-02: unknown label value 'MCI'; known values: HC, TLE, left, right" in str(errors[0])
+
+
+def _csv(tmp_path, rows, header="path,subject,label"):
+    for name in {r.split(",")[0] for r in rows}:
+        if name and not (tmp_path / name).exists():
+            save(tmp_path / name, *phantom(shape=(20, 24, 20)))
+    path = tmp_path / "cohort.csv"
+    path.write_text("\n".join([header, *rows]) + "\n")
+    return path
+
+
+def test_csv_relative_paths_resolve_against_its_folder(tmp_path, cfg):
+    path = _csv(tmp_path, ["a.nii.gz,S1,HC", "b.nii.gz,S2,right"])
+    df = read_cohort(path, cfg)
+    assert list(df["source"]) == [str(tmp_path / "a.nii.gz"), str(tmp_path / "b.nii.gz")]
+    assert list(df["label"]) == [0, 1] and not cohort_errors(df)
+
+
+def test_csv_configurable_columns(tmp_path):
+    path = _csv(tmp_path, ["a.nii.gz,S1,CN"], header="file,sbj,dx")
+    cfg = load_config(None, None, ["data.csv.path_column=file", "data.csv.subject_column=sbj",
+                                   "data.csv.label_column=dx", "data.classes=[CN, AD]", "data.label_map={}"]).data
+    df = read_cohort(path, cfg)
+    assert df.loc[0, "subject"] == "S1" and df.loc[0, "label"] == 0
+
+
+def test_csv_subject_with_two_labels(tmp_path, cfg):
+    path = _csv(tmp_path, ["a.nii.gz,S1,HC", "b.nii.gz,S1,TLE", "c.nii.gz,S2,HC"], header="path,subject,label")
+    errors = cohort_errors(read_cohort(path, cfg))
+    assert len(errors) == 2
+    assert all(e.path == str(path) and "subject S1 has 2 different labels (HC, TLE)" in str(e) for e in errors)
+
+
+def test_csv_duplicate_rows(tmp_path, cfg):
+    path = _csv(tmp_path, ["a.nii.gz,S1,HC", "b.nii.gz,S2,HC", "a.nii.gz,S1,HC"])
+    errors = cohort_errors(read_cohort(path, cfg))
+    assert len(errors) == 1 and errors[0].path == str(path)
+    assert "duplicate row: row 4 repeats the image of row 2" in str(errors[0])
+
+
+def test_csv_missing_column_and_missing_file(tmp_path, cfg):
+    path = tmp_path / "c.csv"
+    path.write_text("path,label\na.nii.gz,HC\n")
+    with pytest.raises(InputError, match=r"c.csv: missing column 'subject'"):
+        read_cohort(path, cfg)
+    with pytest.raises(InputError, match="file not found"):
+        read_cohort(tmp_path / "none.csv", cfg)
+    with pytest.raises(InputError, match="BIDS dataset with participants.tsv"):
+        read_cohort(tmp_path, cfg)
