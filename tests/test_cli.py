@@ -1,0 +1,61 @@
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from neuroldm.cli import build_parser, main
+from neuroldm.config import load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _subcommands(parser):
+    action = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    return action.choices
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["prepare", "--help"], ["demo-cohort", "--help"],
+                                  ["config", "show", "--help"]])
+def test_help_works(argv, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(argv)
+    assert e.value.code == 0
+    assert "usage: neuroldm" in capsys.readouterr().out
+
+
+def test_every_subcommand_has_help_text():
+    for name, sub in _subcommands(build_parser()).items():
+        assert sub.description, f"'{name}' has no description"
+
+
+def test_config_show_prints_the_resolved_preset(capsys):
+    assert main(["config", "show", "--preset", "paper", "--set", "split.seed=9"]) == 0
+    shown = yaml.safe_load(capsys.readouterr().out)
+    expected = load_config("paper", None, ["split.seed=9"]).to_dict()
+    assert shown == expected
+
+
+def test_user_errors_are_one_line_with_status_2(capsys):
+    assert main(["config", "show", "--set", "prepare.gird=[1,2,3]"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown config key 'prepare.gird'" in err
+    assert main(["prepare", "/nonexistent/cohort.csv", "--out", "/tmp/x", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "neuroldm prepare: error: /nonexistent/cohort.csv: file not found"
+
+
+def test_console_script_runs_as_a_module():
+    out = subprocess.run([sys.executable, "-m", "neuroldm", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and re.fullmatch(r"neuroldm \d+\.\d+\.\d+\n", out.stdout)
+
+
+def test_readme_test_command_is_what_ci_runs():
+    readme = (ROOT / "README.md").read_text()
+    quickstart = readme.split("## Quickstart", 1)[1].split("\n## ", 1)[0]
+    commands = re.findall(r"```bash\n(.*?)\n```", quickstart, flags=re.S)
+    assert len(commands) == 2, "the Quickstart holds two commands: set up + run, set up + test"
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert commands[1].strip() in ci.splitlines()

@@ -1,0 +1,48 @@
+import nibabel as nib
+import numpy as np
+import pytest
+
+from neuroldm.io import atomic_path, save_nifti_atomic, sha256_array, write_json_atomic, write_text_atomic
+
+
+def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
+    target = tmp_path / "out.json"
+    write_json_atomic(target, {"a": 1})
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text('{"a": 2, "trunc')
+            raise RuntimeError("killed mid-write")
+    assert target.read_text().strip() == '{\n  "a": 1\n}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_temp_name_keeps_the_nifti_suffix(tmp_path):
+    with atomic_path(tmp_path / "vol.nii.gz") as tmp:
+        assert tmp.name.endswith(".nii.gz") and tmp.parent == tmp_path
+        tmp.write_bytes(b"x")
+    assert (tmp_path / "vol.nii.gz").read_bytes() == b"x"
+
+
+def test_nifti_round_trip_keeps_data_and_affine(tmp_path):
+    data = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
+    affine = np.array([[-2.0, 0, 0, 10], [0, 2, 0, -20], [0, 0, 2.5, 5], [0, 0, 0, 1]])
+    save_nifti_atomic(data, affine, tmp_path / "a" / "v.nii")
+    img = nib.load(tmp_path / "a" / "v.nii")
+    np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), data)
+    np.testing.assert_allclose(img.affine, affine)
+    assert img.header["sform_code"] == 1 and img.header["qform_code"] == 1
+
+
+def test_array_hash_sees_dtype_shape_and_values():
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    assert sha256_array(a) == sha256_array(a.copy())
+    assert sha256_array(a) != sha256_array(a.reshape(4, 3, 2))
+    assert sha256_array(a) != sha256_array(a.astype(np.float64))
+    b = a.copy()
+    b[0, 0, 0] += 1e-3
+    assert sha256_array(a) != sha256_array(b)
+
+
+def test_write_text_creates_folders(tmp_path):
+    write_text_atomic(tmp_path / "x" / "y" / "z.txt", "hello")
+    assert (tmp_path / "x" / "y" / "z.txt").read_text() == "hello"
