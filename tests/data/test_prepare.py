@@ -1,4 +1,5 @@
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,9 +16,15 @@ from conftest import phantom, save, write_bids
 GROUPS = {f"sub-{i:02d}": ("HC" if i % 2 else ("left" if i % 4 else "right")) for i in range(12)}
 
 
+@pytest.fixture(scope="module")
+def bids_template(tmp_path_factory):
+    return write_bids(tmp_path_factory.mktemp("bids") / "bids", GROUPS, sessions={"sub-03": ["ses-1", "ses-2"]})
+
+
 @pytest.fixture
-def bids(tmp_path):
-    return write_bids(tmp_path / "bids", GROUPS, sessions={"sub-03": ["ses-1", "ses-2"]})
+def bids(bids_template, tmp_path):
+    """A fresh copy per test, since tests break or extend it."""
+    return Path(shutil.copytree(bids_template, tmp_path / "bids"))
 
 
 def test_prepare_writes_manifest_volumes_and_splits(bids, tmp_path, small_cfg):
