@@ -4,7 +4,7 @@ from neuroldm.config import load_config
 from neuroldm.data.cohort import cohort_errors, read_cohort
 from neuroldm.errors import InputError
 
-from conftest import phantom, save, write_bids
+from phantoms import phantom, save, write_bids
 
 
 @pytest.fixture

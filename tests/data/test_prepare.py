@@ -11,7 +11,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.data.prepare import prepare_cohort
 from neuroldm.errors import InputErrors
 
-from conftest import phantom, save, write_bids
+from phantoms import phantom, save, write_bids
 
 GROUPS = {f"sub-{i:02d}": ("HC" if i % 2 else ("left" if i % 4 else "right")) for i in range(12)}
 
@@ -139,7 +139,7 @@ def test_cli_prepare_reports_bad_files_in_one_line_each(bids, tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and "5 invalid inputs:" in err
-    assert len([l for l in err.splitlines() if l.startswith("  ")]) == 5
+    assert len([line for line in err.splitlines() if line.startswith("  ")]) == 5
     assert not (tmp_path / "prep" / "manifest.csv").exists()
     assert main(args + ["--skip-invalid"]) == 0
     assert "5 invalid skipped" in capsys.readouterr().out

@@ -6,7 +6,7 @@ from nibabel.processing import resample_from_to
 from neuroldm.config import load_config
 from neuroldm.data.preprocess import (crop_or_pad, foreground_mask, normalise, prepare_volume, resample, to_ras)
 
-from conftest import MARKER_MM, phantom
+from phantoms import MARKER_MM, phantom
 
 
 @pytest.fixture

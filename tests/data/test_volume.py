@@ -9,7 +9,7 @@ import pytest
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError
 
-from conftest import phantom, save
+from phantoms import phantom, save
 
 
 def _fail(path, pattern):

@@ -102,7 +102,7 @@ def check_split_leakage(manifest: pd.DataFrame) -> None:
         if len(splits) > 1:
             problems.append(f"subject {subject} is in {', '.join(sorted(splits))}")
     if "data_sha256" in ok.columns:
-        for h, group in ok[ok["data_sha256"] != ""].groupby("data_sha256"):
+        for _, group in ok[ok["data_sha256"] != ""].groupby("data_sha256"):
             if group["split"].nunique() > 1:
                 pairs = ", ".join(f"{s} ({sp})" for s, sp in zip(group["subject"], group["split"]))
                 problems.append(f"identical image in several splits: {pairs}")
