@@ -124,6 +124,65 @@ class DemoCohortConfig(Section):
     seed: int = 0
 
 
+class TrainConfig(Section):
+    """The shared training engine's settings (`neuroldm.train.engine`), one block per model."""
+
+    steps: int = Field(10000, ge=1)  # optimiser steps
+    batch_size: int = Field(2, ge=1)  # per process; the effective batch is batch_size x grad_accum x world size
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    warmup_steps: int = Field(0, ge=0)  # linear warm-up from 0
+    schedule: Literal["constant", "cosine"] = "cosine"  # after warm-up
+    min_lr_ratio: float = Field(0.05, ge=0, le=1)  # cosine floor, as a fraction of lr
+    grad_clip: float | None = 1.0  # max global gradient norm; null turns clipping off
+    grad_accum: int = Field(1, ge=1)
+    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    ema_decay: float | None = None  # e.g. 0.9999; null: no EMA
+    grad_checkpointing: bool = False
+    val_every: int = Field(500, ge=1)  # steps between validations (and best-checkpoint updates)
+    ckpt_every: int = Field(500, ge=1)  # steps between 'last' checkpoints
+    log_every: int = Field(10, ge=1)
+    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    num_workers: int = Field(0, ge=0)  # DataLoader workers
+    seed: int = 0
+
+
+class AugmentConfig(Section):
+    """Anatomically plausible augmentation only: small affine and intensity changes, never a flip of S-I."""
+
+    prob: float = Field(0.5, ge=0, le=1)  # chance that a volume is augmented at all
+    rotate_deg: float = Field(5.0, ge=0)
+    scale: float = Field(0.05, ge=0)  # +- fraction
+    translate_vox: float = Field(2.0, ge=0)
+    intensity_scale: float = Field(0.05, ge=0)  # +- fraction
+    intensity_shift: float = Field(0.05, ge=0)  # +- in normalised units
+    left_right_flip: bool = False  # off by default: it swaps the lesion side of unilateral disease
+
+
+class VAEConfig(Section):
+    """The 3D KL autoencoder (`neuroldm.vae`): architecture preset, losses and training."""
+
+    arch: Literal["demo", "paper", "maisi"] = "paper"  # see neuroldm.vae.network.VAE_ARCHS
+    latent_channels: int = Field(4, ge=1)
+    l1_weight: float = Field(1.0, ge=0)
+    kl_weight: float = Field(1e-6, ge=0)
+    ssim_weight: float = Field(0.0, ge=0)  # optional (1 - SSIM) term
+    perceptual: Literal["none", "2.5d", "3d"] = "2.5d"
+    perceptual_weight: float = Field(0.6, ge=0)
+    perceptual_weights_path: str | None = None  # local backbone weights; nothing is downloaded
+    perceptual_slices: int = Field(4, ge=1)  # slices per axis and step for the 2.5D term
+    adversarial_weight: float = Field(0.0, ge=0)  # 0 turns the discriminator off
+    adversarial_start_step: int = Field(2000, ge=0)  # discriminator warm-up: off before this step
+    disc_channels: int = Field(32, ge=1)
+    disc_layers: int = Field(3, ge=1)
+    disc_lr: float = Field(1e-4, gt=0)
+    decode_roi: tuple[int, int, int] | None = None  # latent window for sliding-window decoding; null: whole volume
+    decode_overlap: float = Field(0.25, ge=0, lt=1)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=20000, batch_size=2, lr=1e-4))
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+
+
 class Config(Section):
     """The whole resolved configuration of a run."""
 
@@ -133,6 +192,7 @@ class Config(Section):
     prepare: PrepareConfig = Field(default_factory=PrepareConfig)
     split: SplitConfig = Field(default_factory=SplitConfig)
     demo_cohort: DemoCohortConfig = Field(default_factory=DemoCohortConfig)
+    vae: VAEConfig = Field(default_factory=VAEConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -17,6 +17,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
@@ -31,6 +32,11 @@ def _flatten(obj: Any, path: str, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, torch.Tensor):
         tensors[path] = obj.detach().to("cpu").contiguous().clone()
         return {"__tensor__": path}
+    if isinstance(obj, np.ndarray):  # e.g. numpy's RNG state; restored as an ndarray of the same dtype
+        tensors[path] = torch.from_numpy(np.ascontiguousarray(obj).copy())
+        return {"__ndarray__": path}
+    if isinstance(obj, np.generic):
+        return obj.item()
     if isinstance(obj, dict):
         if all(isinstance(k, str) for k in obj):
             return {k: _flatten(v, f"{path}/{k}", tensors) for k, v in obj.items()}
@@ -48,6 +54,8 @@ def _unflatten(obj: Any, tensors: dict[str, torch.Tensor]) -> Any:
     if isinstance(obj, dict):
         if "__tensor__" in obj:
             return tensors[obj["__tensor__"]]
+        if "__ndarray__" in obj:
+            return tensors[obj["__ndarray__"]].numpy()
         if "__items__" in obj:
             return {k: _unflatten(v, tensors) for k, v in obj["__items__"]}
         if "__tuple__" in obj:

@@ -1,0 +1,396 @@
+"""The training engine shared by the VAE, the diffusion transformer and the classifier.
+
+One loop, written once: AdamW, linear warm-up then cosine or constant learning rate, gradient accumulation and
+clipping, bf16 autocast on GPU, an optional EMA of the weights (`torch.optim.swa_utils.AveragedModel`),
+periodic validation with a *best* checkpoint, a *last* checkpoint every ``ckpt_every`` steps, exact resume, a
+NaN/Inf guard, a progress bar and a CSV metrics log, and DistributedDataParallel when launched by ``torchrun``.
+
+A model plugs in through a loss function ``loss_fn(ctx, batch) -> {"loss": tensor, <term>: tensor, ...}``.
+Models with an auxiliary network trained by its own optimiser (a VAE's discriminator) list it as a second
+`Part`; the loss function is then called once per part and step, with ``ctx.part`` telling which, and only that
+part's parameters receive gradients.
+
+Resume reproduces the run: checkpoints hold the weights, EMA, optimiser and scheduler states, the step and every
+RNG state, and the batches are a pure function of (seed, step) (`neuroldm.train.batches`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import logging
+import math
+import random
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from neuroldm.config import TrainConfig
+from neuroldm.errors import NeuroLDMError
+from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.train import distributed
+from neuroldm.train.batches import BatchPlan
+from neuroldm.train.checkpoint import load_state, save_state
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(NeuroLDMError):
+    """The loss became NaN or Inf; the last good checkpoint is kept."""
+
+
+@dataclass
+class Part:
+    """One module with its own optimiser. The first part is the model; others (a discriminator) are auxiliary.
+
+    ``active_from``: the part is trained from this step on (a discriminator's warm-up); ``lr`` overrides the
+    config's learning rate for this part.
+    """
+
+    name: str
+    module: nn.Module
+    lr: float | None = None
+    active_from: int = 0
+
+
+@dataclass
+class StepContext:
+    """What a loss function sees: the step, which part is being optimised, and the (wrapped) modules."""
+
+    step: int
+    part: str
+    trainer: Trainer
+
+    def module(self, name: str) -> nn.Module:
+        """The module to call for a training forward pass (DDP-wrapped when distributed)."""
+        return self.trainer._wrapped[name]
+
+    def raw(self, name: str) -> nn.Module:
+        """The unwrapped module, for forward passes whose gradients must not be synchronised."""
+        return self.trainer.parts[name].module
+
+
+def lr_factor(step: int, cfg: TrainConfig) -> float:
+    """Multiplier of the base learning rate at `step`: linear warm-up, then constant or cosine to the floor."""
+    if step < cfg.warmup_steps:
+        return (step + 1) / cfg.warmup_steps
+    if cfg.schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps))
+    return cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"python": random.getstate(), "numpy": list(np.random.get_state()), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(tuple(state["numpy"]))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_device(batch: Any, device: torch.device) -> Any:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {k: _to_device(v, device) for k, v in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(_to_device(v, device) for v in batch)
+    return batch
+
+
+class Trainer:
+    """Train `parts` on `dataset` with `loss_fn`; checkpoints and logs go to ``run_dir``.
+
+    `validate(trainer) -> {metric: value}` runs on the main process every ``val_every`` steps on
+    `eval_module()` (the EMA weights when EMA is on); `monitor`/`mode` pick the best checkpoint.
+    """
+
+    def __init__(self, parts: list[Part] | nn.Module, cfg: TrainConfig, run_dir: str | Path, *,
+                 dataset: Dataset, loss_fn: Callable[[StepContext, Any], dict[str, torch.Tensor]],
+                 validate: Callable[[Trainer], dict[str, float]] | None = None, monitor: str = "loss",
+                 mode: str = "min", sample_weights: list[float] | None = None, collate_fn=None,
+                 meta: dict[str, Any] | None = None, progress: bool = True, desc: str = "train",
+                 world: distributed.World | None = None):
+        if isinstance(parts, nn.Module):
+            parts = [Part("model", parts)]
+        if mode not in ("min", "max"):
+            raise ValueError("mode must be 'min' or 'max'")
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.world = world or distributed.setup()
+        self.parts = {p.name: p for p in parts}
+        self.model_name = parts[0].name
+        self.dataset, self.loss_fn, self.validate_fn = dataset, loss_fn, validate
+        self.monitor, self.mode, self.meta = monitor, mode, meta or {}
+        self.progress, self.desc = progress and self.world.is_main, desc
+        self.collate_fn = collate_fn
+        self.step = 0
+        self.best: float | None = None
+        self.ckpt_dir = self.run_dir / "checkpoints"
+        self.metrics_path = self.run_dir / "metrics.csv"
+
+        seed_everything(cfg.seed)
+        for p in parts:
+            p.module.to(self.world.device)
+        self._wrapped: dict[str, nn.Module] = {
+            name: (DistributedDataParallel(p.module, device_ids=[self.world.device.index]
+                                           if self.world.device.type == "cuda" else None)
+                   if self.world.distributed else p.module) for name, p in self.parts.items()}
+        self.optimizers = {name: torch.optim.AdamW(p.module.parameters(), lr=p.lr or cfg.lr, betas=cfg.betas,
+                                                   weight_decay=cfg.weight_decay)
+                           for name, p in self.parts.items()}
+        self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
+                           for name, opt in self.optimizers.items()}
+        self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+                    if cfg.ema_decay else None)
+        self.plan = BatchPlan(len(dataset), cfg.batch_size, cfg.seed, self.world.rank, self.world.size,
+                              weights=sample_weights)
+
+    # ----------------------------------------------------------------------------------------------------------
+    @property
+    def model(self) -> nn.Module:
+        return self.parts[self.model_name].module
+
+    def eval_module(self) -> nn.Module:
+        """The weights to evaluate and sample with: the EMA when it is on, else the raw model."""
+        return self.ema.module if self.ema is not None else self.model
+
+    def _autocast(self):
+        use = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.world.device.type == "cuda")
+        if not use:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16)
+
+    def _loader(self, start_micro_step: int) -> Iterator[Any]:
+        # the loader gets its own generator: iterating a DataLoader otherwise draws its base seed from the
+        # global torch RNG, which would shift every later random draw of a resumed run by one
+        loader = DataLoader(self.dataset, batch_sampler=self.plan.batches_from(start_micro_step),
+                            num_workers=self.cfg.num_workers, collate_fn=self.collate_fn,
+                            generator=torch.Generator().manual_seed(self.cfg.seed + start_micro_step),
+                            persistent_workers=False, pin_memory=self.world.device.type == "cuda")
+        return iter(loader)
+
+    # ---------------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {"step": self.step, "best": self.best, "monitor": self.monitor, "meta": self.meta,
+                "modules": {n: p.module.state_dict() for n, p in self.parts.items()},
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
+                "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
+                "rng": _rng_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        for n, p in self.parts.items():
+            p.module.load_state_dict(state["modules"][n])
+        if self.ema is not None:
+            if state["ema"] is None:
+                raise NeuroLDMError("the checkpoint has no EMA weights but train.ema_decay is set")
+            self.ema.load_state_dict(state["ema"])
+        for n, o in self.optimizers.items():
+            o.load_state_dict(state["optimizers"][n])
+        for n, s in self.schedulers.items():
+            s.load_state_dict(state["schedulers"][n])
+        self.step, self.best = int(state["step"]), state["best"]
+        _set_rng_state(state["rng"])
+
+    def save_checkpoint(self, name: str) -> Path:
+        path = self.ckpt_dir / f"{name}.safetensors"
+        if self.world.is_main:
+            save_state(self.state_dict(), path)
+        return path
+
+    def _resume(self) -> bool:
+        last = self.ckpt_dir / "last.safetensors"
+        if not last.exists():
+            return False
+        self.load_state_dict(load_state(last, device="cpu"))
+        self._truncate_log()
+        log.info("resumed from %s at step %d", last, self.step)
+        return True
+
+    # ------------------------------------------------------------------------------------------------ log
+    def _truncate_log(self) -> None:
+        """Keep the log rows of steps the checkpoint has seen, so a resumed run's log equals a straight one."""
+        if not (self.world.is_main and self.metrics_path.exists()):
+            return
+        with open(self.metrics_path, newline="") as f:
+            rows = [r for r in csv.DictReader(f) if int(r["step"]) <= self.step]
+        self._write_log(rows)
+
+    def _write_log(self, rows: list[dict]) -> None:
+        fields = list(dict.fromkeys(k for r in rows for k in r))
+        with atomic_path(self.metrics_path) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=fields)
+            w.writeheader()
+            w.writerows(rows)
+
+    def _log(self, row: dict[str, Any]) -> None:
+        """Append one row; the file is rewritten (atomically) only when a row brings new columns."""
+        if not self.world.is_main:
+            return
+        row = {k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in row.items()}
+        header: list[str] = []
+        if self.metrics_path.exists():
+            with open(self.metrics_path, newline="") as f:
+                header = next(csv.reader(f), [])
+        if header and set(row) <= set(header):
+            with open(self.metrics_path, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=header).writerow(row)
+            return
+        rows = []
+        if header:
+            with open(self.metrics_path, newline="") as f:
+                rows = list(csv.DictReader(f))
+        self._write_log(rows + [row])
+
+    # ----------------------------------------------------------------------------------------------- loop
+    def _active_parts(self) -> list[Part]:
+        return [p for p in self.parts.values() if self.step >= p.active_from]
+
+    @contextlib.contextmanager
+    def _only_grads_for(self, part: Part):
+        """Let only `part`'s parameters collect gradients (a generator loss must not train the discriminator)."""
+        if len(self.parts) == 1:
+            yield
+            return
+        saved = {}
+        for other in self.parts.values():
+            if other is not part:
+                for prm in other.module.parameters():
+                    saved[prm] = prm.requires_grad
+                    prm.requires_grad_(False)
+        try:
+            yield
+        finally:
+            for prm, flag in saved.items():
+                prm.requires_grad_(flag)
+
+    def _train_step(self, batches: Iterator[Any]) -> dict[str, float]:
+        cfg, terms = self.cfg, {}
+        active = self._active_parts()
+        for opt in self.optimizers.values():
+            opt.zero_grad(set_to_none=True)
+        for micro in range(cfg.grad_accum):
+            batch = _to_device(next(batches), self.world.device)
+            for part in active:
+                ctx = StepContext(self.step, part.name, self)
+                wrapped = self._wrapped[part.name]
+                sync = micro == cfg.grad_accum - 1 or not isinstance(wrapped, DistributedDataParallel)
+                with self._only_grads_for(part), (contextlib.nullcontext() if sync else wrapped.no_sync()):
+                    with self._autocast():
+                        out = self.loss_fn(ctx, batch)
+                    loss = out["loss"]
+                    finite = distributed.all_true(bool(torch.isfinite(loss.detach()).all()), self.world)
+                    if not finite:
+                        self._diverged(part.name, out)
+                    (loss / cfg.grad_accum).backward()
+                prefix = "" if part.name == self.model_name else f"{part.name}_"
+                for k, v in out.items():
+                    terms[prefix + k] = terms.get(prefix + k, 0.0) + float(v.detach()) / cfg.grad_accum
+        for part in active:
+            if cfg.grad_clip:
+                norm = torch.nn.utils.clip_grad_norm_(part.module.parameters(), cfg.grad_clip)
+                terms[("" if part.name == self.model_name else f"{part.name}_") + "grad_norm"] = float(norm)
+            self.optimizers[part.name].step()
+        for part in active:  # an auxiliary part's schedule (and warm-up) starts when the part switches on
+            self.schedulers[part.name].step()
+        if self.ema is not None:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return terms
+
+    def _diverged(self, part: str, out: dict[str, torch.Tensor]) -> None:
+        last = self.ckpt_dir / "last.safetensors"
+        kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
+        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
+        raise TrainingDiverged(f"{self.desc}: {part} loss is not finite at step {self.step + 1} ({detail}); {kept}. "
+                               f"Lower the learning rate, set a gradient clip, or check the inputs.")
+
+    def _validate(self) -> dict[str, float]:
+        if self.validate_fn is None or not self.world.is_main:
+            return {}
+        module = self.eval_module()
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad():
+                metrics = {f"val_{k}": float(v) for k, v in self.validate_fn(self).items()}
+        finally:
+            module.train(was_training)
+        value = metrics.get(f"val_{self.monitor}")
+        if value is not None and math.isfinite(value) and (
+                self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
+            self.best = value
+            self.save_checkpoint("best")
+        return metrics
+
+    def fit(self, resume: bool = True, until_step: int | None = None) -> dict[str, Any]:
+        """Train to ``cfg.steps`` (or `until_step`, for tests that simulate an interruption).
+
+        Returns a summary: steps done, seconds, the last logged terms and validation metrics, the best value.
+        """
+        cfg = self.cfg
+        if resume:
+            self._resume()
+        elif self.world.is_main and self.metrics_path.exists():
+            self.metrics_path.unlink()
+        end = min(cfg.steps, until_step or cfg.steps)
+        start_time, started_at = time.perf_counter(), self.step
+        batches = self._loader(self.step * cfg.grad_accum)
+        for module in self._wrapped.values():
+            module.train()
+        bar = tqdm(total=end, initial=self.step, desc=self.desc, unit="step", disable=not self.progress,
+                   dynamic_ncols=True)
+        terms: dict[str, float] = {}
+        val: dict[str, float] = {}
+        stopped_early = False
+        try:
+            while self.step < end:
+                terms = distributed.mean_across(self._train_step(batches), self.world)
+                lr = self.schedulers[self.model_name].get_last_lr()[0]
+                bar.update()
+                bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+                val = self._validate() if (self.step % cfg.val_every == 0 or self.step == cfg.steps) else {}
+                if self.step % cfg.log_every == 0 or val or self.step == end:
+                    self._log({"step": self.step, "seconds": round(time.perf_counter() - start_time, 3),
+                               "lr": lr, **terms, **val})
+                out_of_time = (cfg.max_minutes is not None
+                               and time.perf_counter() - start_time > 60 * cfg.max_minutes)
+                out_of_time = not distributed.all_true(not out_of_time, self.world)
+                if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
+                    self.save_checkpoint("last")
+                if out_of_time:
+                    stopped_early = True
+                    log.info("%s: time budget of %.1f min reached at step %d", self.desc, cfg.max_minutes, self.step)
+                    break
+        finally:
+            bar.close()
+        seconds = time.perf_counter() - start_time
+        summary = {"steps": self.step, "steps_this_run": self.step - started_at, "seconds": round(seconds, 2),
+                   "stopped_early": stopped_early, "best": self.best, "monitor": f"val_{self.monitor}",
+                   "last_terms": terms, "last_validation": val, "world_size": self.world.size}
+        if self.world.is_main:
+            write_json_atomic(self.run_dir / "train_summary.json", summary)
+        return summary

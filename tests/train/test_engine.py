@@ -1,0 +1,196 @@
+import csv
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import Dataset
+
+from neuroldm.config import TrainConfig
+from neuroldm.train.checkpoint import load_state
+from neuroldm.train.engine import Part, Trainer, TrainingDiverged, lr_factor
+
+
+class Regression(Dataset):
+    """y = x·w* + noise; items are (index, epoch) pairs as the engine's batch plan yields them."""
+
+    def __init__(self, n=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 8, generator=g)
+        self.y = self.x @ (torch.arange(1.0, 9.0) / 8) + 0.01 * torch.randn(n, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, item):
+        i, _epoch = item
+        return {"x": self.x[i], "y": self.y[i]}
+
+
+def mse(ctx, batch):
+    pred = ctx.module("model")(batch["x"]).squeeze(-1)
+    return {"loss": ((pred - batch["y"]) ** 2).mean()}
+
+
+def noisy_mse(ctx, batch):
+    """Uses the global torch RNG (as dropout or diffusion noise would), so resume must restore it."""
+    pred = ctx.module("model")(batch["x"] + 0.1 * torch.randn_like(batch["x"])).squeeze(-1)
+    return {"loss": ((pred - batch["y"]) ** 2).mean()}
+
+
+def _model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.Tanh(), nn.Linear(16, 1))
+
+
+def _cfg(**kw):
+    base = dict(steps=8, batch_size=4, lr=1e-2, warmup_steps=2, schedule="cosine", grad_clip=1.0, val_every=4,
+                ckpt_every=2, log_every=1, ema_decay=0.9, seed=3)
+    return TrainConfig(**{**base, **kw})
+
+
+def _trainer(tmp, cfg=None, loss=noisy_mse, **kw):
+    return Trainer(_model(), cfg or _cfg(), tmp, dataset=Regression(), loss_fn=loss, progress=False,
+                   validate=lambda t: {"loss": 1.0 / (1 + t.step)}, **kw)
+
+
+def _weights(module):
+    return {k: v.clone() for k, v in module.state_dict().items()}
+
+
+def test_training_reduces_the_loss(tmp_path):
+    t = _trainer(tmp_path, _cfg(steps=60, lr=3e-2, ema_decay=None, grad_clip=None), loss=mse)
+    first = mse(type("C", (), {"module": lambda self, n: t.model})(), Regression()[(list(range(32)), 0)])
+    t.fit()
+    last = mse(type("C", (), {"module": lambda self, n: t.model})(), Regression()[(list(range(32)), 0)])
+    assert float(last["loss"].detach()) < 0.2 * float(first["loss"].detach())
+
+
+def test_resume_reproduces_an_uninterrupted_run(tmp_path):
+    straight = _trainer(tmp_path / "a")
+    straight.fit()
+    interrupted = _trainer(tmp_path / "b")
+    interrupted.fit(until_step=3)  # 'killed' after step 3: last checkpoint is step 3
+    assert load_state(tmp_path / "b" / "checkpoints" / "last.safetensors")["step"] == 3
+    resumed = _trainer(tmp_path / "b")  # a new process would build everything anew
+    resumed.fit()
+    for (k, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values(), strict=True):
+        assert torch.equal(a, b), k
+    for a, b in zip(_weights(straight.ema).values(), _weights(resumed.ema).values(), strict=True):
+        assert torch.equal(a, b)
+    assert straight.optimizers["model"].state_dict()["state"][0]["exp_avg"].equal(
+        resumed.optimizers["model"].state_dict()["state"][0]["exp_avg"])
+
+    def rows(run):
+        with open(tmp_path / run / "metrics.csv") as f:
+            return [{k: v for k, v in r.items() if k != "seconds"} for r in csv.DictReader(f)]
+    assert rows("a") == rows("b")
+
+
+def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
+    big = _trainer(tmp_path / "a", _cfg(steps=3, batch_size=4, grad_accum=1, ema_decay=None), loss=mse)
+    acc = _trainer(tmp_path / "b", _cfg(steps=3, batch_size=2, grad_accum=2, ema_decay=None), loss=mse)
+    big.fit()
+    acc.fit()
+    for a, b in zip(big.model.parameters(), acc.model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path):
+    def explode(ctx, batch):
+        out = mse(ctx, batch)
+        return {"loss": out["loss"] * (math.nan if ctx.step == 4 else 1.0)}
+
+    t = _trainer(tmp_path, _cfg(ckpt_every=2), loss=explode)
+    with pytest.raises(TrainingDiverged, match=r"model loss is not finite at step 5 \(loss=nan\); the last good "
+                                               r"checkpoint is .*last.safetensors"):
+        t.fit()
+    assert load_state(tmp_path / "checkpoints" / "last.safetensors")["step"] == 4
+
+
+def test_lr_schedule_warmup_then_cosine_to_the_floor():
+    cfg = _cfg(steps=102, warmup_steps=2, min_lr_ratio=0.1)
+    assert lr_factor(0, cfg) == 0.5 and lr_factor(1, cfg) == 1.0
+    assert lr_factor(2, cfg) == pytest.approx(1.0)
+    assert lr_factor(52, cfg) == pytest.approx(0.55)
+    assert lr_factor(102, cfg) == pytest.approx(0.1)
+    assert lr_factor(50, _cfg(schedule="constant")) == 1.0
+
+
+def test_ema_follows_the_recursion(tmp_path):
+    t = _trainer(tmp_path, _cfg(steps=1, ema_decay=0.5), loss=mse)
+    t.fit()
+    # first update copies the weights; later ones are ema = d * ema + (1 - d) * w
+    assert all(torch.equal(a, b) for a, b in zip(t.ema.module.parameters(), t.model.parameters(), strict=True))
+    before = [p.clone() for p in t.ema.module.parameters()]
+    t.cfg = _cfg(steps=2, ema_decay=0.5)
+    t.fit(resume=False)
+    for e, b, w in zip(t.ema.module.parameters(), before, t.model.parameters(), strict=True):
+        torch.testing.assert_close(e, 0.5 * b + 0.5 * w)
+
+
+def test_best_checkpoint_follows_the_monitored_metric(tmp_path):
+    t = _trainer(tmp_path, _cfg(steps=8, val_every=4))
+    summary = t.fit()
+    assert summary["best"] == pytest.approx(1 / 9)
+    assert load_state(tmp_path / "checkpoints" / "best.safetensors")["step"] == 8
+
+
+def test_auxiliary_part_trains_only_after_warmup_and_only_on_its_loss(tmp_path):
+    torch.manual_seed(1)
+    critic = nn.Linear(1, 1)
+    critic_start = _weights(critic)
+    seen = []
+
+    def loss(ctx, batch):
+        seen.append((ctx.step, ctx.part))
+        pred = ctx.module("model")(batch["x"])
+        if ctx.part == "model":  # the critic's output enters the model's loss but must not train the critic
+            return {"loss": ((pred.squeeze(-1) - batch["y"]) ** 2).mean() + ctx.raw("critic")(pred).mean()}
+        return {"loss": (ctx.module("critic")(pred.detach()) ** 2).mean()}
+
+    t = Trainer([Part("model", _model()), Part("critic", critic, lr=1e-3, active_from=2)], _cfg(steps=3), tmp_path,
+                dataset=Regression(), loss_fn=loss, progress=False)
+    t.fit(until_step=2)
+    assert all(torch.equal(a, b) for a, b in zip(_weights(critic).values(), critic_start.values(), strict=True))
+    t.fit()
+    assert not all(torch.equal(a, b) for a, b in zip(_weights(critic).values(), critic_start.values(), strict=True))
+    assert seen == [(0, "model"), (1, "model"), (2, "model"), (2, "critic")]
+
+
+DDP_SCRIPT = '''
+import sys, torch
+sys.path.insert(0, {tests!r})
+from test_engine import Regression, _model, _cfg, mse
+from neuroldm.train.engine import Trainer
+from neuroldm.train import distributed
+world = distributed.setup("cpu")
+t = Trainer(_model(), _cfg(steps=4, batch_size={bs}, ema_decay=None, grad_clip=None), {out!r} + "/rank" + str(world.rank),
+            dataset=Regression(), loss_fn=mse, progress=False, world=world)
+t.fit()
+torch.save({{k: v for k, v in t.model.state_dict().items()}}, {out!r} + f"/w{{world.rank}}.pt")
+distributed.teardown()
+'''
+
+
+def test_torchrun_ddp_on_cpu_keeps_ranks_identical(tmp_path):
+    tests = str(Path(__file__).parent)
+    for name, nproc, bs in (("ddp", 2, 2), ("single", 1, 4)):
+        script = tmp_path / f"{name}.py"
+        out = tmp_path / name
+        out.mkdir()
+        script.write_text(DDP_SCRIPT.format(tests=tests, out=str(out), bs=bs))
+        run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc),
+                              "--master_port", str(29500 + nproc), str(script)], capture_output=True, text=True,
+                             timeout=240)
+        assert run.returncode == 0, run.stderr[-3000:]
+    w0 = torch.load(tmp_path / "ddp" / "w0.pt", weights_only=True)
+    w1 = torch.load(tmp_path / "ddp" / "w1.pt", weights_only=True)
+    single = torch.load(tmp_path / "single" / "w0.pt", weights_only=True)
+    for k in w0:
+        assert torch.equal(w0[k], w1[k]), f"ranks disagree on {k}"
+        # 2 ranks x batch 2 see the same samples as 1 process x batch 4, and DDP averages the gradients
+        torch.testing.assert_close(w0[k], single[k], rtol=1e-5, atol=1e-6)
