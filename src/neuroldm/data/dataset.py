@@ -1,0 +1,82 @@
+"""Prepared volumes as a torch `Dataset`, with anatomically plausible augmentation.
+
+Items are ``{"image": (1, D, H, W) float32, "label": int64, "index": int64}``. The engine asks for items by
+``(index, epoch)``; augmentation is then seeded by ``(seed, epoch, index)``, so a volume gets the same
+augmentation in a resumed run, whichever worker process loads it.
+
+Augmentation (MONAI transforms) is limited to what a scan can plausibly look like: a small rotation, scaling
+and translation, and a small intensity scale and shift. There is no flip along the superior-inferior or
+anterior-posterior axis (the seed flipped brains upside down), and the left-right flip is off by default because
+it swaps the side of a unilateral lesion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import nibabel as nib
+import pandas as pd
+import torch
+from monai.transforms import Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity
+from torch.utils.data import Dataset
+
+from neuroldm.config import AugmentConfig
+from neuroldm.errors import InputError
+
+_CACHE_LIMIT_BYTES = 4 << 30  # volumes are held in memory below this total size, memory-mapped above it
+
+
+def load_prepared_volume(path: str) -> np.ndarray:
+    """A prepared volume as float32 (D, H, W); uncompressed NIfTI is memory-mapped by nibabel."""
+    try:
+        return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+    except (OSError, EOFError, ValueError) as e:
+        raise InputError(path, f"cannot read prepared volume ({e}); re-run `neuroldm prepare`") from None
+
+
+def build_augmentation(cfg: AugmentConfig) -> Compose:
+    """Small affine + intensity changes on a (1, D, H, W) array; each applied with probability ``cfg.prob``."""
+    rot = np.deg2rad(cfg.rotate_deg)
+    transforms = [
+        RandAffine(prob=cfg.prob, rotate_range=(rot, rot, rot), scale_range=(cfg.scale,) * 3,
+                   translate_range=(cfg.translate_vox,) * 3, mode="bilinear", padding_mode="border"),
+        RandScaleIntensity(factors=cfg.intensity_scale, prob=cfg.prob),
+        RandShiftIntensity(offsets=cfg.intensity_shift, prob=cfg.prob),
+    ]
+    if cfg.left_right_flip:  # spatial axis 0 of an RAS volume is left-right; the other two are never flipped
+        transforms.append(RandFlip(prob=0.5, spatial_axis=0))
+    return Compose(transforms)
+
+
+class VolumeDataset(Dataset):
+    """The rows of a prepared manifest (see `neuroldm.data.manifest.read_manifest`)."""
+
+    def __init__(self, rows: pd.DataFrame, augment: AugmentConfig | None = None, seed: int = 0,
+                 cache: bool | None = None):
+        if rows.empty:
+            raise InputError("manifest", "no volumes selected")
+        self.paths = rows["path"].tolist()
+        self.labels = torch.tensor(np.array(rows["label"], dtype=np.int64))
+        self.subjects = rows["subject"].tolist()
+        self.augment = build_augmentation(augment) if augment is not None and augment.prob > 0 else None
+        self.seed = seed
+        first = load_prepared_volume(self.paths[0])
+        self.shape = first.shape
+        if cache is None:
+            cache = first.nbytes * len(self.paths) <= _CACHE_LIMIT_BYTES
+        self._cache = [first] + [load_prepared_volume(p) for p in self.paths[1:]] if cache else None
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def volume(self, index: int) -> np.ndarray:
+        return self._cache[index] if self._cache is not None else load_prepared_volume(self.paths[index])
+
+    def __getitem__(self, item) -> dict[str, torch.Tensor]:
+        index, epoch = item if isinstance(item, tuple) else (item, None)
+        image = torch.from_numpy(np.array(self.volume(index), dtype=np.float32))[None]
+        if self.augment is not None and epoch is not None:
+            self.augment.set_random_state(seed=int(np.random.SeedSequence([self.seed, epoch, index])
+                                                   .generate_state(1)[0]))
+            out = self.augment(image)
+            image = (out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)).float()
+        return {"image": image.contiguous(), "label": self.labels[index], "index": torch.tensor(index)}

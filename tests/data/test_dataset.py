@@ -1,0 +1,60 @@
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from neuroldm.config import AugmentConfig
+from neuroldm.data.dataset import VolumeDataset, build_augmentation
+from neuroldm.io import save_nifti_atomic
+
+
+@pytest.fixture
+def rows(tmp_path):
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(3):
+        vol = rng.normal(size=(24, 28, 20)).astype(np.float32)
+        vol[:, :, 10:] += 3.0  # a bright superior slab: a superior-inferior flip would move it
+        save_nifti_atomic(vol, np.diag([3.0, 3.0, 3.0, 1.0]), tmp_path / f"v{i}.nii")
+        paths.append(str(tmp_path / f"v{i}.nii"))
+    return pd.DataFrame({"path": paths, "label": [0, 1, 1], "subject": ["a", "b", "c"]})
+
+
+def test_items_have_channel_dim_label_and_index(rows):
+    ds = VolumeDataset(rows)
+    item = ds[1]
+    assert item["image"].shape == (1, 24, 28, 20) and item["image"].dtype == torch.float32
+    assert item["label"] == 1 and item["index"] == 1
+    assert type(ds[(1, 0)]["image"]) is torch.Tensor
+    assert torch.equal(ds[(1, 0)]["image"], item["image"]), "no augmentation configured"
+
+
+def test_augmentation_is_seeded_by_sample_and_epoch(rows):
+    ds = VolumeDataset(rows, AugmentConfig(prob=1.0), seed=5)
+    a, b = ds[(0, 3)]["image"], ds[(0, 3)]["image"]
+    assert torch.equal(a, b)
+    assert not torch.equal(a, ds[(0, 4)]["image"]) and not torch.equal(a, ds[(1, 3)]["image"])
+    other = VolumeDataset(rows, AugmentConfig(prob=1.0), seed=6)
+    assert not torch.equal(a, other[(0, 3)]["image"])
+    assert not torch.equal(a, VolumeDataset(rows)[0]["image"])
+
+
+def test_augmentation_is_small_and_never_flips_superior_inferior(rows):
+    ds = VolumeDataset(rows, AugmentConfig(prob=1.0), seed=0)
+    raw = VolumeDataset(rows)[0]["image"]
+    for epoch in range(20):
+        img = ds[(0, epoch)]["image"]
+        assert img[..., 14:].mean() > img[..., :6].mean() + 2.0, "the superior slab moved: a flip happened"
+        assert torch.corrcoef(torch.stack([img.flatten(), raw.flatten()]))[0, 1] > 0.5
+
+
+def test_left_right_flip_is_opt_in_and_only_left_right():
+    aug = build_augmentation(AugmentConfig(prob=0.0, left_right_flip=True))
+    img = torch.arange(2 * 3 * 4, dtype=torch.float32).reshape(1, 2, 3, 4)
+    seen = set()
+    for seed in range(20):
+        aug.set_random_state(seed=seed)
+        out = torch.as_tensor(aug(img))
+        assert torch.equal(out, img) or torch.equal(out, torch.flip(img, dims=(1,)))
+        seen.add(torch.equal(out, img))
+    assert seen == {True, False}
