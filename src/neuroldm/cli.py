@@ -78,6 +78,59 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_vae(args: argparse.Namespace) -> int:
+    from neuroldm.runs import prepared_dir, record_stage
+    from neuroldm.vae.train import train_vae
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, "train-vae", cfg, prepared=prepared.resolve())
+    summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
+    val = summary.get("last_validation") or {}
+    print(f"trained the autoencoder for {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
+          f"SSIM {summary['best'] if summary['best'] is not None else float('nan'):.4f}"
+          + (f", last PSNR {val['val_psnr']:.2f} dB" if "val_psnr" in val else ""))
+    print(f"model: {summary.get('exported')}")
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from neuroldm.runs import prepared_dir
+    from neuroldm.vae.reconstruct import reconstruct
+
+    result = reconstruct(args.run, prepared_dir(args.run, args.prepared), split=args.split,
+                         save_volumes=args.save_volumes, progress=not args.no_progress)
+    m = result["mean"]
+    print(f"{result['split']} split, N={result['n']}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
+          f"MS-SSIM {m['ms_ssim']:.4f}, L1 {m['l1']:.4f}")
+    print(f"metrics and figure: {Path(args.run) / 'vae' / 'reconstruction'}")
+    return 0
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    from neuroldm.runs import prepared_dir, record_stage
+    from neuroldm.vae.encode import encode_cohort
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, "encode", cfg, prepared=prepared.resolve())
+    info = encode_cohort(args.run, prepared, progress=not args.no_progress)
+    print(f"encoded {info['n']} volumes ({info['reused']} reused) to latents of shape "
+          f"{'x'.join(map(str, info['latent_shape']))}; scale factor {info['scale_factor']:.4f} "
+          f"(1/std of {info['n_train']} training latents)")
+    return 0
+
+
+def cmd_vae_sample(args: argparse.Namespace) -> int:
+    from neuroldm.runs import read_run
+    from neuroldm.vae.prior import sample_prior
+
+    paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
+                         prepared=read_run(args.run).get("prepared"), progress=not args.no_progress)
+    print(f"wrote {len(paths)} volumes to {args.out}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
@@ -126,7 +179,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spacing", type=float, default=None, help="voxel size in mm (default: demo_cohort.spacing)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_demo_cohort)
+
+    p = sub.add_parser(
+        "train-vae", parents=[common], formatter_class=_Formatter, help="train the 3D KL autoencoder",
+        description="Train the 3D KL autoencoder (vae.* settings) on the prepared cohort's train split, select "
+                    "on validation SSIM, and export RUN/vae/model.safetensors. Resumes from the last checkpoint "
+                    "unless --no-resume. Launch with torchrun for several processes.")
+    _run_options(p)
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.set_defaults(func=cmd_train_vae)
+
+    p = sub.add_parser(
+        "reconstruct", parents=[common], formatter_class=_Formatter, help="autoencoder reconstruction metrics",
+        description="Reconstruct a split with the trained autoencoder: PSNR, SSIM and MS-SSIM per volume and "
+                    "their means (metrics.json) and a PNG of real vs reconstruction vs error.")
+    _run_options(p)
+    p.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split")
+    p.add_argument("--save-volumes", action="store_true", help="also write the reconstructions as NIfTI")
+    p.set_defaults(func=cmd_reconstruct)
+
+    p = sub.add_parser(
+        "encode", parents=[common], formatter_class=_Formatter, help="encode the cohort to latents",
+        description="Encode every prepared volume to its latent posterior mean and std (safetensors) and store "
+                    "the latent scale factor (1/std of the training-split latents) in RUN/latents/latents.json.")
+    _run_options(p)
+    p.set_defaults(func=cmd_encode)
+
+    p = sub.add_parser(
+        "vae-sample", parents=[common], formatter_class=_Formatter, help="decode random latents (a baseline)",
+        description="Decode random latents drawn from the training latents' per-channel Gaussian (or N(0, I) "
+                    "with --raw, as the seed did): the sanity baseline a diffusion model must beat.")
+    p.add_argument("--run", required=True, help="run directory")
+    p.add_argument("--n", type=int, default=8, help="number of volumes")
+    p.add_argument("--out", required=True, help="output folder for the NIfTI volumes")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--raw", action="store_true", help="decode N(0, I) latents")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_vae_sample)
     return parser
+
+
+def _run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--run", required=True, help="run directory (created if needed)")
+    p.add_argument("--prepared", default=None,
+                   help="prepared cohort folder (default: the one this run used before)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def _setup_logging(verbose: bool) -> None:

@@ -177,6 +177,7 @@ class VAEConfig(Section):
     disc_channels: int = Field(32, ge=1)
     disc_layers: int = Field(3, ge=1)
     disc_lr: float = Field(1e-4, gt=0)
+    patch_size: tuple[int, int, int] | None = None  # train on random patches of this size (multiples of 4)
     decode_roi: tuple[int, int, int] | None = None  # latent window for sliding-window decoding; null: whole volume
     decode_overlap: float = Field(0.25, ge=0, lt=1)
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=20000, batch_size=2, lr=1e-4))

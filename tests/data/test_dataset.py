@@ -58,3 +58,13 @@ def test_left_right_flip_is_opt_in_and_only_left_right():
         assert torch.equal(out, img) or torch.equal(out, torch.flip(img, dims=(1,)))
         seen.add(torch.equal(out, img))
     assert seen == {True, False}
+
+
+def test_random_patches_are_seeded_and_inside_the_volume(rows):
+    ds = VolumeDataset(rows, AugmentConfig(prob=0.0), seed=1, crop=(12, 16, 8))
+    a = ds[(0, 0)]["image"]
+    assert a.shape == (1, 12, 16, 8) and torch.equal(a, ds[(0, 0)]["image"])
+    full = VolumeDataset(rows)[0]["image"][0]
+    windows = full.unfold(0, 12, 1).unfold(1, 16, 1).unfold(2, 8, 1)  # every possible patch position
+    assert (windows == a[0]).flatten(3).all(-1).any(), "the patch is not a window of the volume"
+    assert not torch.equal(a, ds[(0, 1)]["image"])

@@ -1,6 +1,8 @@
 """Prepared volumes as a torch `Dataset`, with anatomically plausible augmentation.
 
-Items are ``{"image": (1, D, H, W) float32, "label": int64, "index": int64}``. The engine asks for items by
+Items are ``{"image": (1, D, H, W) float32, "label": int64, "index": int64}``; with ``crop`` the image is a random
+patch of that size (fully convolutional models train on patches for speed, as MAISI's autoencoder does).
+The engine asks for items by
 ``(index, epoch)``; augmentation is then seeded by ``(seed, epoch, index)``, so a volume gets the same
 augmentation in a resumed run, whichever worker process loads it.
 
@@ -16,7 +18,8 @@ import numpy as np
 import nibabel as nib
 import pandas as pd
 import torch
-from monai.transforms import Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity
+from monai.transforms import (Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity,
+                              RandSpatialCrop)
 from torch.utils.data import Dataset
 
 from neuroldm.config import AugmentConfig
@@ -51,13 +54,18 @@ class VolumeDataset(Dataset):
     """The rows of a prepared manifest (see `neuroldm.data.manifest.read_manifest`)."""
 
     def __init__(self, rows: pd.DataFrame, augment: AugmentConfig | None = None, seed: int = 0,
-                 cache: bool | None = None):
+                 cache: bool | None = None, crop: tuple[int, int, int] | None = None):
         if rows.empty:
             raise InputError("manifest", "no volumes selected")
         self.paths = rows["path"].tolist()
         self.labels = torch.tensor(np.array(rows["label"], dtype=np.int64))
         self.subjects = rows["subject"].tolist()
-        self.augment = build_augmentation(augment) if augment is not None and augment.prob > 0 else None
+        transforms = []
+        if augment is not None and augment.prob > 0:
+            transforms += list(build_augmentation(augment).transforms)
+        if crop is not None:  # random patch (after augmentation, so the whole volume was transformed)
+            transforms.append(RandSpatialCrop(roi_size=tuple(crop), random_size=False))
+        self.augment = Compose(transforms) if transforms else None
         self.seed = seed
         first = load_prepared_volume(self.paths[0])
         self.shape = first.shape

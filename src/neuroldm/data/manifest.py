@@ -17,6 +17,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
+import numpy as np
 import pandas as pd
 
 from neuroldm.data.splits import check_split_leakage
@@ -27,6 +29,21 @@ MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["subject", "session", "label", "label_name", "raw_label", "split", "fold", "path", "roi_path",
                     "shape", "spacing", "source", "source_sha256", "prep_hash", "data_sha256", "cropped_vox",
                     "status", "reason"]
+
+
+def volume_affine(path: str | Path) -> np.ndarray:
+    return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+
+
+def reference_affine(rows: pd.DataFrame) -> np.ndarray:
+    """The affine for volumes that belong to no subject (synthetic ones): the mean of the rows' affines.
+
+    Prepared volumes share spacing and axes (RAS, axis-aligned) and differ only by where the grid was centred
+    on each brain, so the mean is a valid affine placing the grid where the cohort's brains are on average.
+    """
+    if rows.empty:
+        raise InputError("manifest", "no volumes to take a reference affine from")
+    return np.mean([volume_affine(p) for p in rows["path"]], axis=0)
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:

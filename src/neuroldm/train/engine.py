@@ -5,7 +5,8 @@ clipping, bf16 autocast on GPU, an optional EMA of the weights (`torch.optim.swa
 periodic validation with a *best* checkpoint, a *last* checkpoint every ``ckpt_every`` steps, exact resume, a
 NaN/Inf guard, a progress bar and a CSV metrics log, and DistributedDataParallel when launched by ``torchrun``.
 
-A model plugs in through a loss function ``loss_fn(ctx, batch) -> {"loss": tensor, <term>: tensor, ...}``.
+A model plugs in through a loss function ``loss_fn(ctx, batch) -> {"loss": tensor, <term>: tensor or float}``;
+the other terms are only logged.
 Models with an auxiliary network trained by its own optimiser (a VAE's discriminator) list it as a second
 `Part`; the loss function is then called once per part and step, with ``ctx.part`` telling which, and only that
 part's parameters receive gradients.
@@ -129,7 +130,7 @@ class Trainer:
     """
 
     def __init__(self, parts: list[Part] | nn.Module, cfg: TrainConfig, run_dir: str | Path, *,
-                 dataset: Dataset, loss_fn: Callable[[StepContext, Any], dict[str, torch.Tensor]],
+                 dataset: Dataset, loss_fn: Callable[[StepContext, Any], dict[str, torch.Tensor | float]],
                  validate: Callable[[Trainer], dict[str, float]] | None = None, monitor: str = "loss",
                  mode: str = "min", sample_weights: list[float] | None = None, collate_fn=None,
                  meta: dict[str, Any] | None = None, progress: bool = True, desc: str = "train",
@@ -308,7 +309,8 @@ class Trainer:
                     (loss / cfg.grad_accum).backward()
                 prefix = "" if part.name == self.model_name else f"{part.name}_"
                 for k, v in out.items():
-                    terms[prefix + k] = terms.get(prefix + k, 0.0) + float(v.detach()) / cfg.grad_accum
+                    value = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
+                    terms[prefix + k] = terms.get(prefix + k, 0.0) + value / cfg.grad_accum
         for part in active:
             if cfg.grad_clip:
                 norm = torch.nn.utils.clip_grad_norm_(part.module.parameters(), cfg.grad_clip)
@@ -324,7 +326,8 @@ class Trainer:
     def _diverged(self, part: str, out: dict[str, torch.Tensor]) -> None:
         last = self.ckpt_dir / "last.safetensors"
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
-        detail = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in out.items())
+        detail = ", ".join(f"{k}={float(v.detach() if isinstance(v, torch.Tensor) else v):.4g}"
+                           for k, v in out.items())
         raise TrainingDiverged(f"{self.desc}: {part} loss is not finite at step {self.step + 1} ({detail}); {kept}. "
                                f"Lower the learning rate, set a gradient clip, or check the inputs.")
 

@@ -1,0 +1,1 @@
+"""Image-quality and distribution metrics for real vs reconstructed or synthetic volumes."""

@@ -1,0 +1,120 @@
+"""``neuroldm train-vae``: the autoencoder trained through the shared engine on a prepared cohort's train split.
+
+Selection is on the validation split's SSIM of the posterior-mean reconstruction (the best checkpoint); the
+test split is never read. The exported ``RUN/vae/model.safetensors`` holds the best checkpoint's evaluation
+weights (the EMA when ``vae.train.ema_decay`` is set).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from neuroldm.config import Config
+from neuroldm.data.dataset import VolumeDataset
+from neuroldm.data.manifest import read_manifest
+from neuroldm.metrics.image import ms_ssim, psnr, ssim
+from neuroldm.train.checkpoint import load_state
+from neuroldm.train.engine import Part, StepContext, Trainer
+from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
+from neuroldm.vae.network import build_vae, check_grid
+from neuroldm.vae.perceptual import build_perceptual
+from neuroldm.vae.weights import MODEL_FILE, export_vae
+
+log = logging.getLogger(__name__)
+
+VAE_DIR = "vae"
+
+
+class VAEObjective:
+    """The engine's loss function for the autoencoder (and its discriminator, when adversarial training is on)."""
+
+    def __init__(self, cfg: Config, perceptual: torch.nn.Module | None, discriminator: torch.nn.Module | None):
+        # the generator loss calls the *unwrapped* discriminator: its gradients must not be synchronised or kept
+        self.loss = VAELoss(cfg.vae, perceptual=perceptual, discriminator=discriminator)
+        off = {"perceptual"} if perceptual is None else set()
+        off |= {"adversarial"} if discriminator is None else set()
+        self.logged = [k for k, w in self.loss.weights().items() if w > 0 and k not in off]
+        self._fake: torch.Tensor | None = None
+
+    def __call__(self, ctx: StepContext, batch: dict) -> dict[str, torch.Tensor | float]:
+        x = batch["image"]
+        if ctx.part == "model":
+            recon, mu, sigma = ctx.module("model")(x)
+            out = self.loss(x, recon, mu, sigma, step=ctx.step)
+            self._fake = recon.detach()
+            return {"loss": out["total"], **{k: out[k] for k in self.logged}}
+        # discriminator step on the reconstruction the model step just made
+        return {"loss": discriminator_loss(ctx.module("disc"), x, self._fake)}
+
+
+def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, device: torch.device) -> dict[str, float]:
+    """Mean PSNR, SSIM, MS-SSIM and L1 of posterior-mean reconstructions over `dataset` (one volume at a time)."""
+    sums = {"psnr": 0.0, "ssim": 0.0, "ms_ssim": 0.0, "l1": 0.0}
+    for i in range(len(dataset)):
+        x = dataset[i]["image"][None].to(device)
+        mu, _ = model.encode(x)
+        recon = model.decode(mu)
+        sums["psnr"] += float(psnr(recon, x).mean())
+        sums["ssim"] += float(ssim(recon, x).mean())
+        sums["ms_ssim"] += float(ms_ssim(recon, x).mean())
+        sums["l1"] += float((recon - x).abs().mean())
+    return {k: v / len(dataset) for k, v in sums.items()}
+
+
+def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume: bool = True,
+              progress: bool = True) -> dict:
+    """Train, select on validation SSIM, export the best weights; returns the training summary."""
+    out = Path(run_dir) / VAE_DIR
+    check_grid(cfg.prepare.grid)
+    rows = read_manifest(prepared)
+    train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
+    tcfg = cfg.vae.train
+    if cfg.vae.patch_size is not None:
+        check_grid(cfg.vae.patch_size)
+    train_set = VolumeDataset(train_rows, cfg.vae.augment, seed=tcfg.seed, crop=cfg.vae.patch_size)
+    if tuple(train_set.shape) != tuple(cfg.prepare.grid):
+        log.warning("prepared volumes are %s but prepare.grid is %s: training on the prepared shape",
+                    train_set.shape, cfg.prepare.grid)
+    val_set = VolumeDataset(val_rows) if len(val_rows) else None
+
+    torch.manual_seed(tcfg.seed)
+    model = build_vae(cfg.vae, grad_checkpointing=tcfg.grad_checkpointing)
+    perceptual = build_perceptual(cfg.vae)
+    parts = [Part("model", model)]
+    disc = build_discriminator(cfg.vae)
+    if disc is not None:
+        parts.append(Part("disc", disc, lr=cfg.vae.disc_lr, active_from=cfg.vae.adversarial_start_step))
+
+    objective = VAEObjective(cfg, perceptual, disc)
+    trainer = Trainer(parts, tcfg, out, dataset=train_set, loss_fn=objective,
+                      validate=(lambda t: reconstruction_metrics(t.eval_module(), val_set, t.world.device))
+                      if val_set is not None else None,
+                      monitor="ssim", mode="max", meta={"stage": "train-vae", "config": cfg.to_dict()},
+                      progress=progress, desc="train-vae")
+    if perceptual is not None:
+        perceptual.to(trainer.world.device)
+    summary = trainer.fit(resume=resume)
+    if trainer.world.is_main:
+        best = out / "checkpoints" / ("best.safetensors" if val_set is not None else "last.safetensors")
+        if not best.exists():
+            best = out / "checkpoints" / "last.safetensors"
+        export_best(best, cfg, Path(run_dir) / MODEL_FILE)
+        summary["exported"] = str(Path(run_dir) / MODEL_FILE)
+    return summary
+
+
+def export_best(checkpoint: Path, cfg: Config, path: Path) -> None:
+    """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder."""
+    state = load_state(checkpoint)
+    model = build_vae(cfg.vae)
+    if state.get("ema") is not None:
+        weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    else:
+        weights = state["modules"]["model"]
+    model.load_state_dict(weights)
+    export_vae(model, cfg.vae, path, meta={"step": state["step"], "best": state["best"],
+                                           "checkpoint": str(checkpoint), "grid": list(cfg.prepare.grid),
+                                           "spacing": list(cfg.prepare.spacing)})
