@@ -2,9 +2,8 @@
 
 Items are ``{"image": (1, D, H, W) float32, "label": int64, "index": int64}``; with ``crop`` the image is a random
 patch of that size (fully convolutional models train on patches for speed, as MAISI's autoencoder does).
-The engine asks for items by
-``(index, epoch)``; augmentation is then seeded by ``(seed, epoch, index)``, so a volume gets the same
-augmentation in a resumed run, whichever worker process loads it.
+The engine asks for items by ``(index, epoch)``; augmentation is then seeded by ``(seed, epoch, index)``, so a
+volume gets the same augmentation in a resumed run, whichever worker process loads it.
 
 Augmentation (MONAI transforms) is limited to what a scan can plausibly look like: a small rotation, scaling
 and translation, and a small intensity scale and shift. There is no flip along the superior-inferior or
