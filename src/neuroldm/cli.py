@@ -20,7 +20,12 @@ log = logging.getLogger("neuroldm")
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    pass
+    """Shows a default only when it says something (not for flags, empty lists or None)."""
+
+    def _get_help_string(self, action):
+        if action.default in (None, False, []) or action.default is argparse.SUPPRESS:
+            return action.help
+        return super()._get_help_string(action)
 
 
 def _config_options() -> argparse.ArgumentParser:
