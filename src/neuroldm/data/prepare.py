@@ -26,7 +26,7 @@ from tqdm.auto import tqdm
 
 from neuroldm.config import Config, PrepareConfig, save_config
 from neuroldm.data.cohort import read_cohort
-from neuroldm.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, read_manifest, write_manifest
+from neuroldm.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, write_manifest
 from neuroldm.data.preprocess import prepare_volume
 from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_groups, find_duplicates
 from neuroldm.data.volume import load_volume
@@ -225,8 +225,3 @@ def _summary(df: pd.DataFrame, reused: int, computed: int, seconds: float) -> di
             "invalid": int((df["status"] != "ok").sum()), "reused": reused, "computed": computed,
             "seconds": round(seconds, 2), "subjects_per_split_and_class": {
                 s: {c: int(n) for c, n in row.items()} for s, row in counts.iterrows()}}
-
-
-def load_prepared(out_dir: str | Path) -> pd.DataFrame:
-    """The usable rows of a prepared cohort, leakage-checked (see `read_manifest`)."""
-    return read_manifest(out_dir)

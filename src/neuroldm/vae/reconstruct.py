@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -22,6 +23,12 @@ from neuroldm.vae.decode import decode_volume
 from neuroldm.vae.network import encode_stats
 from neuroldm.vae.weights import load_vae
 from neuroldm.viz.slices import comparison_figure
+
+
+def volume_metrics(recon: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
+    """PSNR, SSIM, MS-SSIM and L1 of one reconstruction ``(1, 1, D, H, W)`` against its real volume."""
+    return {"psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
+            "ms_ssim": float(ms_ssim(recon, x).mean()), "l1": float((recon - x).abs().mean())}
 
 
 def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val", figure_subjects: int = 3,
@@ -39,13 +46,9 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
             x = torch.from_numpy(load_prepared_volume(row.path))[None, None].to(device)
             mu, _ = encode_stats(model, x)
             recon = decode_volume(model, mu, vae_cfg)
-            per_volume.append({"subject": row.subject, "session": row.session,
-                               "psnr": float(psnr(recon, x).mean()), "ssim": float(ssim(recon, x).mean()),
-                               "ms_ssim": float(ms_ssim(recon, x).mean()),
-                               "l1": float((recon - x).abs().mean())})
+            per_volume.append({"subject": row.subject, "session": row.session, **volume_metrics(recon, x)})
             real, rec = x[0, 0].cpu().numpy(), recon[0, 0].cpu().numpy()
             if save_volumes:
-                import nibabel as nib
                 affine = nib.load(row.path).affine
                 stem = "_".join(p for p in (row.subject, row.session) if p)
                 save_nifti_atomic(rec.astype(np.float32), affine, out / "volumes" / f"{stem}_recon.nii.gz")

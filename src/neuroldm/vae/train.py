@@ -15,12 +15,12 @@ import torch
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
-from neuroldm.metrics.image import ms_ssim, psnr, ssim
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import Part, StepContext, Trainer
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
 from neuroldm.vae.network import build_vae, check_grid
 from neuroldm.vae.perceptual import build_perceptual
+from neuroldm.vae.reconstruct import volume_metrics
 from neuroldm.vae.weights import MODEL_FILE, export_vae
 
 log = logging.getLogger(__name__)
@@ -52,15 +52,12 @@ class VAEObjective:
 
 def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, device: torch.device) -> dict[str, float]:
     """Mean PSNR, SSIM, MS-SSIM and L1 of posterior-mean reconstructions over `dataset` (one volume at a time)."""
-    sums = {"psnr": 0.0, "ssim": 0.0, "ms_ssim": 0.0, "l1": 0.0}
+    sums: dict[str, float] = {}
     for i in range(len(dataset)):
         x = dataset[i]["image"][None].to(device)
         mu, _ = model.encode(x)
-        recon = model.decode(mu)
-        sums["psnr"] += float(psnr(recon, x).mean())
-        sums["ssim"] += float(ssim(recon, x).mean())
-        sums["ms_ssim"] += float(ms_ssim(recon, x).mean())
-        sums["l1"] += float((recon - x).abs().mean())
+        for k, v in volume_metrics(model.decode(mu), x).items():
+            sums[k] = sums.get(k, 0.0) + v
     return {k: v / len(dataset) for k, v in sums.items()}
 
 
