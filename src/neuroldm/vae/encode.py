@@ -30,7 +30,7 @@ from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest, reference_affine
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
-from neuroldm.vae.network import encode_stats
+from neuroldm.vae.decode import encode_volume
 from neuroldm.vae.weights import load_vae
 
 LATENT_DIR = "latents"
@@ -56,7 +56,7 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
                 done += 1
                 continue
             x = torch.from_numpy(load_prepared_volume(row.path))[None, None].to(device)
-            mu, sigma = encode_stats(model, x)
+            mu, sigma = encode_volume(model, x, vae_cfg)
             with atomic_path(out / rel) as tmp:
                 save_file({"mu": mu[0].float().cpu().contiguous(), "sigma": sigma[0].float().cpu().contiguous()},
                           str(tmp))

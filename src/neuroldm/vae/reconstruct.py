@@ -19,8 +19,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.image import ms_ssim, psnr, ssim
-from neuroldm.vae.decode import decode_volume
-from neuroldm.vae.network import encode_stats
+from neuroldm.vae.decode import decode_volume, encode_volume
 from neuroldm.vae.weights import load_vae
 from neuroldm.viz.slices import comparison_figure
 
@@ -44,7 +43,7 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
     with torch.no_grad():
         for row in tqdm(rows.itertuples(), total=len(rows), desc="reconstruct", unit="vol", disable=not progress):
             x = torch.from_numpy(load_prepared_volume(row.path))[None, None].to(device)
-            mu, _ = encode_stats(model, x)
+            mu, _ = encode_volume(model, x, vae_cfg)
             recon = decode_volume(model, mu, vae_cfg)
             per_volume.append({"subject": row.subject, "session": row.session, **volume_metrics(recon, x)})
             real, rec = x[0, 0].cpu().numpy(), recon[0, 0].cpu().numpy()
