@@ -52,6 +52,16 @@ def _pair(shape=(2, 1, 24, 28, 20), seed=0):
     return recon, target
 
 
+def _assert_zero_when_equal_and_trains_only_the_input(loss, recon, target):
+    """0 for identical volumes, > 0 otherwise; the gradient reaches the reconstruction, never the backbone."""
+    assert loss(target.clone(), target).item() == 0.0
+    value = loss(recon, target)
+    assert value.item() > 0
+    value.backward()
+    assert recon.grad is not None and recon.grad.abs().sum() > 0
+    assert all(p.grad is None for p in loss.backbone.parameters())
+
+
 @pytest.mark.parametrize("which", ["pth", "safetensors"])
 def test_vgg_weights_load_strictly_from_either_format(vgg_files, which):
     state, pth, st = vgg_files
@@ -102,13 +112,7 @@ def test_slice_loss_is_zero_for_equal_inputs_positive_otherwise_and_trains_only_
     loss.train()  # a training loop may call .train() on everything: the backbone must stay frozen
     assert not loss.backbone.training
     assert not any(p.requires_grad for p in loss.parameters())
-    recon, target = _pair(shape=(1, 1, 16, 20, 16))
-    assert loss(target.clone(), target).item() == 0.0
-    value = loss(recon, target)
-    assert value.item() > 0
-    value.backward()
-    assert recon.grad is not None and recon.grad.abs().sum() > 0
-    assert all(p.grad is None for p in loss.backbone.parameters())
+    _assert_zero_when_equal_and_trains_only_the_input(loss, *_pair(shape=(1, 1, 16, 20, 16)))
 
 
 def test_slice_loss_runs_the_backbone_on_only_the_requested_slices(vgg_files):
@@ -159,9 +163,4 @@ def test_medicalnet_weights_load_and_the_3d_loss_behaves(medicalnet_file):
     assert not loss.backbone.training, "BatchNorm must keep its running statistics"
     recon, target = _pair(shape=(1, 1, 32, 32, 32))
     assert loss.backbone(target).shape == (1, 512, 4, 4, 4)  # stride 8: layers 3 and 4 dilate, not stride
-    assert loss(target.clone(), target).item() == 0.0
-    value = loss(recon, target)
-    assert value.item() > 0
-    value.backward()
-    assert recon.grad is not None and recon.grad.abs().sum() > 0
-    assert all(p.grad is None for p in loss.backbone.parameters())
+    _assert_zero_when_equal_and_trains_only_the_input(loss, recon, target)
