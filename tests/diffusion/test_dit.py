@@ -1,0 +1,98 @@
+"""The 3D DiT: shapes with padding, adaLN-Zero at init, classifier-free guidance, registry, position codes."""
+
+import numpy as np
+import pytest
+import torch
+
+from neuroldm.diffusion.dit import DIT_MODELS, build_dit
+from neuroldm.diffusion.layers import sincos_1d, sincos_3d
+
+
+def tiny(**kw):
+    args = dict(patch=(2, 4, 2), window=(2, 2, 2), global_every=2, depth=4, hidden=48, heads=4)
+    args.update(kw)
+    return build_dit("DiT-S/2", (5, 6, 7), 4, 2, **args)
+
+
+def test_output_matches_input_size_when_axes_are_not_multiples_of_the_patch():
+    torch.manual_seed(0)
+    m = tiny()
+    assert m.x_embedder.grid == (3, 2, 4) and m.x_embedder.pad == (1, 2, 1)
+    x = torch.randn(3, 4, 5, 6, 7)
+    assert m(x, torch.tensor([0, 10, 999]), torch.tensor([0, 1, 1])).shape == x.shape
+
+
+def test_adaln_zero_init_outputs_zero_and_blocks_are_identity():
+    torch.manual_seed(0)
+    m = tiny()
+    x, t, y = torch.randn(2, 4, 5, 6, 7), torch.tensor([3, 500]), torch.tensor([0, 1])
+    assert torch.count_nonzero(m(x, t, y)) == 0
+    h = torch.randn(2, m.x_embedder.num_tokens, 48)
+    c = torch.randn(2, 48)
+    assert all(torch.equal(block(h, c), h) for block in m.blocks)
+
+
+def test_layout_uses_windows_shifts_and_global_blocks():
+    m = tiny()
+    assert m.layout == [((2, 2, 2), False), (None, False), ((2, 2, 2), False), (None, False)]
+    m = tiny(global_every=0)
+    assert [s for _, s in m.layout] == [False, True, False, True]
+    assert all(b.attn.window == (2, 2, 2) for b in m.blocks)
+    assert all(b.attn.window is None for b in tiny(window=None).blocks)
+
+
+def _trained_like(m):
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for p in m.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    return m.eval()
+
+
+def test_guidance_acts_on_every_channel():
+    m = _trained_like(tiny())
+    x, t, y = torch.randn(2, 4, 5, 6, 7), torch.tensor([100, 700]), torch.tensor([1, 0])
+    cond = m(x, t, y)
+    uncond = m(x, t, y, force_drop=torch.ones(2, dtype=torch.bool))
+    torch.testing.assert_close(m.forward_with_cfg(x, t, y, 1.0), cond)
+    guided = m.forward_with_cfg(x, t, y, 3.0)
+    torch.testing.assert_close(guided, uncond + 3.0 * (cond - uncond), rtol=1e-4, atol=1e-5)
+    # the seed guided only the first 3 of 4 channels: here the 4th moves too
+    assert not torch.allclose(guided[:, 3], cond[:, 3])
+
+
+def test_label_dropout_uses_the_null_class_in_training_only():
+    m = tiny(class_dropout=0.5)
+    y = torch.zeros(4000, dtype=torch.long)
+    torch.manual_seed(0)
+    m.y_embedder.train()
+    emb = m.y_embedder(y)
+    null = (emb == m.y_embedder.table.weight[2]).all(1).float().mean()
+    assert 0.45 < float(null) < 0.55
+    m.y_embedder.eval()
+    assert torch.equal(m.y_embedder(y[:5]), m.y_embedder.table.weight[[0] * 5])
+    with pytest.raises(ValueError, match="no null class"):
+        tiny(class_dropout=0.0).forward_with_cfg(torch.randn(1, 4, 5, 6, 7), torch.tensor([1]),
+                                                 torch.tensor([0]), 2.0)
+
+
+def test_registry_matches_dit_table_and_seed_parameter_count():
+    assert (DIT_MODELS["DiT-S/4"].depth, DIT_MODELS["DiT-S/4"].hidden, DIT_MODELS["DiT-S/4"].heads) == (12, 384, 6)
+    assert (DIT_MODELS["DiT-XL/2"].depth, DIT_MODELS["DiT-XL/2"].hidden) == (28, 1152)
+    # the seed's DiT-S/4 with patch (4, 2, 4) on 4x28x34x28 latents: about 32.6 M parameters
+    m = build_dit("DiT-S/4", (28, 34, 28), 4, 2, patch=(4, 2, 4), window=(4, 4, 4))
+    assert m.x_embedder.grid == (7, 17, 7)
+    assert sum(p.numel() for p in m.parameters()) == pytest.approx(32.6e6, rel=0.01)
+
+
+def test_sincos_codes():
+    pos = np.array([0.0, 1.0, 5.0])
+    code = sincos_1d(8, pos)
+    omega = 1 / 10000 ** (np.arange(4) / 4)
+    np.testing.assert_allclose(code[2], np.concatenate([np.sin(5 * omega), np.cos(5 * omega)]))
+    grid = sincos_3d(48, (2, 3, 4))
+    assert grid.shape == (24, 48)
+    # token (d, h, w) = (1, 2, 3) is row 1*12 + 2*4 + 3; each axis owns a third of the channels
+    np.testing.assert_allclose(grid[1 * 12 + 2 * 4 + 3], np.concatenate(
+        [sincos_1d(16, np.array([1.0]))[0], sincos_1d(16, np.array([2.0]))[0], sincos_1d(16, np.array([3.0]))[0]]))
+    assert len({tuple(r) for r in grid.round(6)}) == 24
