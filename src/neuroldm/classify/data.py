@@ -125,7 +125,7 @@ def real_subset(train: pd.DataFrame, fraction: float, seed: int) -> pd.DataFrame
     keep: list[str] = []
     for label in sorted(subjects.unique()):
         pool = np.sort(subjects[subjects == label].index.to_numpy())
-        k = max(1, int(round(fraction * pool.size)))
+        k = max(1, round(fraction * pool.size))
         keep += list(rng.choice(pool, k, replace=False))
     return train[train["subject"].isin(keep)].reset_index(drop=True)
 
@@ -157,6 +157,6 @@ def regime_rows(regime: Regime, train: pd.DataFrame, val: pd.DataFrame, test: pd
                             f"(the output of `neuroldm sample`)")
     check_leak(samples, val, test)
     proportions = np.bincount(real["label"], minlength=n_classes).astype(np.float64)
-    synthetic = _as_regime_rows(draw_synthetic(samples, int(round(regime.value * len(real))), proportions, seed),
+    synthetic = _as_regime_rows(draw_synthetic(samples, round(regime.value * len(real)), proportions, seed),
                                 "synthetic", "sample")
     return synthetic if regime.kind == "synthetic" else pd.concat([real, synthetic], ignore_index=True)

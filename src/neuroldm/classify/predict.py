@@ -49,8 +49,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:
             metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}
-    except Exception as e:  # safetensors raises its own error types for a damaged header
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for a damaged header)
         raise InputError(path, f"not a readable safetensors file ({e})") from None
     if "classifier_config" not in metadata:
         raise InputError(path, "not a neuroldm classifier file (no classifier_config metadata)")

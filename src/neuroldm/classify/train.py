@@ -168,7 +168,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
         predictions.to_csv(tmp, index=False)
     t = predictions[predictions["split"] == "test"]
     result = {"regime": regime.name, "fold": fold, "seed": seed, "arch": ccfg.arch, "classes": classes,
-              "n_train": int(len(training)), "n_train_real": int((training["source"] == "real").sum()),
+              "n_train": len(training), "n_train_real": int((training["source"] == "real").sum()),
               "n_train_synthetic": int((training["source"] == "synthetic").sum()),
               "train_class_counts": counts.tolist(), "selected_step": state["step"],
               "val_auc": state["best"], "test": classification_report(t["label"], t["score"], ccfg.threshold,
