@@ -16,6 +16,11 @@ The baseline is ``background`` (a volume filled with the scan's background value
 an empty scan, so voxels outside the head get no attribution), ``zero`` (the cohort's mean intensity after
 z-scoring, the seed's choice) or ``blur`` (the scan smoothed with σ = 3 voxels).
 
+Completeness (attributions summing to f(x) − f(baseline)) holds for IG up to the path quadrature error when the
+network is smooth along the path, as it is with BatchNorm in eval mode (an affine map). With
+``classifier.norm: group`` the network is scale-invariant and singular at a constant image, so IG from a constant
+baseline needs many more steps: check the recorded convergence delta.
+
 Memory: one volume is explained at a time; IG holds ``internal_batch_size`` forward/backward passes, GradientSHAP
 ``shap_samples`` and SmoothGrad ``internal_batch_size``. On a full 112×136×112 volume GradientSHAP with 8 samples
 peaked at 7.2 GB on CPU with a 4.7 M-parameter 3D EfficientNet-B0; lower the sample counts or the internal batch
@@ -93,7 +98,7 @@ def attribute(model: nn.Module, x: torch.Tensor, target: int, method: str, cfg: 
               seed: int = 0) -> tuple[torch.Tensor, float | None]:
     """``(attribution like x, IG convergence delta or None)`` for one volume ``x`` of shape (1, 1, D, H, W)."""
     torch.manual_seed(seed)
-    x = x.detach().requires_grad_(False)
+    x = x.detach().clone().requires_grad_(True)
     if method == "integrated_gradients":
         attr, delta = IntegratedGradients(model).attribute(
             x, baselines=make_baseline(x, cfg.baseline), target=target, n_steps=cfg.ig_steps,
