@@ -170,6 +170,8 @@ def cmd_classify_grid(args: argparse.Namespace) -> int:
     record_stage(args.run, "classify-grid", cfg, prepared=prepared.resolve())
     summary = run_grid(prepared, args.run, cfg, samples=args.samples, resume=not args.no_resume,
                        progress=not args.no_progress)
+    if not summary:  # a non-main torchrun process
+        return 0
     for row in summary["pooled"]:
         p = row["p_vs_real"]
         print(f"{row['regime']:>16} {row['split']:>4} N={row['n']}: pooled AUC {row['auc']:.3f} "

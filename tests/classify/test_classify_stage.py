@@ -87,3 +87,11 @@ def test_grid_tables_and_paired_delong(cohort, tmp_path):
     run_grid(cohort, tmp_path / "run", cfg, samples=samples, progress=False)
     assert (grid / "real" / "seed-0" / "result.json").stat().st_mtime_ns == stamp
     assert json.loads((grid / "summary.json").read_text())["skipped_regimes"] == []
+
+
+def test_selection_prefers_auc_and_breaks_ties_by_loss():
+    from neuroldm.classify.train import selection_score
+
+    assert selection_score(1.0, 0.1) > selection_score(1.0, 0.5)
+    # the smallest AUC step of a 300 x 300 validation set still outweighs any loss difference
+    assert selection_score(0.9 + 1 / (300 * 300), 10.0) > selection_score(0.9, 0.0)

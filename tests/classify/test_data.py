@@ -102,6 +102,6 @@ def test_leak_guard_fires_for_validation_and_test_subjects():
     with pytest.raises(LeakError, match="no train_subjects"):
         check_leak(_samples(train_subjects=[]), val, test)
     # under cross-validation a generator trained on the train split has seen the other folds' subjects
-    tr1, val1, test1 = fold_split(_manifest(), 0)
+    _, val1, test1 = fold_split(_manifest(), 0)
     with pytest.raises(LeakError):
         check_leak(safe, val1, test1)

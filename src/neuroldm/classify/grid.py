@@ -176,10 +176,14 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
                      f" fold {fold}" if fold is not None else "")
             result = train_classifier(prepared, out, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
                                       resume=resume, progress=progress)
+            if not result:  # a non-main torchrun process: rank 0 keeps the books
+                continue
         results.append(_run_row(result))
         pred = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "session": str}, keep_default_na=False)
         predictions.append(pred.assign(regime=regime.name, seed=seed, fold=-1 if fold is None else fold))
 
+    if not results:
+        return {}
     runs = pd.DataFrame(results)
     preds = pd.concat(predictions, ignore_index=True)
     for name, df in (("runs.csv", runs), ("predictions.csv", preds)):

@@ -4,7 +4,7 @@
 network, the class names and the grid and spacing it was trained on. Other stages (the generative evaluation
 checks that synthetic volumes are classified as the label they were sampled for) use only::
 
-    model, info = load_classifier("RUN/classifier")        # or the .safetensors file itself
+    model, info = load_classifier("RUN")                   # or RUN/classifier, or the .safetensors file
     probs = predict_proba(model, volumes)                  # (B, 1, D, H, W) -> (B, n_classes), rows sum to 1
 
 ``info`` holds ``classes``, ``grid``, ``spacing``, ``arch``, ``regime``, ``sha256`` and the training summary.
@@ -40,10 +40,11 @@ def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path,
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
-    """``(model in eval mode, info)`` from a classifier file or a folder holding ``model.safetensors``."""
+    """``(model in eval mode, info)`` from a classifier file, a folder holding ``model.safetensors``, or a run
+    directory (its ``classifier/model.safetensors``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_NAME
+        path = path / MODEL_NAME if not (path / "classifier" / MODEL_NAME).exists() else path / "classifier" / MODEL_NAME
     if not path.exists():
         raise InputError(path, "no trained classifier; run `neuroldm classify` first")
     try:

@@ -2,8 +2,8 @@
 
 Through the shared engine (resume, progress, checkpoints, DDP under torchrun): cross-entropy on the logits,
 class-balanced sampling (weights 1 / class count), the plausible augmentation of `neuroldm.data.dataset`, and
-early stopping when the validation AUC has not improved for ``classifier.patience`` validations. The best
-validation-AUC checkpoint is exported as ``OUT/model.safetensors``; only then is the real test split scored, once.
+early stopping when the validation AUC (ties broken by the validation loss, `selection_score`) has not improved
+for ``classifier.patience`` validations. The best checkpoint by that measure is exported as ``OUT/model.safetensors``; only then is the real test split scored, once.
 
 Writes into ``OUT`` (``RUN/classifier`` for ``neuroldm classify``):
 
@@ -66,9 +66,20 @@ def _validation(dataset: VolumeDataset, batch_size: int):
     def validate(trainer: Trainer) -> dict[str, float]:
         probs = score_dataset(trainer.eval_module(), dataset, batch_size)
         nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
-        return {"auc": auc_roc(labels, probs[:, 1]), "loss": float(nll),
-                "accuracy": float((probs.argmax(1) == labels).mean())}
+        auc = auc_roc(labels, probs[:, 1])
+        return {"auc": auc, "loss": float(nll), "accuracy": float((probs.argmax(1) == labels).mean()),
+                "selection": selection_score(auc, float(nll))}
     return validate
+
+
+def selection_score(auc: float, loss: float) -> float:
+    """Validation AUC, ties broken by the lower cross-entropy.
+
+    AUCs of n validation subjects take values k / (n_pos · n_neg), so two different AUCs differ by at least
+    1 / (n_pos · n_neg); the loss term stays below 1e-6 and so only ever decides between equal AUCs. Small validation
+    sets saturate at AUC 1 early, and without the tie-break the first (often badly calibrated) such model wins.
+    """
+    return auc - 1e-7 * min(loss, 10.0)
 
 
 def eval_weights(state: dict) -> dict[str, torch.Tensor]:
@@ -140,7 +151,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     torch.manual_seed(seed)
     model = build_classifier(ccfg, len(classes))
     trainer = Trainer(model, tcfg, out, dataset=train_set, loss_fn=cross_entropy,
-                      validate=_validation(val_set, tcfg.batch_size), monitor="auc", mode="max",
+                      validate=_validation(val_set, tcfg.batch_size), monitor="selection", mode="max",
                       sample_weights=weights, patience=ccfg.patience, progress=progress,
                       desc=f"classify {regime.name}" + (f" fold {fold}" if fold is not None else ""),
                       meta={"stage": "classify", "regime": regime.name, "fold": fold, "seed": seed})
@@ -153,17 +164,18 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     state = load_state(checkpoint)
     final = build_classifier(ccfg, len(classes))
     final.load_state_dict(eval_weights(state))
-    info = {"classes": classes, "grid": list(val_set.shape), "spacing": _spacing(rows), "regime": regime.name,
-            "fold": fold, "seed": seed, "step": state["step"], "val_auc": state["best"],
-            "checkpoint": str(checkpoint), "parameters": count_parameters(final)}
-    export_classifier(final, ccfg, out / MODEL_NAME, info)
-
     final.to(trainer.world.device)
     tables = []
     for split, part, dataset in (("val", val, val_set), ("test", test, test_set)):
         tables.append(prediction_table(part, score_dataset(final, dataset, tcfg.batch_size), split, classes,
                                        ccfg.threshold))
     predictions = pd.concat(tables, ignore_index=True)
+    v = predictions[predictions["split"] == "val"]
+    val_auc = auc_roc(v["label"], v["score"])
+    info = {"classes": classes, "grid": list(val_set.shape), "spacing": _spacing(rows), "regime": regime.name,
+            "fold": fold, "seed": seed, "step": state["step"], "val_auc": val_auc,
+            "checkpoint": str(checkpoint), "parameters": count_parameters(final)}
+    export_classifier(final, ccfg, out / MODEL_NAME, info)
     with atomic_path(out / "predictions.csv") as tmp:
         predictions.to_csv(tmp, index=False)
     t = predictions[predictions["split"] == "test"]
@@ -171,7 +183,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
               "n_train": len(training), "n_train_real": int((training["source"] == "real").sum()),
               "n_train_synthetic": int((training["source"] == "synthetic").sum()),
               "train_class_counts": counts.tolist(), "selected_step": state["step"],
-              "val_auc": state["best"], "test": classification_report(t["label"], t["score"], ccfg.threshold,
+              "val_auc": val_auc, "test": classification_report(t["label"], t["score"], ccfg.threshold,
                                                                        ccfg.bootstrap, seed=seed),
               "train_summary": summary, "samples": str(sample_set.folder) if sample_set else None}
     write_json_atomic(out / RESULT_NAME, result)
