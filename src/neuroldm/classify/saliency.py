@@ -6,7 +6,9 @@ predicted class):
 - ``integrated_gradients`` — Sundararajan et al. 2017; ``ig_steps`` Gauss-Legendre steps from a baseline,
   evaluated ``internal_batch_size`` at a time; the convergence delta (sum of attributions − (f(x) − f(baseline)),
   the completeness axiom) is recorded per volume;
-- ``input_x_gradient``; ``saliency`` (absolute gradient, Simonyan et al. 2014);
+- ``input_x_gradient`` (relative to the all-zero image, which after z-scoring is the mean brain intensity, so
+  grey matter near the mean gets little attribution whatever the gradient); ``saliency`` (absolute gradient,
+  Simonyan et al. 2014);
 - ``gradient_shap`` — Lundberg & Lee 2017: ``shap_samples`` random points between the input (plus Gaussian noise of
   ``noise_std``) and baselines drawn around the chosen baseline;
 - ``smoothgrad`` — absolute gradients averaged over ``smoothgrad_samples`` noisy copies (Smilkov et al. 2017,
@@ -76,7 +78,7 @@ SALIENCY_DIR = "saliency"
 
 def border_value(volume: torch.Tensor) -> float:
     """Median of the voxels on the six faces of a (D, H, W) volume: the scan's background intensity."""
-    v = volume
+    v = volume.detach()
     faces = torch.cat([v[0].ravel(), v[-1].ravel(), v[:, 0].ravel(), v[:, -1].ravel(), v[:, :, 0].ravel(),
                        v[:, :, -1].ravel()])
     return float(faces.median())
@@ -150,8 +152,10 @@ def overlay_figure(attribution: np.ndarray, background: np.ndarray, affine: np.n
     a = np.abs(attribution).astype(np.float32)
     thr = float(np.percentile(a, 99))
     cut = None
-    if roi is not None and (roi > 0).any():
-        cut = nib.affines.apply_affine(affine, np.argwhere(roi > 0).mean(0))
+    if roi is not None and (roi > 0).any():  # through the ROI label (e.g. hippocampus side) with the most mass
+        labels = [v for v in np.unique(roi) if v > 0]
+        best = max(labels, key=lambda v: float(a[roi == v].sum()))
+        cut = nib.affines.apply_affine(affine, np.argwhere(roi == best).mean(0))
     display = plotting.plot_stat_map(nib.Nifti1Image(a, affine), bg_img=nib.Nifti1Image(background, affine),
                                      threshold=thr, display_mode="ortho", cut_coords=cut, cmap="hot",
                                      symmetric_cbar=False, draw_cross=False, title=title, annotate=True)
