@@ -136,6 +136,7 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+<<<<<<< HEAD
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
     from neuroldm.runs import record_stage
@@ -162,6 +163,70 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               device=_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {Path(args.out) / 'manifest.csv'}")
+=======
+def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
+    parts = [f"{n} {report[n]['value']:.3f} [{report[n]['low']:.3f}, {report[n]['high']:.3f}]" for n in names]
+    return f"N={report['n']} ({report['n_pos']} positive): " + ", ".join(parts) + " (95% CI)"
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from neuroldm.classify.train import CLASSIFIER_DIR, train_classifier
+    from neuroldm.runs import prepared_dir, record_stage
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, "classify", cfg, prepared=prepared.resolve())
+    out = Path(args.out) if args.out else Path(args.run) / CLASSIFIER_DIR
+    result = train_classifier(prepared, out, cfg, regime=args.regime, samples=args.samples, fold=args.fold,
+                              seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
+    if not result:  # a non-main torchrun process
+        return 0
+    print(f"{cfg.classifier.arch} on {result['regime']} ({result['n_train_real']} real + "
+          f"{result['n_train_synthetic']} synthetic): selected step {result['selected_step']}, "
+          f"validation AUC {result['val_auc'] if result['val_auc'] is not None else float('nan'):.3f}")
+    print("test " + _metric_line(result["test"]))
+    print(f"model, predictions and metrics: {out}")
+    return 0
+
+
+def cmd_classify_grid(args: argparse.Namespace) -> int:
+    from neuroldm.classify.grid import GRID_DIR, run_grid
+    from neuroldm.runs import prepared_dir, record_stage
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, "classify-grid", cfg, prepared=prepared.resolve())
+    summary = run_grid(prepared, args.run, cfg, samples=args.samples, resume=not args.no_resume,
+                       progress=not args.no_progress)
+    if not summary:  # a non-main torchrun process
+        return 0
+    for row in summary["pooled"]:
+        p = row["p_vs_real"]
+        print(f"{row['regime']:>16} {row['split']:>4} N={row['n']}: pooled AUC {row['auc']:.3f} "
+              f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}]" + ("" if p != p else f", paired DeLong p={p:.3g}"))
+    print(f"{summary['runs']} runs; tables: {Path(args.run) / GRID_DIR / 'summary.md'}")
+    return 0
+
+
+def cmd_saliency(args: argparse.Namespace) -> int:
+    from neuroldm.classify.saliency import SALIENCY_DIR, explain_cohort
+    from neuroldm.classify.train import CLASSIFIER_DIR
+    from neuroldm.runs import prepared_dir, record_stage
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, "saliency", cfg, prepared=prepared.resolve())
+    out = Path(args.out) if args.out else Path(args.run) / SALIENCY_DIR
+    summary = explain_cohort(args.model or Path(args.run) / CLASSIFIER_DIR, prepared, out, cfg, split=args.split,
+                             limit=args.limit, progress=not args.no_progress)
+    for method, entry in summary["methods"].items():
+        line = f"{method}: {entry['seconds_per_volume']:.1f} s/volume"
+        enr = (entry.get("enrichment") or {}).get("all")
+        if enr and enr["n"]:
+            line += f", ROI enrichment {enr['mean']:.2f}x [{enr['low']:.2f}, {enr['high']:.2f}] (N={enr['n']})"
+        print(line)
+    print(f"maps, figures and attributions.csv: {out} (peak memory {summary['peak_rss_gb']:.2f} GB)")
+>>>>>>> classify
     return 0
 
 
@@ -252,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vae_sample)
 
     p = sub.add_parser(
+<<<<<<< HEAD
         "train-diffusion", parents=[common], formatter_class=_Formatter,
         help="train the class-conditional 3D DiT on the latents",
         description="Train the class-conditional 3D diffusion transformer (diffusion.* settings) on the run's "
@@ -283,6 +349,46 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
+=======
+        "classify", parents=[common], formatter_class=_Formatter, help="train and test a 3D classifier",
+        description="Train the classifier (classifier.* settings) on one data regime of the prepared cohort's "
+                    "train split (real, synthetic[-R], mixed-R, subset-F), select on validation AUC with early "
+                    "stopping, and report on the real test split with 95% CIs. Writes RUN/classifier/ "
+                    "(model.safetensors, predictions.csv, result.json). Launch with torchrun for several processes.")
+    _run_options(p)
+    p.add_argument("--regime", default="real", help="training data: real, synthetic[-R], mixed-R or subset-F")
+    p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes)")
+    p.add_argument("--fold", type=int, default=None, help="validate on this fold (default: the val split)")
+    p.add_argument("--seed", type=int, default=None, help="seed (default: classifier.train.seed)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.set_defaults(func=cmd_classify)
+
+    p = sub.add_parser(
+        "classify-grid", parents=[common], formatter_class=_Formatter, help="classifier over regimes x seeds x folds",
+        description="Train one classifier per data regime (classifier.regimes, mix_ratios, subset_fractions), seed "
+                    "and fold; write RUN/classify-grid/runs.csv and summary.md/.html: mean ± std with 95% CIs of "
+                    "every test metric, pooled AUCs with DeLong CIs and paired DeLong tests against real-only. "
+                    "Finished runs are reused.")
+    _run_options(p)
+    p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes are "
+                                                   "skipped without it)")
+    p.add_argument("--no-resume", action="store_true", help="retrain every run")
+    p.set_defaults(func=cmd_classify_grid)
+
+    p = sub.add_parser(
+        "saliency", parents=[common], formatter_class=_Formatter, help="Captum attribution maps of a classifier",
+        description="Explain a trained classifier's decisions on a real split with Captum (classifier.saliency."
+                    "methods): per-subject NIfTI maps on the prepared affine, per-class mean maps, nilearn overlay "
+                    "PNGs, and the ROI enrichment of the top 1% voxels (demo cohort: hippocampus masks).")
+    _run_options(p)
+    p.add_argument("--model", default=None, help="classifier file or folder (default: RUN/classifier)")
+    p.add_argument("--split", default=None, choices=("train", "val", "test"),
+                   help="split to explain (default: classifier.saliency.split)")
+    p.add_argument("--limit", type=int, default=None, help="at most this many volumes (balanced over classes)")
+    p.add_argument("--out", default=None, help="output folder (default: RUN/saliency)")
+    p.set_defaults(func=cmd_saliency)
+>>>>>>> classify
     return parser
 
 

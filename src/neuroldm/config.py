@@ -215,6 +215,61 @@ class SampleConfig(Section):
     batch_size: int = Field(4, ge=1)
     eta: float = Field(0.0, ge=0)  # DDIM stochasticity (0: deterministic)
 
+class SaliencyConfig(Section):
+    """Captum attributions of a trained classifier (`neuroldm.classify.saliency`)."""
+
+    methods: list[Literal["integrated_gradients", "input_x_gradient", "gradient_shap", "saliency", "smoothgrad"]] = \
+        Field(default_factory=lambda: ["integrated_gradients", "input_x_gradient", "gradient_shap", "saliency"])
+    split: Literal["train", "val", "test"] = "test"  # which real split's subjects to explain
+    target: Literal["label", "predicted"] = "label"  # the class whose logit is explained
+    baseline: Literal["background", "zero", "blur"] = "background"  # IG/GradientSHAP reference image
+    ig_steps: int = Field(32, ge=2)  # Integrated Gradients path steps (Gauss-Legendre)
+    internal_batch_size: int = Field(4, ge=1)  # forward/backward passes evaluated together (memory)
+    shap_samples: int = Field(8, ge=1)  # GradientSHAP random points per volume
+    noise_std: float = Field(0.1, ge=0)  # GradientSHAP baseline noise and SmoothGrad noise, normalised units
+    smoothgrad_samples: int = Field(8, ge=1)
+    top_fraction: float = Field(0.01, gt=0, le=1)  # ROI enrichment: share of voxels counted as 'top'
+    figures: int = Field(4, ge=0)  # overlay PNGs of this many subjects per class and method
+
+
+class ClassifierConfig(Section):
+    """The 3D classifier (`neuroldm.classify`): network, training, data regimes of the grid, saliency."""
+
+    arch: Literal["efficientnetv2-tiny", "efficientnetv2-s", "efficientnetv2-m", "efficientnetv2-l", "cnn"] = \
+        "efficientnetv2-s"
+    norm: Literal["batch", "group"] = "batch"
+    dropout: float = Field(0.3, ge=0, lt=1)  # before the classifier (the seed's 0.3)
+    stochastic_depth: float = Field(0.2, ge=0, lt=1)  # rate of the last block (linear from 0)
+    balanced_sampling: bool = True  # draw classes equally often (weights 1/class count)
+    patience: int | None = Field(10, ge=1)  # validations without a better val AUC before stopping; null: never
+    threshold: float = Field(0.5, gt=0, lt=1)  # on P(positive class) for the threshold metrics
+    bootstrap: int = Field(2000, ge=0)  # resamples for the bootstrap CIs (0: none)
+    regimes: list[Literal["real", "synthetic", "mixed", "subset"]] = \
+        Field(default_factory=lambda: ["real", "synthetic", "mixed", "subset"])
+    mix_ratios: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75, 1.0])  # synthetic / real count
+    synthetic_ratio: float = Field(1.0, gt=0)  # synthetic-only regime: this many × the real training count
+    subset_fractions: list[float] = Field(default_factory=lambda: [0.25, 0.5])  # of real training subjects
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2])
+    folds: Literal["split", "cv"] = "split"  # split: the manifest's train/val; cv: every fold as validation
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=10000, batch_size=8, lr=1e-3,
+                                                                   weight_decay=1e-2, warmup_steps=500,
+                                                                   val_every=250, ckpt_every=250))
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    saliency: SaliencyConfig = Field(default_factory=SaliencyConfig)
+
+    @field_validator("mix_ratios")
+    @classmethod
+    def _positive_ratios(cls, v):
+        if any(r <= 0 for r in v):
+            raise ValueError("mix ratios must be positive")
+        return v
+
+    @field_validator("subset_fractions")
+    @classmethod
+    def _subset_fractions(cls, v):
+        if any(not 0 < f <= 1 for f in v):
+            raise ValueError("subset fractions must be in (0, 1]")
+        return v
 
 class Config(Section):
     """The whole resolved configuration of a run."""
@@ -228,6 +283,7 @@ class Config(Section):
     vae: VAEConfig = Field(default_factory=VAEConfig)
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
+    classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

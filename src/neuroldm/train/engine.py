@@ -126,7 +126,8 @@ class Trainer:
     """Train `parts` on `dataset` with `loss_fn`; checkpoints and logs go to ``run_dir``.
 
     `validate(trainer) -> {metric: value}` runs on the main process every ``val_every`` steps on
-    `eval_module()` (the EMA weights when EMA is on); `monitor`/`mode` pick the best checkpoint.
+    `eval_module()` (the EMA weights when EMA is on); `monitor`/`mode` pick the best checkpoint. With
+    `patience`, training stops early (with a last checkpoint) after that many validations without a better value.
     """
 
     def __init__(self, parts: list[Part] | nn.Module, cfg: TrainConfig, run_dir: str | Path, *,
@@ -134,7 +135,7 @@ class Trainer:
                  validate: Callable[[Trainer], dict[str, float]] | None = None, monitor: str = "loss",
                  mode: str = "min", sample_weights: list[float] | None = None, collate_fn=None,
                  meta: dict[str, Any] | None = None, progress: bool = True, desc: str = "train",
-                 world: distributed.World | None = None):
+                 world: distributed.World | None = None, patience: int | None = None):
         if isinstance(parts, nn.Module):
             parts = [Part("model", parts)]
         if mode not in ("min", "max"):
@@ -149,6 +150,8 @@ class Trainer:
         self.collate_fn = collate_fn
         self.step = 0
         self.best: float | None = None
+        self.patience = patience
+        self.since_best = 0  # validations since the monitored value last improved
         self.ckpt_dir = self.run_dir / "checkpoints"
         self.metrics_path = self.run_dir / "metrics.csv"
 
@@ -195,7 +198,8 @@ class Trainer:
 
     # ---------------------------------------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        return {"step": self.step, "best": self.best, "monitor": self.monitor, "meta": self.meta,
+        return {"step": self.step, "best": self.best, "since_best": self.since_best, "monitor": self.monitor,
+                "meta": self.meta,
                 "modules": {n: p.module.state_dict() for n, p in self.parts.items()},
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
@@ -214,6 +218,7 @@ class Trainer:
         for n, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][n])
         self.step, self.best = int(state["step"]), state["best"]
+        self.since_best = int(state.get("since_best", 0))
         _set_rng_state(state["rng"])
 
     def save_checkpoint(self, name: str) -> Path:
@@ -346,7 +351,10 @@ class Trainer:
         if value is not None and math.isfinite(value) and (
                 self.best is None or (value < self.best if self.mode == "min" else value > self.best)):
             self.best = value
+            self.since_best = 0
             self.save_checkpoint("best")
+        elif value is not None:
+            self.since_best += 1
         return metrics
 
     def fit(self, resume: bool = True, until_step: int | None = None) -> dict[str, Any]:
@@ -368,7 +376,7 @@ class Trainer:
                    dynamic_ncols=True)
         terms: dict[str, float] = {}
         val: dict[str, float] = {}
-        stopped_early = False
+        stopped_early = patience_out = False
         try:
             while self.step < end:
                 terms = distributed.mean_across(self._train_step(batches), self.world)
@@ -382,8 +390,15 @@ class Trainer:
                 out_of_time = (cfg.max_minutes is not None
                                and time.perf_counter() - start_time > 60 * cfg.max_minutes)
                 out_of_time = not distributed.all_true(not out_of_time, self.world)
-                if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time:
+                # only the main process validates, so its verdict (true on any rank) is the one every rank follows
+                patience_out = not distributed.all_true(
+                    not (self.patience is not None and self.since_best >= self.patience), self.world)
+                if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time or patience_out:
                     self.save_checkpoint("last")
+                if patience_out:
+                    log.info("%s: no better val_%s in %d validations; stopping at step %d", self.desc,
+                             self.monitor, self.patience, self.step)
+                    break
                 if out_of_time:
                     stopped_early = True
                     log.info("%s: time budget of %.1f min reached at step %d", self.desc, cfg.max_minutes, self.step)
@@ -392,7 +407,7 @@ class Trainer:
             bar.close()
         seconds = time.perf_counter() - start_time
         summary = {"steps": self.step, "steps_this_run": self.step - started_at, "seconds": round(seconds, 2),
-                   "stopped_early": stopped_early, "best": self.best, "monitor": f"val_{self.monitor}",
+                   "stopped_early": stopped_early, "early_stopped": patience_out, "best": self.best, "monitor": f"val_{self.monitor}",
                    "last_terms": terms, "last_validation": val, "world_size": self.world.size}
         if self.world.is_main:
             write_json_atomic(self.run_dir / "train_summary.json", summary)

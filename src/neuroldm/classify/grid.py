@@ -1,0 +1,210 @@
+"""``neuroldm classify-grid``: every data regime × seed × fold, one classifier each, and the statistics.
+
+Runs go to ``RUN/classify-grid/<regime>/seed-<s>[/fold-<k>]/`` (the layout of `neuroldm.classify.train`); a run
+whose ``result.json`` exists is reused, so an interrupted grid continues where it stopped. Then:
+
+- ``runs.csv`` — one row per run: regime, seed, fold, training counts, selected step, validation AUC and every
+  test metric (`neuroldm.metrics.classification.METRICS`) with its own 95% CI;
+- ``predictions.csv`` — every run's validation and test scores;
+- ``summary.md`` / ``summary.html`` / ``summary.json`` — per regime, the mean ± std over runs of each test
+  metric with a 95% t-interval over runs (N = runs), and the *pooled* analysis: each subject's score averaged
+  over the regime's runs, its AUC with DeLong's 95% CI (N = subjects), and a paired DeLong test against
+  real-only on the same subjects. The pooled analysis is done on the test split and, with
+  ``classifier.folds: cv``, on the pooled out-of-fold validation scores (every non-test subject scored once
+  per seed by the fold that held it out).
+
+Regimes that need synthetic volumes are skipped (with a warning, recorded in ``summary.json``) when no sample
+folder is given. Under ``folds: cv`` the leak guard is checked for every fold before anything is trained: a
+generator trained on the manifest's train split has seen the other folds' validation subjects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats
+
+from neuroldm.classify.data import Regime, check_leak, fold_split, grid_regimes
+from neuroldm.classify.train import RESULT_NAME, train_classifier
+from neuroldm.config import Config
+from neuroldm.data.manifest import read_manifest
+from neuroldm.io import atomic_path, write_json_atomic, write_text_atomic
+from neuroldm.metrics.classification import METRICS, delong_ci, paired_delong
+from neuroldm.samples import read_sample_manifest
+
+log = logging.getLogger(__name__)
+
+GRID_DIR = "classify-grid"
+LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "sensitivity": "Sensitivity",
+          "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1", "auc_roc": "AUC-ROC",
+          "auc_pr": "AUC-PR"}
+
+
+def run_dir_of(root: Path, regime: Regime, seed: int, fold: int | None) -> Path:
+    out = root / regime.name / f"seed-{seed}"
+    return out / f"fold-{fold}" if fold is not None else out
+
+
+def _run_row(result: dict) -> dict:
+    row = {k: result[k] for k in ("regime", "seed", "fold", "n_train", "n_train_real", "n_train_synthetic",
+                                  "selected_step", "val_auc")}
+    test = result["test"]
+    row["n_test"] = test["n"]
+    for name in METRICS:
+        row[name] = test[name]["value"]
+        row[f"{name}_low"], row[f"{name}_high"] = test[name]["low"], test[name]["high"]
+    return row
+
+
+def mean_std_ci(values: pd.Series, level: float = 0.95) -> tuple[float, float, float, float]:
+    """``(mean, std, low, high)`` with a t-interval over runs (NaN bounds with one run)."""
+    v = values.dropna().to_numpy(dtype=np.float64)
+    if v.size == 0:
+        return (math.nan,) * 4
+    mean = float(v.mean())
+    if v.size == 1:
+        return mean, math.nan, math.nan, math.nan
+    std = float(v.std(ddof=1))
+    half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * std / math.sqrt(v.size))
+    return mean, std, mean - half, mean + half
+
+
+def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "real") -> pd.DataFrame:
+    """Per regime: each subject's score averaged over runs, AUC with DeLong CI, paired DeLong vs `reference`."""
+    pred = predictions[predictions["split"] == split]
+    key = ["subject", "session"]
+    pooled = pred.groupby(["regime", *key]).agg(score=("score", "mean"), label=("label", "first")).reset_index()
+    ref = pooled[pooled["regime"] == reference].set_index(key)
+    rows = []
+    for regime, part in pooled.groupby("regime", sort=False):
+        part = part.set_index(key)
+        auc, lo, hi = delong_ci(part["label"], part["score"]) if part["label"].nunique() == 2 else (math.nan,) * 3
+        row = {"regime": regime, "split": split, "n": len(part), "auc": auc, "auc_low": lo, "auc_high": hi,
+               "diff_vs_real": math.nan, "p_vs_real": math.nan}
+        common = part.index.intersection(ref.index)
+        if regime != reference and len(common) and part.loc[common, "label"].nunique() == 2:
+            test = paired_delong(part.loc[common, "label"], part.loc[common, "score"], ref.loc[common, "score"])
+            row.update(diff_vs_real=test["diff"], p_vs_real=test["p"], n_paired=len(common))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+    rows = []
+    for regime in order:
+        part = runs[runs["regime"] == regime]
+        if part.empty:
+            continue
+        row = {"regime": regime, "runs": len(part), "n_train_real": int(part["n_train_real"].iloc[0]),
+               "n_train_synthetic": int(part["n_train_synthetic"].iloc[0]), "n_test": int(part["n_test"].iloc[0])}
+        for name in METRICS:
+            mean, std, lo, hi = mean_std_ci(part[name])
+            row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_low": lo, f"{name}_high": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _fmt(mean: float, std: float, lo: float, hi: float) -> str:
+    if math.isnan(mean):
+        return "–"
+    s = f"{mean:.3f}"
+    if not math.isnan(std):
+        s += f" ± {std:.3f} [{lo:.3f}, {hi:.3f}]"
+    return s
+
+
+def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two display tables: per-run metrics (mean ± std [95% CI over runs]) and the pooled AUC tests."""
+    per_run = pd.DataFrame({"regime": summary["regime"], "runs": summary["runs"],
+                            "train real+syn": [f"{r}+{s}" for r, s in zip(summary["n_train_real"],
+                                                                          summary["n_train_synthetic"])],
+                            "N test": summary["n_test"]})
+    for name in METRICS:
+        per_run[LABELS[name]] = [_fmt(*r) for r in summary[[f"{name}_mean", f"{name}_std", f"{name}_low",
+                                                             f"{name}_high"]].itertuples(index=False)]
+    tests = pd.DataFrame({
+        "regime": pooled["regime"], "scores": pooled["split"].map({"test": "test", "val": "out-of-fold"}),
+        "N": pooled["n"],
+        "pooled AUC [95% CI, DeLong]": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(a) else "–"
+                                        for a, lo, hi in pooled[["auc", "auc_low", "auc_high"]].itertuples(
+                                            index=False)],
+        "ΔAUC vs real": ["–" if math.isnan(d) else f"{d:+.3f}" for d in pooled["diff_vs_real"]],
+        "p (paired DeLong)": ["–" if math.isnan(p) else f"{p:.3g}" for p in pooled["p_vs_real"]]})
+    return per_run, tests
+
+
+def _markdown(df: pd.DataFrame) -> str:
+    cols = list(df.columns)
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines)
+
+
+def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples: str | Path | None = None,
+             resume: bool = True, progress: bool = True) -> dict:
+    """Train every run of the grid (reusing finished ones) and write the tables; returns ``summary.json``."""
+    ccfg = cfg.classifier
+    root = Path(run_dir) / GRID_DIR
+    rows = read_manifest(prepared)
+    sample_set = read_sample_manifest(samples) if samples is not None else None
+    regimes = grid_regimes(ccfg.regimes, ccfg.mix_ratios, ccfg.subset_fractions, ccfg.synthetic_ratio)
+    skipped = [r.name for r in regimes if r.needs_synthetic and sample_set is None]
+    if skipped:
+        log.warning("no --samples given: skipping %s", ", ".join(skipped))
+    regimes = [r for r in regimes if r.name not in skipped]
+    folds: list[int | None] = [None] if ccfg.folds == "split" else sorted(set(rows["fold"]) - {-1})
+    if not folds:
+        folds = [None]
+    if sample_set is not None and any(r.needs_synthetic for r in regimes):
+        for fold in folds:  # fail before training anything
+            _, val, test = fold_split(rows, fold)
+            check_leak(sample_set, val, test)
+
+    results, predictions = [], []
+    plan = [(r, s, f) for r in regimes for s in ccfg.seeds for f in folds]
+    for k, (regime, seed, fold) in enumerate(plan, 1):
+        out = run_dir_of(root, regime, seed, fold)
+        if resume and (out / RESULT_NAME).exists():
+            result = json.loads((out / RESULT_NAME).read_text())
+        else:
+            log.info("grid run %d/%d: %s seed %d%s", k, len(plan), regime.name, seed,
+                     f" fold {fold}" if fold is not None else "")
+            result = train_classifier(prepared, out, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
+                                      resume=resume, progress=progress)
+            if not result:  # a non-main torchrun process: rank 0 keeps the books
+                continue
+        results.append(_run_row(result))
+        pred = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "session": str}, keep_default_na=False)
+        predictions.append(pred.assign(regime=regime.name, seed=seed, fold=-1 if fold is None else fold))
+
+    if not results:
+        return {}
+    runs = pd.DataFrame(results)
+    preds = pd.concat(predictions, ignore_index=True)
+    for name, df in (("runs.csv", runs), ("predictions.csv", preds)):
+        with atomic_path(root / name) as tmp:
+            df.to_csv(tmp, index=False)
+    order = [r.name for r in regimes]
+    summary = summary_table(runs, order)
+    pooled = pooled_comparison(preds, "test")
+    if ccfg.folds == "cv" and folds != [None]:
+        pooled = pd.concat([pooled, pooled_comparison(preds, "val")], ignore_index=True)
+    per_run, tests = render_tables(summary, pooled)
+    title = (f"Classifier grid: {ccfg.arch}, {len(ccfg.seeds)} seed(s) × {len(folds)} fold(s); test N = "
+             f"{int(runs['n_test'].iloc[0])} real subjects")
+    note = ("Per-run table: mean ± std over runs [95% t-interval over runs]; threshold "
+            f"{ccfg.threshold} on P({cfg.data.classes[1]}). Pooled table: each subject's score averaged over the "
+            "regime's runs; AUC with DeLong's 95% CI; paired DeLong test against real-only on the same subjects.")
+    write_text_atomic(root / "summary.md", f"# {title}\n\n{note}\n\n{_markdown(per_run)}\n\n{_markdown(tests)}\n")
+    write_text_atomic(root / "summary.html",
+                      f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><p>{note}</p>"
+                      + per_run.to_html(index=False, border=0) + tests.to_html(index=False, border=0))
+    out = {"runs": len(runs), "regimes": order, "skipped_regimes": skipped, "folds": folds, "seeds": ccfg.seeds,
+           "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records")}
+    write_json_atomic(root / "summary.json", out)
+    return out

@@ -1,0 +1,79 @@
+"""A trained classifier as one file, and the public API to score volumes with it.
+
+``model.safetensors`` holds the evaluation weights plus, in its metadata, the `ClassifierConfig` that built the
+network, the class names and the grid and spacing it was trained on. Other stages (the generative evaluation
+checks that synthetic volumes are classified as the label they were sampled for) use only::
+
+    model, info = load_classifier("RUN")                   # or RUN/classifier, or the .safetensors file
+    probs = predict_proba(model, volumes)                  # (B, 1, D, H, W) -> (B, n_classes), rows sum to 1
+
+``info`` holds ``classes``, ``grid``, ``spacing``, ``arch``, ``regime``, ``sha256`` and the training summary.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import nn
+
+from neuroldm.classify.network import build_classifier
+from neuroldm.config import ClassifierConfig
+from neuroldm.errors import InputError
+from neuroldm.io import atomic_path, sha256_file
+
+MODEL_NAME = "model.safetensors"
+
+
+def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path, info: dict) -> Path:
+    """Write `model`'s weights with its config and `info` (must hold ``classes``, ``grid``, ``spacing``)."""
+    missing = {"classes", "grid", "spacing"} - set(info)
+    if missing:
+        raise ValueError(f"classifier info lacks {sorted(missing)}")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"classifier_config": cfg.model_dump_json(), "info": json.dumps(info)})
+    return Path(path)
+
+
+def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
+    """``(model in eval mode, info)`` from a classifier file, a folder holding ``model.safetensors``, or a run
+    directory (its ``classifier/model.safetensors``)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / MODEL_NAME if not (path / "classifier" / MODEL_NAME).exists() else path / "classifier" / MODEL_NAME
+    if not path.exists():
+        raise InputError(path, "no trained classifier; run `neuroldm classify` first")
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for a damaged header)
+        raise InputError(path, f"not a readable safetensors file ({e})") from None
+    if "classifier_config" not in metadata:
+        raise InputError(path, "not a neuroldm classifier file (no classifier_config metadata)")
+    cfg = ClassifierConfig.model_validate_json(metadata["classifier_config"])
+    info = json.loads(metadata.get("info", "{}"))
+    model = build_classifier(cfg, num_classes=len(info["classes"]))
+    model.load_state_dict(state)  # strict: a mismatch is an error, never a half-loaded model
+    info.update(arch=cfg.arch, config=cfg.model_dump(mode="json"), sha256=sha256_file(path), path=str(path))
+    return model.to(device).eval(), info
+
+
+@torch.no_grad()
+def predict_proba(model: nn.Module, volumes: torch.Tensor, batch_size: int = 4) -> torch.Tensor:
+    """Class probabilities ``(B, n_classes)`` (softmax of the logits) of volumes ``(B, 1, D, H, W)``.
+
+    The model is put in eval mode (dropout and stochastic depth off, BatchNorm running statistics); inputs go
+    to the model's device in chunks of `batch_size`; the result is float32 on the CPU.
+    """
+    if volumes.ndim != 5 or volumes.shape[1] != 1:
+        raise ValueError(f"expected volumes of shape (B, 1, D, H, W), got {tuple(volumes.shape)}")
+    model.eval()
+    device = next(model.parameters()).device
+    out = [torch.softmax(model(chunk.to(device, torch.float32)).float(), dim=1).cpu()
+           for chunk in volumes.split(batch_size)]
+    return torch.cat(out)

@@ -1,0 +1,166 @@
+"""Binary classification metrics with confidence intervals, and DeLong's test for AUCs.
+
+Labels are 0/1 (1 = the positive class, e.g. TLE); scores are P(positive). Threshold metrics come from the
+confusion matrix at ``threshold``; a metric whose denominator is zero is NaN (sklearn would return 0 with a
+warning, which reads like a measured value).
+
+AUC-ROC and its variance follow DeLong, DeLong & Clarke-Pearson (Biometrics 1988) with the midrank algorithm of
+Sun & Xu (IEEE SPL 2014): the AUC is the mean of the positives' placement values, its variance
+``var(V10)/m + var(V01)/n`` (m positives, n negatives), and two AUCs on the same subjects are compared with the
+covariance of their placement values (the paired DeLong test). AUC-PR is average precision (sklearn), as the seed
+reported it. Other CIs are percentile intervals of a stratified bootstrap (class counts fixed per resample).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from scipy import stats
+from sklearn.metrics import average_precision_score
+
+METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc_roc", "auc_pr")
+
+
+def _check(labels, scores) -> tuple[np.ndarray, np.ndarray]:
+    y = np.asarray(labels).astype(int).ravel()
+    s = np.asarray(scores, dtype=np.float64).ravel()
+    if y.shape != s.shape:
+        raise ValueError(f"labels and scores differ in length ({y.size} vs {s.size})")
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("labels must be 0 or 1")
+    return y, s
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b else math.nan
+
+
+def threshold_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
+    """Accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV and F1 of ``score >= threshold``."""
+    y, s = _check(labels, scores)
+    pred = s >= threshold
+    tp = int(np.sum(pred & (y == 1)))
+    fp = int(np.sum(pred & (y == 0)))
+    tn = int(np.sum(~pred & (y == 0)))
+    fn = int(np.sum(~pred & (y == 1)))
+    sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
+    return {"accuracy": _ratio(tp + tn, y.size), "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens,
+            "specificity": spec, "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
+            "f1": _ratio(2 * tp, 2 * tp + fp + fn)}
+
+
+def _placements(y: np.ndarray, s: np.ndarray) -> tuple[float, np.ndarray, np.ndarray]:
+    """AUC and the structural components: V10 per positive (share of negatives it outscores, ties 1/2) and V01
+    per negative (share of positives that outscore it)."""
+    pos, neg = s[y == 1], s[y == 0]
+    m, n = pos.size, neg.size
+    if m == 0 or n == 0:
+        raise ValueError("AUC needs both classes")
+    ranks = stats.rankdata(np.concatenate([pos, neg]))  # midranks
+    v10 = (ranks[:m] - stats.rankdata(pos)) / n
+    v01 = 1.0 - (ranks[m:] - stats.rankdata(neg)) / m
+    return float(v10.mean()), v10, v01
+
+
+def auc_roc(labels, scores) -> float:
+    """Area under the ROC curve (the Mann-Whitney statistic); NaN with one class only."""
+    y, s = _check(labels, scores)
+    if y.min() == y.max():
+        return math.nan
+    return _placements(y, s)[0]
+
+
+def auc_pr(labels, scores) -> float:
+    """Average precision (the step-wise area under the precision-recall curve); NaN without positives."""
+    y, s = _check(labels, scores)
+    return float(average_precision_score(y, s)) if y.any() else math.nan
+
+
+def delong_variance(labels, scores) -> tuple[float, float]:
+    """``(auc, variance)`` by DeLong's method."""
+    y, s = _check(labels, scores)
+    auc, v10, v01 = _placements(y, s)
+    var = (v10.var(ddof=1) / v10.size if v10.size > 1 else 0.0) + (v01.var(ddof=1) / v01.size if v01.size > 1
+                                                                    else 0.0)
+    return auc, float(var)
+
+
+def delong_ci(labels, scores, level: float = 0.95) -> tuple[float, float, float]:
+    """``(auc, low, high)``: the normal interval with DeLong's variance, clipped to [0, 1]."""
+    auc, var = delong_variance(labels, scores)
+    half = stats.norm.ppf(0.5 + level / 2) * math.sqrt(var)
+    return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def paired_delong(labels, scores_a, scores_b) -> dict[str, float]:
+    """DeLong's test of two correlated AUCs (two models scored on the same subjects).
+
+    Returns ``auc_a``, ``auc_b``, ``diff`` (a − b), its ``se``, ``z`` and the two-sided ``p``.
+    """
+    y, a = _check(labels, scores_a)
+    _, b = _check(labels, scores_b)
+    if a.shape != b.shape:
+        raise ValueError("paired scores must cover the same subjects")
+    auc_a, v10a, v01a = _placements(y, a)
+    auc_b, v10b, v01b = _placements(y, b)
+    s10 = np.cov(np.stack([v10a, v10b])) / v10a.size
+    s01 = np.cov(np.stack([v01a, v01b])) / v01a.size
+    cov = s10 + s01
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    diff = auc_a - auc_b
+    if var <= 0:  # identical placements: no evidence either way
+        z, p = 0.0, 1.0
+    else:
+        z = diff / math.sqrt(var)
+        p = float(2 * stats.norm.sf(abs(z)))
+    return {"auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": math.sqrt(max(var, 0.0)), "z": z, "p": p}
+
+
+def bootstrap_ci(labels, scores, metric: Callable[[np.ndarray, np.ndarray], float | dict[str, float]],
+                 n: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]] | tuple:
+    """Percentile CI of `metric(labels, scores)` over `n` stratified resamples (NaN resamples are dropped).
+
+    `metric` may return one number (-> ``(low, high)``) or a dict (-> ``{name: (low, high)}``).
+    """
+    y, s = _check(labels, scores)
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(y == c) for c in (0, 1)]
+    draws = []
+    for _ in range(n):
+        idx = np.concatenate([rng.choice(g, g.size, replace=True) for g in groups if g.size])
+        draws.append(metric(y[idx], s[idx]))
+    q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
+
+    def interval(values) -> tuple[float, float]:
+        v = np.asarray(values, dtype=np.float64)
+        v = v[np.isfinite(v)]
+        return (math.nan, math.nan) if v.size == 0 else tuple(float(x) for x in np.percentile(v, q))
+
+    if isinstance(draws[0], dict):
+        return {k: interval([d[k] for d in draws]) for k in draws[0]}
+    return interval(draws)
+
+
+def classification_report(labels, scores, threshold: float = 0.5, n_bootstrap: int = 2000, level: float = 0.95,
+                          seed: int = 0) -> dict:
+    """Every metric of `METRICS` with its CI: ``{"n", "n_pos", "n_neg", "threshold", "level",
+    metric: {"value", "low", "high", "ci"}}``. AUC-ROC's CI is DeLong's; the others are bootstrap CIs."""
+    y, s = _check(labels, scores)
+    values = threshold_metrics(y, s, threshold) | {"auc_roc": auc_roc(y, s), "auc_pr": auc_pr(y, s)}
+    out: dict = {"n": int(y.size), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "threshold": threshold,
+                 "level": level}
+    both = 0 < y.sum() < y.size
+    boot: dict = {}
+    if n_bootstrap > 0:
+        boot = bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss, threshold) | {"auc_pr": auc_pr(yy, ss)},
+                            n=n_bootstrap, level=level, seed=seed)
+    for name in METRICS:
+        if name == "auc_roc" and both:
+            _, lo, hi = delong_ci(y, s, level)
+            out[name] = {"value": values[name], "low": lo, "high": hi, "ci": "delong"}
+        else:
+            lo, hi = boot.get(name, (math.nan, math.nan))
+            out[name] = {"value": values[name], "low": lo, "high": hi, "ci": "bootstrap" if boot else "none"}
+    return out
