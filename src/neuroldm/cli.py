@@ -136,7 +136,6 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     return 0
 
 
-<<<<<<< HEAD
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
     from neuroldm.runs import record_stage
@@ -163,7 +162,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               device=_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {Path(args.out) / 'manifest.csv'}")
-=======
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
     parts = [f"{n} {report[n]['value']:.3f} [{report[n]['low']:.3f}, {report[n]['high']:.3f}]" for n in names]
     return f"N={report['n']} ({report['n_pos']} positive): " + ", ".join(parts) + " (95% CI)"
@@ -226,7 +224,6 @@ def cmd_saliency(args: argparse.Namespace) -> int:
             line += f", ROI enrichment {enr['mean']:.2f}x [{enr['low']:.2f}, {enr['high']:.2f}] (N={enr['n']})"
         print(line)
     print(f"maps, figures and attributions.csv: {out} (peak memory {summary['peak_rss_gb']:.2f} GB)")
->>>>>>> classify
     return 0
 
 
@@ -317,7 +314,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vae_sample)
 
     p = sub.add_parser(
-<<<<<<< HEAD
         "train-diffusion", parents=[common], formatter_class=_Formatter,
         help="train the class-conditional 3D DiT on the latents",
         description="Train the class-conditional 3D diffusion transformer (diffusion.* settings) on the run's "
@@ -349,7 +345,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_sample)
-=======
+
+    p = sub.add_parser(
         "classify", parents=[common], formatter_class=_Formatter, help="train and test a 3D classifier",
         description="Train the classifier (classifier.* settings) on one data regime of the prepared cohort's "
                     "train split (real, synthetic[-R], mixed-R, subset-F), select on validation AUC with early "
@@ -388,7 +385,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many volumes (balanced over classes)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/saliency)")
     p.set_defaults(func=cmd_saliency)
->>>>>>> classify
     return parser
 
 

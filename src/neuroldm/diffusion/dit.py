@@ -38,7 +38,7 @@ DIT_MODELS: dict[str, DiTSize] = {
                                          "XL": (28, 1152, 16)}.items()
     for p in (2, 4, 8)
 }
-DIT_MODELS["demo"] = DiTSize(depth=6, hidden=192, heads=6, patch=2)  # trains on 2 CPU cores in minutes
+DIT_MODELS["demo"] = DiTSize(depth=6, hidden=128, heads=4, patch=2)  # trains on 2 CPU cores in minutes
 DIT_MODELS["tiny"] = DiTSize(depth=2, hidden=48, heads=2, patch=1)  # smoke tests
 
 
