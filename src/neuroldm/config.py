@@ -187,8 +187,11 @@ class VAEConfig(Section):
 class DiffusionConfig(Section):
     """The class-conditional 3D DiT and its DDPM training (`neuroldm train-diffusion`)."""
 
-    model: str = "DiT-S/4"  # a size of neuroldm.diffusion.dit.DIT_MODELS
-    patch: tuple[int, int, int] | None = (4, 2, 4)  # per-axis patch (D, H, W); null: the model's cubic patch
+    # The seed ran DiT-S/4 with a (4, 2, 4) patch: 833 tokens on 4x28x34x28, where windows buy nothing. Windows
+    # make the finer 2x2x2 patch affordable: 3332 tokens, 14.2 s vs 25.6 s per step with global attention on
+    # 2 CPU cores (benchmarks/dit_attention.py), at the same 32.5 M parameters.
+    model: str = "DiT-S/2"  # a size of neuroldm.diffusion.dit.DIT_MODELS
+    patch: tuple[int, int, int] | None = None  # per-axis patch (D, H, W), e.g. the seed's (4, 2, 4); null: cubic
     window: tuple[int, int, int] | None = (4, 4, 4)  # attention window in tokens; null: global attention
     shift_windows: bool = True  # shift the windows by half a window in every other block (Swin)
     global_every: int = Field(0, ge=0)  # every k-th block attends globally (0: none)
