@@ -70,3 +70,11 @@ def test_input_validation():
         _ = GaussianMoments(4).update(np.zeros((1, 4))).cov
     with pytest.raises(ValueError, match="mismatched"):
         frechet_distance_from_moments(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
+
+
+def test_sample_route_equals_moment_route():
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=(30, 40)), rng.normal(0.1, 0.9, size=(35, 40))
+    ma, mb = GaussianMoments(40).update(a), GaussianMoments(40).update(b)
+    assert frechet_distance(a, b) == pytest.approx(frechet_distance_from_moments(ma.mean, ma.cov, mb.mean, mb.cov),
+                                                   rel=1e-6)
