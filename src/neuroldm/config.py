@@ -205,6 +205,7 @@ class EvaluateConfig(Section):
     memorization_downsample: int = Field(2, ge=1)  # average-pool factor before the image-space correlation
     memorization_percentile: float = Field(5.0, gt=0, lt=100)  # of held-out real nearest-training distances
     closest_pairs: int = Field(4, ge=0)  # synthetic/training pairs in the memorization figure
+    figures: bool = True  # FID-vs-position and closest-pairs PNGs
     seed: int = 0
 
 

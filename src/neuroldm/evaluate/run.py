@@ -21,27 +21,22 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import matplotlib
+import numpy as np
+import pandas as pd
+import torch
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-import torch  # noqa: E402
-
-from neuroldm import __version__  # noqa: E402
-from neuroldm.config import EvaluateConfig  # noqa: E402
-from neuroldm.data.dataset import load_prepared_volume  # noqa: E402
-from neuroldm.data.manifest import read_manifest  # noqa: E402
-from neuroldm.errors import InputError  # noqa: E402
-from neuroldm.evaluate import diversity, memorization  # noqa: E402
-from neuroldm.evaluate.fidelity import conditional_fidelity  # noqa: E402
-from neuroldm.evaluate.inception import resolve_feature_network  # noqa: E402
-from neuroldm.evaluate.slice_fid import (AXES, extract_slice_features, intensity_window,  # noqa: E402
-                                         per_slice_fid, slice_positions)
-from neuroldm.io import atomic_path, write_json_atomic  # noqa: E402
-from neuroldm.metrics.frechet import frechet_distance  # noqa: E402
-from neuroldm.samples import read_sample_manifest  # noqa: E402
+from neuroldm import __version__
+from neuroldm.config import EvaluateConfig
+from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.data.manifest import read_manifest
+from neuroldm.errors import InputError
+from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate.fidelity import conditional_fidelity
+from neuroldm.evaluate.inception import resolve_feature_network
+from neuroldm.evaluate.slice_fid import AXES, extract_slice_features, intensity_window, per_slice_fid, slice_positions
+from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.metrics.frechet import frechet_distance
+from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +66,11 @@ def _counts(rows: pd.DataFrame, classes: list[str]) -> dict:
 
 
 def _fid_figure(groups: dict, key: str, group: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
     for ax, axis in zip(axes, AXES, strict=True):
         for comparison, style in (("synthetic", "-"), ("real_baseline", "--")):
@@ -231,10 +231,10 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
                      if vae_run is not None else {"skipped": "no autoencoder run given"})
 
     figures = []
-    for group in groups:
+    for group in groups if cfg.figures else []:
         if net.metric in groups[group]["synthetic"] or net.metric in groups[group]["real_baseline"]:
             figures.append(_fid_figure(groups, net.metric, group, out / f"slice_fid_{group}.png").name)
-    if cfg.closest_pairs > 0:
+    if cfg.figures and cfg.closest_pairs > 0:
         order = np.argsort(d[:len(q_syn)])[:cfg.closest_pairs]
         pairs = [(syn_ids[i], syn_all["path"].iloc[i], train_ids[nn_idx[i]], train["path"].iloc[nn_idx[i]],
                   float(d[i])) for i in order]

@@ -43,8 +43,9 @@ WINDOW_VOXELS_PER_VOLUME = 200_000
 
 
 def slice_positions(shape: tuple[int, ...], stride: int = 1) -> list[np.ndarray]:
-    """Positions used per axis: every `stride`-th slice, the first at ``stride // 2`` so the sampling is centred."""
-    return [np.arange(stride // 2, n, stride) for n in shape]
+    """Positions used per axis: every `stride`-th slice, the first at ``stride // 2`` so the sampling is centred
+    (the middle slice alone when the stride exceeds the axis)."""
+    return [np.arange(min(stride // 2, n // 2), n, stride) for n in shape]
 
 
 def intensity_window(paths: list[str], percentiles: tuple[float, float], seed: int = 0) -> tuple[float, float]:
