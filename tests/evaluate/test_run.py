@@ -5,6 +5,7 @@ import json
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 from evaluation_phantoms import brain, write_samples
 
 from neuroldm.cli import main
@@ -115,3 +116,30 @@ def test_cli_random_features_runs_and_names_its_metric(cohort, tmp_path, monkeyp
     m = json.loads((tmp_path / "o" / "metrics.json").read_text())
     res = m["groups"]["overall"]["synthetic"]
     assert "fid" not in res and "fid_random_features" in res and "kid_random_features" in res
+
+
+def test_latent_space_audit_flags_the_planted_copy(cohort, tmp_path, tiny_script, monkeypatch):
+    from neuroldm.config import VAEConfig
+    from neuroldm.vae import decode, encode
+    from neuroldm.vae.network import build_vae
+    from neuroldm.vae.weights import MODEL_FILE, export_vae
+
+    def pooled_encoder(model, x, cfg):  # a cheap deterministic stand-in for the autoencoder's posterior
+        mu = torch.nn.functional.avg_pool3d(x, 4)
+        return mu, torch.ones_like(mu)
+
+    monkeypatch.setattr(encode, "encode_volume", pooled_encoder)  # encode_cohort's reference
+    monkeypatch.setattr(decode, "encode_volume", pooled_encoder)  # the one evaluate imports
+    vae_cfg = VAEConfig(arch="demo", latent_channels=1)
+    export_vae(build_vae(vae_cfg).eval(), vae_cfg, tmp_path / "run" / MODEL_FILE)
+    encode.encode_cohort(tmp_path / "run", cohort, progress=False)
+    train = read_manifest(cohort).query("split == 'train'")
+    volumes = [(_volume(train["path"].iloc[2]), 0)] + [(brain(600 + s, s % 2), s % 2) for s in range(5)]
+    samples = write_samples(tmp_path / "syn", volumes, train_subjects=list(train["subject"]))
+    cfg = _cfg(tiny_script, figures=False, slice_stride=100, ms_ssim_pairs=1, max_volumes=6)
+    m = evaluate(cohort, samples, tmp_path / "out", cfg, CLASSES, vae_run=tmp_path / "run", progress=False)
+    latent = m["memorization"]["latent"]
+    assert latent["space"].startswith("latent") and latent["n_heldout"] == 6
+    assert latent["closest"][0]["sample"] == "syn-00" and latent["closest"][0]["distance"] == pytest.approx(0, abs=1e-4)
+    assert latent["closest"][0]["nearest_training"] == train["subject"].iloc[2]
+    assert latent["closest"][1]["distance"] > 0.1
