@@ -5,7 +5,7 @@ import pytest
 from scipy import linalg
 
 from neuroldm.metrics import GaussianMoments, frechet_distance
-from neuroldm.metrics.frechet import frechet_distance_from_moments
+from neuroldm.metrics.frechet import _frechet_distance_from_samples, frechet_distance_from_moments
 
 
 def _reference(a: np.ndarray, b: np.ndarray) -> float:
@@ -72,9 +72,11 @@ def test_input_validation():
         frechet_distance_from_moments(np.zeros(3), np.eye(3), np.zeros(4), np.eye(4))
 
 
-def test_sample_route_equals_moment_route():
+@pytest.mark.parametrize("na,nb", [(30, 35), (300, 20), (150, 200)])
+def test_sample_route_equals_moment_route(na, nb):
     rng = np.random.default_rng(7)
-    a, b = rng.normal(size=(30, 40)), rng.normal(0.1, 0.9, size=(35, 40))
+    a, b = rng.normal(size=(na, 40)), rng.normal(0.1, 0.9, size=(nb, 40))
     ma, mb = GaussianMoments(40).update(a), GaussianMoments(40).update(b)
-    assert frechet_distance(a, b) == pytest.approx(frechet_distance_from_moments(ma.mean, ma.cov, mb.mean, mb.cov),
-                                                   rel=1e-6)
+    from_moments = frechet_distance_from_moments(ma.mean, ma.cov, mb.mean, mb.cov)
+    assert _frechet_distance_from_samples(a, b) == pytest.approx(from_moments, rel=1e-6)
+    assert frechet_distance(a, b) == pytest.approx(from_moments, rel=1e-6)
