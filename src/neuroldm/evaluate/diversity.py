@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.evaluate.stats import mean_ci
@@ -31,7 +32,8 @@ def random_pairs(n: int, n_pairs: int, rng: np.random.Generator) -> list[tuple[i
     return [(int(rows[0][c]), int(rows[1][c])) for c in sorted(chosen)]
 
 
-def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0) -> dict:
+def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0, progress: bool = False,
+                      desc: str = "MS-SSIM pairs") -> dict:
     """Mean MS-SSIM of random pairs of distinct volumes of `paths` (`mean_ci` plus ``n_volumes``)."""
     pairs = random_pairs(len(paths), n_pairs, np.random.default_rng(seed))
     if not pairs:
@@ -43,7 +45,7 @@ def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0) -> dict:
             cache[i] = torch.from_numpy(load_prepared_volume(paths[i]))[None, None]
         return cache[i]
 
-    values = [float(ms_ssim(vol(i), vol(j))[0]) for i, j in pairs]
+    values = [float(ms_ssim(vol(i), vol(j))[0]) for i, j in tqdm(pairs, desc=desc, unit="pair", disable=not progress)]
     return mean_ci(values) | {"n_volumes": len(paths)}
 
 

@@ -202,7 +202,8 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
             res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[key][idx], cfg.kid_subsets,
                                                 cfg.kid_subset_size, cfg.seed)
             res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[key][idx], cfg.prdc_k)
-            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed)
+            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed,
+                                                         progress, f"MS-SSIM pairs: {group}, {key}")
             groups[group][comparison] = res
 
     # memorization: against the generator's own training volumes when the sample folder names them
