@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 from evaluation_phantoms import brain, write_samples
+from safetensors.torch import save_file
 
 from neuroldm.cli import main
 from neuroldm.config import EvaluateConfig
@@ -118,10 +119,11 @@ def test_cli_random_features_runs_and_names_its_metric(cohort, tmp_path, monkeyp
     assert "fid" not in res and "fid_random_features" in res and "kid_random_features" in res
 
 
-def test_latent_space_audit_flags_the_planted_copy(cohort, tmp_path, tiny_script, monkeypatch):
+def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatch):
     from neuroldm.config import VAEConfig
     from neuroldm.vae import decode, encode
     from neuroldm.vae.network import build_vae
+    from neuroldm.vae.perceptual import MedicalNetResNet10
     from neuroldm.vae.weights import MODEL_FILE, export_vae
 
     def pooled_encoder(model, x, cfg):  # a cheap deterministic stand-in for the autoencoder's posterior
@@ -136,10 +138,16 @@ def test_latent_space_audit_flags_the_planted_copy(cohort, tmp_path, tiny_script
     train = read_manifest(cohort).query("split == 'train'")
     volumes = [(_volume(train["path"].iloc[2]), 0)] + [(brain(600 + s, s % 2), s % 2) for s in range(5)]
     samples = write_samples(tmp_path / "syn", volumes, train_subjects=list(train["subject"]))
-    cfg = _cfg(tiny_script, figures=False, slice_stride=100, ms_ssim_pairs=1, max_volumes=6)
+    torch.manual_seed(0)
+    medicalnet = tmp_path / "resnet_10.safetensors"
+    save_file(MedicalNetResNet10().state_dict(), str(medicalnet))
+    cfg = _cfg(tiny_script, figures=False, slice_stride=100, ms_ssim_pairs=1, max_volumes=6,
+               medicalnet_path=str(medicalnet))
     m = evaluate(cohort, samples, tmp_path / "out", cfg, CLASSES, vae_run=tmp_path / "run", progress=False)
     latent = m["memorization"]["latent"]
     assert latent["space"].startswith("latent") and latent["n_heldout"] == 6
     assert latent["closest"][0]["sample"] == "syn-00" and latent["closest"][0]["distance"] == pytest.approx(0, abs=1e-4)
     assert latent["closest"][0]["nearest_training"] == train["subject"].iloc[2]
     assert latent["closest"][1]["distance"] > 0.1
+    fid3d = m["groups"]["overall"]["synthetic"]["fid_3d"]
+    assert fid3d["value"] > 0 and (fid3d["n_a"], fid3d["n_b"]) == (6, m["synthetic"]["n_used"]["total"])
