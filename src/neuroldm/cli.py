@@ -136,6 +136,35 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from neuroldm.diffusion.train import train_diffusion
+    from neuroldm.runs import record_stage
+
+    cfg = _resolve(args)
+    record_stage(args.run, "train-diffusion", cfg)
+    summary = train_diffusion(args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
+    best = summary["best"]
+    print(f"trained the diffusion model for {summary['steps']} steps in {summary['seconds']:.0f} s; last loss "
+          f"{summary['last_terms'].get('loss', float('nan')):.4f}"
+          + (f", best validation loss {best:.4f}" if best is not None else ""))
+    print(f"model: {summary.get('exported')}")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from neuroldm.diffusion.sample import sample_to_folder
+
+    cfg = _resolve(args).sample
+    result = sample_to_folder(args.run, args.out, args.n, args.label, sampler=args.sampler or cfg.sampler,
+                              steps=args.steps or cfg.steps,
+                              guidance=args.guidance if args.guidance is not None else cfg.guidance,
+                              eta=cfg.eta, seed=args.seed, batch_size=args.batch_size or cfg.batch_size,
+                              device=_device(args.device), progress=not args.no_progress)
+    print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
+          f"{result['seconds']:.1f} s; manifest: {Path(args.out) / 'manifest.csv'}")
+    return 0
+
+
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from neuroldm.evaluate.run import evaluate
 
@@ -147,7 +176,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     cfg = load_config(args.preset, args.config, overrides)
     m = evaluate(args.real, args.synthetic, args.out, cfg.evaluate, cfg.data.classes,
                  reference_split=args.split, heldout_split=args.baseline_split, vae_run=args.vae_run,
-                 device=args.device, progress=not args.no_progress)
+                 device=_device(args.device), progress=not args.no_progress)
     key = m["feature_network"]["metric"]
     for group, res in m["groups"].items():
         line = [f"{group}:"]
@@ -252,6 +281,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_vae_sample)
 
     p = sub.add_parser(
+        "train-diffusion", parents=[common], formatter_class=_Formatter,
+        help="train the class-conditional 3D DiT on the latents",
+        description="Train the class-conditional 3D diffusion transformer (diffusion.* settings) on the run's "
+                    "encoded training latents (DDPM, EMA), validate on the val latents, and export the EMA "
+                    "weights to RUN/diffusion/model.safetensors. Resumes from the last checkpoint unless "
+                    "--no-resume. Launch with torchrun for several processes.")
+    p.add_argument("--run", required=True, help="run directory holding vae/ and latents/")
+    p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_train_diffusion)
+
+    p = sub.add_parser(
+        "sample", parents=[common], formatter_class=_Formatter, help="write labelled synthetic volumes (NIfTI)",
+        description="Sample N volumes of one class with the run's diffusion model (EMA weights) and decode them "
+                    "with its autoencoder: one NIfTI per volume on the prepared grid with the cohort's affine, a "
+                    "JSON sidecar each, manifest.csv and samples.json. Volume i has seed SEED+i; files already "
+                    "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings.")
+    p.add_argument("--run", required=True, help="run directory holding the VAE and diffusion models")
+    p.add_argument("--n", type=int, required=True, help="number of volumes")
+    p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
+    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++"), default=None,
+                   help="ddpm: all training steps (slow); ddim / dpm++: --steps steps (default: sample.sampler)")
+    p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance scale, 1 = none (default: sample.guidance)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the first volume")
+    p.add_argument("--batch-size", type=int, default=None, help="volumes per batch (default: sample.batch_size)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
         "evaluate", parents=[common], formatter_class=_Formatter, help="evaluate synthetic volumes against real ones",
         description="Per-slice FID (TF InceptionV3, offline, SHA-1 checked) per position and axis, pooled and 2.5D "
                     "FID, optional 3D FID (MedicalNet), KID, precision/recall/density/coverage, MS-SSIM diversity "
@@ -269,10 +331,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="without Inception weights, report fid_random_features from a fixed seeded network")
     p.add_argument("--vae-run", default=None, metavar="RUN",
                    help="run with a trained autoencoder and encoded latents: adds the latent-space memorization")
-    p.add_argument("--device", default="cpu", help="torch device for the feature networks")
+    p.add_argument("--device", default=None, help="torch device for the feature networks (default: cuda when "
+                                                  "available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
     return parser
+
+
+def _device(name: str | None) -> str:
+    import torch
+
+    return name or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:

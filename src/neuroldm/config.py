@@ -184,6 +184,38 @@ class VAEConfig(Section):
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
 
+class DiffusionConfig(Section):
+    """The class-conditional 3D DiT and its DDPM training (`neuroldm train-diffusion`)."""
+
+    model: str = "DiT-S/4"  # a size of neuroldm.diffusion.dit.DIT_MODELS
+    patch: tuple[int, int, int] | None = (4, 2, 4)  # per-axis patch (D, H, W); null: the model's cubic patch
+    window: tuple[int, int, int] | None = (4, 4, 4)  # attention window in tokens; null: global attention
+    shift_windows: bool = True  # shift the windows by half a window in every other block (Swin)
+    global_every: int = Field(0, ge=0)  # every k-th block attends globally (0: none)
+    class_dropout: float = Field(0.1, ge=0, lt=1)  # label dropout for classifier-free guidance
+    grad_checkpointing: bool = False
+    num_train_timesteps: int = Field(1000, ge=2)
+    schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
+    beta_start: float = Field(1e-4, gt=0)
+    beta_end: float = Field(0.02, gt=0, lt=1)
+    prediction: Literal["epsilon", "v_prediction"] = "epsilon"
+    min_snr_gamma: float | None = None  # min-SNR loss weighting (Hang et al. 2023), e.g. 5; null: plain MSE
+    posterior_sample: bool = True  # train on z = mu + sigma * eps drawn afresh each step (else on mu)
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=400000, batch_size=4, lr=2e-4,
+                                                                   warmup_steps=1000, schedule="constant",
+                                                                   grad_clip=1.0, ema_decay=0.9999))
+
+
+class SampleConfig(Section):
+    """`neuroldm sample`: sampler, steps and guidance (each also a command-line option)."""
+
+    sampler: Literal["ddpm", "ddim", "dpm++"] = "dpm++"
+    steps: int = Field(25, ge=1)  # ignored by ddpm, which runs every training timestep
+    guidance: float = Field(1.0, ge=0)  # classifier-free guidance scale; 1: none
+    batch_size: int = Field(4, ge=1)
+    eta: float = Field(0.0, ge=0)  # DDIM stochasticity (0: deterministic)
+
+
 class EvaluateConfig(Section):
     """Generative evaluation (`neuroldm.evaluate`); the defaults are the full paper evaluation."""
 
@@ -219,6 +251,8 @@ class Config(Section):
     split: SplitConfig = Field(default_factory=SplitConfig)
     demo_cohort: DemoCohortConfig = Field(default_factory=DemoCohortConfig)
     vae: VAEConfig = Field(default_factory=VAEConfig)
+    diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
+    sample: SampleConfig = Field(default_factory=SampleConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:

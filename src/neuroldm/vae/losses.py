@@ -13,11 +13,12 @@ a blurry early autoencoder mostly destabilises it).
 from __future__ import annotations
 
 import torch
-from monai.losses import PatchAdversarialLoss, SSIMLoss
+from monai.losses import PatchAdversarialLoss
 from monai.networks.nets import PatchDiscriminator
 from torch import nn
 
 from neuroldm.config import VAEConfig
+from neuroldm.metrics.ssim_fast import ssim_loss
 
 TERMS = ("l1", "kl", "ssim", "perceptual", "adversarial")
 
@@ -98,8 +99,6 @@ class VAELoss:
         self.cfg = cfg
         self.perceptual = perceptual if cfg.perceptual != "none" and cfg.perceptual_weight > 0 else None
         self.discriminator = discriminator if cfg.adversarial_weight > 0 else None
-        # data_range is set per batch in __call__; the 11-voxel window needs volumes of at least 11 voxels per axis
-        self._ssim = SSIMLoss(spatial_dims=3, data_range=1.0) if cfg.ssim_weight > 0 else None
 
     def weights(self) -> dict[str, float]:
         c = self.cfg
@@ -112,10 +111,11 @@ class VAELoss:
         ``(B, C, d, h, w)``, at optimiser step `step`."""
         w = self.weights()
         terms: dict[str, torch.Tensor] = {"l1": l1(recon, x), "kl": kl_divergence(mu, sigma)}
-        if self._ssim is not None:
-            # SSIM's constants scale with the data range; take it from the real batch (max - min)
-            self._ssim.data_range = float((x.max() - x.min()).clamp_min(1e-8))
-            terms["ssim"] = self._ssim(recon, x)  # MONAI's SSIMLoss returns 1 - SSIM
+        if self.cfg.ssim_weight > 0:
+            # SSIM's constants scale with the data range: take it from the real batch (max - min); MONAI's
+            # SSIMLoss value (11-voxel Gaussian window, sigma 1.5) computed with a separable window
+            win = min(11, *(s if s % 2 else s - 1 for s in x.shape[2:]))
+            terms["ssim"] = ssim_loss(recon, x, float((x.max() - x.min()).clamp_min(1e-8)), win_size=win)
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon, x)
         if self.discriminator is not None and adversarial_active(self.cfg, step):

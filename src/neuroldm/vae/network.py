@@ -44,7 +44,7 @@ VAE_ARCHS: dict[str, VAEArch] = {
     "paper": VAEArch(channels=(32, 64, 128), num_res_blocks=(1, 1, 1), norm_num_groups=16),
     # Trains on the demo grid (52x64x56) on 2 CPU cores in minutes (0.74 M parameters): one Adam step of batch 1
     # with L1 + KL took 2.8-3.1 s (1.1 GB peak), 4.0 s with the 2.5D perceptual term; (24, 48, 96) took 6.5 s.
-    "demo": VAEArch(channels=(16, 32, 64), num_res_blocks=(1, 1, 1), norm_num_groups=8),
+    "demo": VAEArch(channels=(8, 16, 32), num_res_blocks=(1, 1, 1), norm_num_groups=8),
     # MAISI's official autoencoder shape (Project-MONAI/tutorials generation/maisi/configs/config_maisi.json),
     # 20.94 M parameters.
     "maisi": VAEArch(channels=(64, 128, 256), num_res_blocks=(2, 2, 2), norm_num_groups=32),

@@ -1,0 +1,164 @@
+"""``neuroldm sample``: labelled synthetic volumes from a run's diffusion model and autoencoder.
+
+Every volume has its own seed (``seed + i``) that fixes its initial noise and the noise of stochastic samplers,
+so the same seed and settings give the same volume whatever the batch size or which volumes were already done.
+Each volume is written as ``<class>_<sampler><steps>_g<guidance>_seed<seed>.nii.gz`` on the prepared grid with
+the cohort's reference affine, with a JSON sidecar beside it; `neuroldm.samples` describes the folder's
+``manifest.csv`` and ``samples.json``. A re-run skips volumes whose files exist (writes are atomic, so an existing
+file is a finished one) and rewrites the manifest over every volume in the folder.
+
+`generate` is the Python API: latents or decoded volumes as tensors, no files.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from neuroldm.diffusion.process import sample_latents
+from neuroldm.diffusion.weights import load_dit
+from neuroldm.errors import InputError
+from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.samples import SAMPLE_COLUMNS, SAMPLE_INFO, write_sample_manifest
+from neuroldm.vae.decode import decode_volume
+from neuroldm.vae.encode import LATENT_DIR
+from neuroldm.vae.weights import load_vae
+
+
+class Generator:
+    """A run's diffusion model (EMA weights) and autoencoder, ready to sample."""
+
+    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
+        self.run_dir, self.device = Path(run_dir), torch.device(device)
+        self.dit, self.cfg, self.meta = load_dit(run_dir, self.device)
+        self.vae, self.vae_cfg, self.vae_meta = load_vae(run_dir, self.device)
+        latents_json = self.run_dir / LATENT_DIR / "latents.json"
+        if not latents_json.exists():
+            raise InputError(latents_json, "missing: the run has no encoded latents (reference affine, grid)")
+        self.latent_info = json.loads(latents_json.read_text())
+        if self.latent_info.get("vae_sha256") != self.vae_meta["sha256"]:
+            raise InputError(self.run_dir / "vae" / "model.safetensors",
+                             "the autoencoder changed after the latents were encoded; re-run encode and "
+                             "train-diffusion")
+        self.classes: list[str] = list(self.meta["classes"])
+        self.latent_shape = tuple(self.meta["latent_shape"])
+        self.scale_factor = float(self.meta["scale_factor"])
+
+    def label_index(self, label: str | int) -> int:
+        if isinstance(label, int) or str(label).isdigit():
+            idx = int(label)
+            if not 0 <= idx < len(self.classes):
+                raise InputError(self.run_dir, f"label {idx} out of range; classes are {self.classes}")
+            return idx
+        if label not in self.classes:
+            raise InputError(self.run_dir, f"unknown label '{label}'; classes are {', '.join(self.classes)}")
+        return self.classes.index(label)
+
+    def initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
+        gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+        noise = torch.stack([torch.randn(self.latent_shape, generator=g) for g in gens])
+        return noise.to(self.device), gens
+
+    @torch.no_grad()
+    def latents(self, labels: Sequence[int], seeds: Sequence[int], *, sampler: str, steps: int,
+                guidance: float = 1.0, eta: float = 0.0, progress=None) -> torch.Tensor:
+        """VAE latents ``(B, C, d, h, w)`` (already divided by the scale factor) for `labels` and `seeds`."""
+        noise, gens = self.initial_noise(seeds)
+        y = torch.tensor([int(v) for v in labels], device=self.device)
+        z = sample_latents(self.dit, self.cfg, y, noise, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+                           generators=gens, progress=progress)
+        return z / self.scale_factor
+
+    @torch.no_grad()
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return torch.cat([decode_volume(self.vae, z[i:i + 1], self.vae_cfg) for i in range(z.shape[0])])
+
+
+def generate(run_dir: str | Path, labels: Sequence[str | int], seeds: Sequence[int], *, sampler: str = "dpm++",
+             steps: int = 25, guidance: float = 1.0, eta: float = 0.0, decode: bool = True,
+             device: str = "cpu") -> torch.Tensor:
+    """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed."""
+    gen = Generator(run_dir, device)
+    z = gen.latents([gen.label_index(v) for v in labels], seeds, sampler=sampler, steps=steps, guidance=guidance,
+                    eta=eta)
+    return gen.decode(z) if decode else z
+
+
+def sample_name(label: str, sampler: str, steps: int, guidance: float, seed: int) -> str:
+    tag = {"dpm++": "dpmpp"}.get(sampler, sampler)
+    return f"{label}_{tag}{steps}_g{guidance:g}_seed{seed}"
+
+
+def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | int, *, sampler: str = "dpm++",
+                     steps: int = 25, guidance: float = 1.0, eta: float = 0.0, seed: int = 0, batch_size: int = 4,
+                     device: str = "cpu", progress: bool = True) -> dict:
+    """Write `n` volumes of class `label` to `out` (skipping finished ones); returns a summary."""
+    out = Path(out)
+    gen = Generator(run_dir, device)
+    idx = gen.label_index(label)
+    name = gen.classes[idx]
+    steps = gen.cfg.num_train_timesteps if sampler == "ddpm" else steps
+    info = {"train_subjects": gen.meta.get("train_subjects", []), "classes": gen.classes,
+            "grid": list(gen.vae_meta.get("grid", [])), "spacing": list(gen.vae_meta.get("spacing", [])),
+            "affine": gen.latent_info["reference_affine"], "prepared": gen.latent_info.get("prepared", ""),
+            "checkpoint_sha256": gen.meta["sha256"], "vae_sha256": gen.vae_meta["sha256"],
+            "run": str(Path(run_dir).resolve())}
+    _check_same_generator(out, info)
+    affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
+    seeds = [seed + i for i in range(n)]
+    todo = [s for s in seeds if not _done(out, sample_name(name, sampler, steps, guidance, s))]
+    per_volume = steps
+    bar = tqdm(total=n * per_volume, initial=(n - len(todo)) * per_volume, unit="step", disable=not progress,
+               desc=f"sample {name}", dynamic_ncols=True)
+    start = time.perf_counter()
+    try:
+        for b in range(0, len(todo), batch_size):
+            chunk = todo[b:b + batch_size]
+            z = gen.latents([idx] * len(chunk), chunk, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
+                            progress=lambda: bar.update(len(chunk)))
+            vols = gen.decode(z)
+            for s, vol in zip(chunk, vols):
+                stem = sample_name(name, sampler, steps, guidance, s)
+                meta = {"sample": stem, "label": idx, "label_name": name, "seed": s, "sampler": sampler,
+                        "steps": steps, "guidance": guidance, "eta": eta,
+                        "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
+                        "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
+                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out / f"{stem}.nii.gz")
+                write_json_atomic(out / f"{stem}.json", meta)
+    finally:
+        bar.close()
+        _write_manifest(out, info)
+    return {"n": n, "written": len(todo), "skipped": n - len(todo), "label": name,
+            "seconds": round(time.perf_counter() - start, 2), "folder": str(out)}
+
+
+def _done(out: Path, stem: str) -> bool:
+    return (out / f"{stem}.nii.gz").exists() and (out / f"{stem}.json").exists()
+
+
+def _check_same_generator(out: Path, info: dict) -> None:
+    path = out / SAMPLE_INFO
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old.get("checkpoint_sha256") != info["checkpoint_sha256"]:
+            raise InputError(path, "this folder holds samples of another diffusion model; use a new --out folder")
+
+
+def _write_manifest(out: Path, info: dict) -> None:
+    rows = []
+    for sidecar in sorted(out.glob("*.json")):
+        if sidecar.name == SAMPLE_INFO:
+            continue
+        meta = json.loads(sidecar.read_text())
+        if (out / f"{meta.get('sample')}.nii.gz").exists():
+            rows.append({**{k: meta[k] for k in SAMPLE_COLUMNS if k != "path"},
+                         "path": f"{meta['sample']}.nii.gz"})
+    if rows:
+        write_sample_manifest(out, pd.DataFrame(rows)[SAMPLE_COLUMNS], info)

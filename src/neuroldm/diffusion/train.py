@@ -1,0 +1,135 @@
+"""``neuroldm train-diffusion``: the class-conditional DiT on the encoded latents, through the shared engine.
+
+Each step draws a fresh posterior sample ``z = mu + sigma·eps`` of every latent in the batch (the encoder's
+uncertainty as augmentation, as the seed did) and multiplies it by the stored scale factor, so the latents the
+noise schedule sees have unit variance. Validation: the same loss on the validation latents at fixed timesteps
+and fixed noise (a deterministic number, comparable across steps). Sampling uses the EMA weights of the last
+step (the seed sampled with the raw weights), exported to ``RUN/diffusion/model.safetensors``.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch.utils.data import Dataset
+
+from neuroldm.config import Config, DiffusionConfig
+from neuroldm.diffusion.process import diffusion_loss, training_scheduler
+from neuroldm.diffusion.weights import MODEL_FILE, dit_from_config, export_dit
+from neuroldm.errors import InputError
+from neuroldm.train.checkpoint import load_state
+from neuroldm.train.engine import StepContext, Trainer
+from neuroldm.vae.encode import LatentSet, load_latents
+
+log = logging.getLogger(__name__)
+DIFFUSION_DIR = "diffusion"
+
+
+class LatentDataset(Dataset):
+    """Items ``{"mu", "sigma", "label"}`` of a `LatentSet`; the posterior sample is drawn in the loss."""
+
+    def __init__(self, latents: LatentSet):
+        self.latents = latents
+
+    def __len__(self) -> int:
+        return len(self.latents.labels)
+
+    def __getitem__(self, item) -> dict:
+        i = item[0] if isinstance(item, tuple) else item  # the engine's items are (index, epoch)
+        return {"mu": self.latents.mu[i], "sigma": self.latents.sigma[i], "label": self.latents.labels[i]}
+
+
+class DiffusionObjective:
+    def __init__(self, cfg: DiffusionConfig, scale_factor: float):
+        self.cfg, self.scale = cfg, scale_factor
+        self.scheduler = training_scheduler(cfg)
+
+    def latents(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        mu, sigma = batch["mu"], batch["sigma"]
+        if self.cfg.posterior_sample:
+            eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
+            mu = mu + sigma * eps
+        return mu * self.scale
+
+    def __call__(self, ctx: StepContext, batch: dict) -> dict:
+        model = ctx.module("model")
+        return {"loss": diffusion_loss(model, self.scheduler, self.cfg, self.latents(batch), batch["label"])}
+
+    @torch.no_grad()
+    def validation_loss(self, model: torch.nn.Module, data: LatentDataset, device: torch.device,
+                        timesteps: int = 10, batch_size: int = 8) -> float:
+        """Mean loss over the validation latents at `timesteps` evenly spaced t, with noise fixed by seed 0."""
+        g = torch.Generator(device="cpu").manual_seed(0)
+        ts = torch.linspace(0, self.cfg.num_train_timesteps - 1, timesteps).round().long()
+        total, n = 0.0, 0
+        for start in range(0, len(data), batch_size):
+            items = [data[i] for i in range(start, min(len(data), start + batch_size))]
+            batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
+            x0 = self.latents(batch, g).to(device)
+            y = batch["label"].to(device)
+            for t in ts:
+                noise = torch.randn(x0.shape, generator=g).to(device)
+                tt = torch.full((x0.shape[0],), int(t), device=device, dtype=torch.long)
+                xt = self.scheduler.add_noise(x0, noise, tt)
+                target = noise if self.cfg.prediction == "epsilon" else self.scheduler.get_velocity(x0, noise, tt)
+                total += float((model(xt, tt, y) - target).pow(2).flatten(1).mean(1).sum())
+                n += x0.shape[0]
+        return total / n
+
+
+def class_names(latents: LatentSet, cfg: Config) -> list[str]:
+    names = list(cfg.data.classes)
+    seen = dict(zip(latents.index["label"].astype(int), latents.index["label_name"]))
+    for label, name in seen.items():
+        if label >= len(names) or names[label] != name:
+            raise InputError("latents/index.csv", f"label {label} is '{name}' in the latents but data.classes is "
+                                                  f"{names}; train with the classes the cohort was prepared with")
+    return names
+
+
+def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, progress: bool = True) -> dict:
+    """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary."""
+    run_dir = Path(run_dir)
+    out = run_dir / DIFFUSION_DIR
+    dcfg, tcfg = cfg.diffusion, cfg.diffusion.train
+    train = load_latents(run_dir, ("train",))
+    try:
+        val = load_latents(run_dir, ("val",))
+    except InputError:
+        val = None
+    classes = class_names(train, cfg)
+    latent_shape = tuple(train.mu.shape[1:])
+
+    torch.manual_seed(tcfg.seed)
+    model = dit_from_config(dcfg, latent_shape, len(classes))
+    objective = DiffusionObjective(dcfg, train.scale_factor)
+    val_set = LatentDataset(val) if val is not None else None
+    counts = torch.bincount(train.labels, minlength=len(classes)).float()
+    trainer = Trainer(model, tcfg, out, dataset=LatentDataset(train), loss_fn=objective,
+                      validate=(lambda t: {"loss": objective.validation_loss(t.eval_module(), val_set,
+                                                                             t.world.device)})
+                      if val_set is not None else None,
+                      monitor="loss", mode="min",
+                      meta={"stage": "train-diffusion", "config": cfg.to_dict()}, progress=progress,
+                      desc="train-diffusion")
+    log.info("train-diffusion: %s (%.2f M parameters) on %d latents %s (%s), scale factor %.4f",
+             dcfg.model, sum(p.numel() for p in model.parameters()) / 1e6, len(train.labels),
+             "x".join(map(str, latent_shape)),
+             ", ".join(f"{n} {c}" for c, n in zip(classes, counts.int().tolist())), train.scale_factor)
+    summary = trainer.fit(resume=resume)
+    if trainer.world.is_main:
+        state = load_state(out / "checkpoints" / "last.safetensors")
+        weights = state["modules"]["model"]
+        if state.get("ema") is not None:
+            weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+        final = dit_from_config(dcfg, latent_shape, len(classes))
+        final.load_state_dict(weights)
+        export_dit(final, dcfg, run_dir / MODEL_FILE,
+                   meta={"latent_shape": list(latent_shape), "classes": classes, "scale_factor": train.scale_factor,
+                         "step": state["step"], "ema": state.get("ema") is not None,
+                         "train_subjects": sorted(set(train.index["subject"])),
+                         "vae_sha256": train.info.get("vae_sha256", "")})
+        summary["exported"] = str(run_dir / MODEL_FILE)
+    return summary

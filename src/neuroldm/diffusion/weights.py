@@ -1,0 +1,57 @@
+"""The trained diffusion model as one file: ``RUN/diffusion/model.safetensors`` (EMA weights + what built them).
+
+The file carries the `DiffusionConfig`, the latent shape and channel count, the class names and the latent scale
+factor, so `neuroldm sample` rebuilds exactly the trained network and scales latents as training did.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from neuroldm.config import DiffusionConfig
+from neuroldm.diffusion.dit import DiT3D, build_dit
+from neuroldm.errors import InputError
+from neuroldm.io import atomic_path, sha256_file
+
+MODEL_FILE = Path("diffusion") / "model.safetensors"
+
+
+def dit_from_config(cfg: DiffusionConfig, latent_shape, num_classes: int) -> DiT3D:
+    """The DiT of `cfg` for latents of shape ``(C, d, h, w)``."""
+    c, *spatial = (int(s) for s in latent_shape)
+    return build_dit(cfg.model, spatial, c, num_classes, patch=cfg.patch, window=cfg.window,
+                     shift_windows=cfg.shift_windows, global_every=cfg.global_every,
+                     class_dropout=cfg.class_dropout, grad_checkpointing=cfg.grad_checkpointing)
+
+
+def export_dit(model: torch.nn.Module, cfg: DiffusionConfig, path: str | Path, meta: dict) -> Path:
+    for key in ("latent_shape", "classes", "scale_factor"):
+        if key not in meta:
+            raise ValueError(f"diffusion model metadata needs '{key}'")
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata={"diffusion_config": cfg.model_dump_json(), "meta": json.dumps(meta)})
+    return Path(path)
+
+
+def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DiT3D, DiffusionConfig, dict]:
+    """``(model in eval mode, its DiffusionConfig, meta)`` from ``RUN/diffusion/model.safetensors``."""
+    path = Path(run_dir) / MODEL_FILE
+    if not path.exists():
+        raise InputError(path, "no trained diffusion model; run `neuroldm train-diffusion` first")
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        metadata = f.metadata() or {}
+        state = {k: f.get_tensor(k) for k in f.keys()}
+    if "diffusion_config" not in metadata:
+        raise InputError(path, "not a neuroldm diffusion model file (no diffusion_config metadata)")
+    cfg = DiffusionConfig.model_validate_json(metadata["diffusion_config"])
+    meta = json.loads(metadata.get("meta", "{}"))
+    model = dit_from_config(cfg, meta["latent_shape"], len(meta["classes"]))
+    model.load_state_dict(state)
+    meta["sha256"] = sha256_file(path)
+    return model.to(device).eval(), cfg, meta
