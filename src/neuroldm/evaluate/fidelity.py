@@ -1,0 +1,43 @@
+"""Conditional fidelity: does a classifier trained on real data see the requested class in each synthetic volume?
+
+The classifier enters as a callable ``predict(volumes) -> probabilities``: ``(B, 1, D, H, W)`` float tensor in,
+``(B, n_classes)`` out (rows sum to 1). ``neuroldm.classify.predict`` provides one from a trained run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.evaluate.stats import wilson_interval
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def conditional_fidelity(predict: Predict, paths: list[str], labels: list[int], classes: list[str],
+                         batch_size: int = 4) -> dict:
+    """Accuracy of `predict` against the requested labels, per class and overall, with N and Wilson 95 % CIs;
+    also the mean probability given to the requested class."""
+    probs = []
+    for s in range(0, len(paths), batch_size):
+        x = torch.stack([torch.from_numpy(load_prepared_volume(p))[None] for p in paths[s:s + batch_size]])
+        with torch.no_grad():
+            p = predict(x)
+        if p.shape != (len(x), len(classes)):
+            raise ValueError(f"predict returned shape {tuple(p.shape)}, expected {(len(x), len(classes))}")
+        probs.append(p.detach().float().cpu().numpy())
+    prob = np.concatenate(probs)
+    y = np.asarray(labels, int)
+    hit = prob.argmax(1) == y
+    out = {"accuracy": float(hit.mean()), "ci95": wilson_interval(int(hit.sum()), len(y)), "n": len(y),
+           "mean_p_requested": float(prob[np.arange(len(y)), y].mean()), "per_class": {}}
+    for c, name in enumerate(classes):
+        m = y == c
+        if m.any():
+            out["per_class"][name] = {"accuracy": float(hit[m].mean()), "n": int(m.sum()),
+                                      "ci95": wilson_interval(int(hit[m].sum()), int(m.sum())),
+                                      "mean_p_requested": float(prob[m, c].mean())}
+    return out

@@ -1,0 +1,260 @@
+"""``neuroldm evaluate``: synthetic volumes against the real cohort, with a real-vs-real baseline side by side.
+
+Sets (all on the prepared grid, with the prepared normalisation):
+
+- **reference**: the real ``reference_split`` (default ``train``), the distribution the generator learned;
+- **synthetic**: the sample folder's volumes (`neuroldm.samples`);
+- **held-out**: the real ``heldout_split`` (default ``test``). Held-out vs reference is the **real-vs-real
+  baseline**: what the metrics read for real data the generator never saw, at the same N, on this cohort.
+
+With ``evaluate.match_n`` the synthetic set is subsampled (seeded) to the held-out count per class, so synthetic
+and baseline FIDs share one N (FID is biased upward at small N). Every metric is computed for each class and
+overall ("groups"), for both comparisons. Results go to ``OUT/metrics.json`` (keys documented in
+`evaluate`), with figures: FID against slice position per axis (``slice_fid_<group>.png``) and the closest
+synthetic/training pairs (``closest_pairs.png``).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from neuroldm import __version__
+from neuroldm.config import EvaluateConfig
+from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.data.manifest import read_manifest
+from neuroldm.errors import InputError
+from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate.fidelity import conditional_fidelity
+from neuroldm.evaluate.inception import resolve_feature_network
+from neuroldm.evaluate.slice_fid import AXES, extract_slice_features, intensity_window, per_slice_fid, slice_positions
+from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.metrics.frechet import frechet_distance
+from neuroldm.samples import read_sample_manifest
+
+log = logging.getLogger(__name__)
+
+Predict = Callable[[torch.Tensor], torch.Tensor]
+
+
+def _ids(rows: pd.DataFrame) -> list[str]:
+    if "session" in rows.columns:
+        return [f"{s}_{ses}" if ses else str(s) for s, ses in zip(rows["subject"], rows["session"], strict=True)]
+    return [str(s) for s in rows["subject"]]
+
+
+def _subsample(rows: pd.DataFrame, n: int | None, rng: np.random.Generator) -> pd.DataFrame:
+    if n is None or len(rows) <= n:
+        return rows.reset_index(drop=True)
+    return rows.iloc[np.sort(rng.choice(len(rows), n, replace=False))].reset_index(drop=True)
+
+
+def _match_per_class(synthetic: pd.DataFrame, target: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+    parts = [_subsample(synthetic[synthetic["label"] == c], int((target["label"] == c).sum()), rng)
+             for c in sorted(synthetic["label"].unique())]
+    return pd.concat(parts, ignore_index=True)
+
+
+def _counts(rows: pd.DataFrame, classes: list[str]) -> dict:
+    return {"total": len(rows)} | {name: int((rows["label"] == c).sum()) for c, name in enumerate(classes)}
+
+
+def _fid_figure(groups: dict, key: str, group: str, path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
+    for ax, axis in zip(axes, AXES, strict=True):
+        for comparison, style in (("synthetic", "-"), ("real_baseline", "--")):
+            res = groups[group][comparison].get(key)
+            if res and "axes" in res:
+                a = res["axes"][axis]
+                ax.plot(a["positions"], a["fid"], style, label=f"{comparison} (N {res['n_b']} vs {res['n_a']}; "
+                                                                f"mean {a['mean']:.1f})")
+        ax.set_title(axis)
+        ax.set_xlabel("slice position (voxel)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(key)
+    fig.suptitle(f"{key} per slice position, {group}: synthetic and held-out real vs reference real", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[str], synthetic_paths: list[str],
+                  synthetic_ids: list[str], percentile: float, device: str) -> dict:
+    """Nearest training volume in latent space (posterior means, Euclidean), the synthetic volumes encoded here."""
+    from neuroldm.vae.decode import encode_volume
+    from neuroldm.vae.encode import load_latents
+    from neuroldm.vae.weights import load_vae
+
+    latents = load_latents(vae_run)
+    by_id = dict(zip(_ids(latents.index), latents.mu, strict=True))
+    missing = [i for i in train_ids + heldout_ids if i not in by_id]
+    if missing:
+        raise InputError(Path(vae_run) / "latents", f"no latents for {len(missing)} real volume(s), e.g. "
+                                                    f"{missing[0]}; run `neuroldm encode` on this cohort")
+    model, vae_cfg, _ = load_vae(vae_run, device)
+    with torch.no_grad():
+        syn = torch.stack([encode_volume(model, torch.from_numpy(load_prepared_volume(p))[None, None].to(device),
+                                         vae_cfg)[0][0].cpu() for p in synthetic_paths])
+    train = torch.stack([by_id[i] for i in train_ids]).numpy()
+    d_syn, nn_syn = memorization.nearest_euclidean(syn.numpy(), train)
+    d_held, _ = memorization.nearest_euclidean(torch.stack([by_id[i] for i in heldout_ids]).numpy(), train)
+    return memorization.audit(d_syn, nn_syn, d_held, synthetic_ids, train_ids, percentile) | {
+        "space": "latent posterior mean, Euclidean"}
+
+
+def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: EvaluateConfig, classes: list[str], *,
+             reference_split: str = "train", heldout_split: str = "test", predict: Predict | None = None,
+             vae_run: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+    """Evaluate a sample folder against a prepared cohort; write ``OUT/metrics.json`` and figures; return the dict.
+
+    ``metrics.json``:
+
+    - ``version``, ``settings`` (the ``evaluate`` config), ``seconds``;
+    - ``real``: ``prepared``, ``reference_split``, ``heldout_split``, ``n_reference`` / ``n_heldout`` (per class and
+      ``total``); ``synthetic``: ``folder``, ``n_available``, ``n_used`` (after ``match_n``), ``n_audited``;
+    - ``feature_network``: ``name``, ``metric`` (``fid``, or ``fid_random_features`` for the seeded stand-in),
+      ``dim``, ``input_size``, ``file``, ``sha1``; ``intensity_window`` ``[lo, hi]``; ``slice_positions`` per axis;
+    - ``groups``: ``{"overall" | <class>: {"synthetic" | "real_baseline": {...}}}``, each comparing a set
+      (synthetic, or held-out real) with the reference real volumes of that group:
+        - ``<metric>`` (``fid`` / ``fid_random_features``): per-slice FID — ``n_a`` (reference volumes), ``n_b``,
+          ``axes.<sagittal|coronal|axial>`` = ``positions``, ``fid`` (one per position), ``mean``, ``pooled``,
+          ``n_slices_a``, ``n_slices_b``; ``mean`` over all positions; ``fid_2_5d`` (mean of the pooled FIDs);
+        - ``fid_3d``: ``{"value", "n_a", "n_b", "network"}`` with MedicalNet weights, else ``{"skipped"}``;
+        - ``kid`` (``kid_random_features``): ``mean``, ``std``, ``n`` (subsets), ``ci95``, ``subset_size``;
+        - ``prdc`` (``prdc_random_features``): ``precision``, ``recall``, ``density``, ``coverage``, ``k``, Ns
+          (features: each volume's slice features averaged over positions and axes);
+        - ``ms_ssim``: within-set diversity, mean over random pairs, ``std``, ``n`` (pairs), ``ci95``,
+          ``n_volumes``;
+    - ``memorization``: ``image`` (and ``latent`` with `vae_run`): see `memorization.audit`; ``training_set`` says
+      whether the training volumes are the generator's own (``samples.json`` ``train_subjects``);
+    - ``fidelity``: `conditional_fidelity` with a classifier, else ``{"skipped"}``;
+    - ``figures``: written file names.
+    """
+    t0 = time.time()
+    out = Path(out)
+    rng = np.random.default_rng(cfg.seed)
+    rows = read_manifest(real)
+    ref = _subsample(rows[rows["split"] == reference_split], cfg.max_volumes, rng)
+    held = _subsample(rows[rows["split"] == heldout_split], cfg.max_volumes, rng)
+    for name, part, split in (("reference", ref, reference_split), ("held-out", held, heldout_split)):
+        if len(part) < 2:
+            raise InputError(Path(real) / "manifest.csv", f"the {name} split '{split}' has {len(part)} usable "
+                                                          f"volume(s); the evaluation needs at least 2")
+    samples = read_sample_manifest(synthetic)
+    syn_all = _subsample(samples.rows, cfg.max_volumes, rng)
+    if len(syn_all) < 2:
+        raise InputError(samples.folder / "manifest.csv", "the evaluation needs at least 2 synthetic volumes")
+    grid = load_prepared_volume(ref["path"].iloc[0]).shape
+    syn_grid = load_prepared_volume(syn_all["path"].iloc[0]).shape
+    if syn_grid != grid:
+        raise InputError(syn_all["path"].iloc[0], f"synthetic grid {syn_grid} differs from the prepared grid {grid}")
+    syn = _match_per_class(syn_all, held, rng) if cfg.match_n else syn_all
+
+    net = resolve_feature_network(cfg)  # fails in one line before any heavy work when there are no weights
+    suffix = "" if net.metric == "fid" else "_random_features"
+    window = intensity_window(list(ref["path"]), cfg.window_percentiles, cfg.seed)
+    positions = slice_positions(grid, cfg.slice_stride)
+    sets = {"reference": ref, "heldout": held, "synthetic": syn}
+    ids = {k: (_ids(v) if k != "synthetic" else list(v["sample"])) for k, v in sets.items()}
+    feats = {k: extract_slice_features(list(v["path"]), ids[k], net, window, positions, batch_size=cfg.batch_size,
+                                       device=device, progress=progress, desc=f"{net.metric} features: {k}")
+             for k, v in sets.items()}
+    vfeats = {k: f.volume_features() for k, f in feats.items()}
+    feats3d = None
+    if cfg.medicalnet_path:
+        from neuroldm.evaluate.features3d import load_medicalnet, volume_features
+        mn = load_medicalnet(cfg.medicalnet_path)
+        feats3d = {k: volume_features(mn, list(v["path"]), device, progress, f"3D features: {k}")
+                   for k, v in sets.items()}
+
+    groups: dict = {}
+    for group, label in [("overall", None), *[(name, c) for c, name in enumerate(classes)]]:
+        def select(part: pd.DataFrame, label=label) -> np.ndarray:
+            return np.arange(len(part)) if label is None else np.flatnonzero(part["label"].to_numpy() == label)
+
+        i_ref = select(ref)
+        groups[group] = {}
+        for comparison, key in (("synthetic", "synthetic"), ("real_baseline", "heldout")):
+            part = sets[key]
+            idx = select(part)
+            res: dict = {"n_reference": len(i_ref), "n_compared": len(idx)}
+            if len(i_ref) < 2 or len(idx) < 2:
+                res["skipped"] = f"needs at least 2 volumes per set, have {len(i_ref)} and {len(idx)}"
+                groups[group][comparison] = res
+                continue
+            res[net.metric] = per_slice_fid(feats["reference"], i_ref, feats[key], idx, net.metric)
+            res["fid_3d"] = ({"value": frechet_distance(feats3d["reference"][i_ref], feats3d[key][idx]),
+                              "n_a": len(i_ref), "n_b": len(idx), "network": "MedicalNet ResNet-10"}
+                             if feats3d else {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"})
+            res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[key][idx], cfg.kid_subsets,
+                                                cfg.kid_subset_size, cfg.seed)
+            res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[key][idx], cfg.prdc_k)
+            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed,
+                                                         progress, f"MS-SSIM pairs: {group}, {key}")
+            groups[group][comparison] = res
+
+    # memorization: against the generator's own training volumes when the sample folder names them
+    train_subjects = set(samples.train_subjects)
+    if train_subjects:
+        train = rows[rows["subject"].isin(train_subjects)].reset_index(drop=True)
+        training_set = "generator's training subjects (samples.json)"
+    else:
+        train = rows[rows["split"] == reference_split].reset_index(drop=True)
+        training_set = f"real '{reference_split}' split (samples.json lists no training subjects)"
+    unseen = held[~held["subject"].isin(train_subjects)].reset_index(drop=True)
+    train_ids = _ids(train)
+    q_syn = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
+                      for p in syn_all["path"]])
+    q_held = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
+                       for p in unseen["path"]]) if len(unseen) else np.zeros((0, q_syn.shape[1]), np.float32)
+    d, nn_idx = memorization.nearest_training(np.concatenate([q_syn, q_held]), list(train["path"]),
+                                              cfg.memorization_downsample, progress=progress)
+    syn_ids = list(syn_all["sample"])
+    mem = {"training_set": training_set, "n_training": len(train),
+           "image": memorization.audit(d[:len(q_syn)], nn_idx[:len(q_syn)], d[len(q_syn):], syn_ids, train_ids,
+                                       cfg.memorization_percentile)
+           | {"space": f"image, 1 - correlation after {cfg.memorization_downsample}x average pooling"}}
+    mem["latent"] = (_latent_audit(vae_run, train_ids, _ids(unseen), list(syn_all["path"]), syn_ids,
+                                   cfg.memorization_percentile, device)
+                     if vae_run is not None else {"skipped": "no autoencoder run given"})
+
+    figures = []
+    for group in groups if cfg.figures else []:
+        if net.metric in groups[group]["synthetic"] or net.metric in groups[group]["real_baseline"]:
+            figures.append(_fid_figure(groups, net.metric, group, out / f"slice_fid_{group}.png").name)
+    if cfg.figures and cfg.closest_pairs > 0:
+        order = np.argsort(d[:len(q_syn)])[:cfg.closest_pairs]
+        pairs = [(syn_ids[i], syn_all["path"].iloc[i], train_ids[nn_idx[i]], train["path"].iloc[nn_idx[i]],
+                  float(d[i])) for i in order]
+        figures.append(memorization.closest_pairs_figure(pairs, out / "closest_pairs.png").name)
+
+    fidelity = (conditional_fidelity(predict, list(syn_all["path"]), list(syn_all["label"]), classes)
+                if predict is not None else {"skipped": "no classifier given"})
+
+    metrics = {
+        "version": __version__, "settings": cfg.model_dump(mode="json"),
+        "real": {"prepared": str(Path(real).resolve()), "reference_split": reference_split,
+                 "heldout_split": heldout_split, "n_reference": _counts(ref, classes),
+                 "n_heldout": _counts(held, classes)},
+        "synthetic": {"folder": str(samples.folder.resolve()), "n_available": _counts(samples.rows, classes),
+                      "n_used": _counts(syn, classes), "n_audited": _counts(syn_all, classes)},
+        "feature_network": net.describe(), "intensity_window": list(window), "grid": list(grid),
+        "slice_positions": {a: len(p) for a, p in zip(AXES, positions, strict=True)},
+        "groups": groups, "memorization": mem, "fidelity": fidelity, "figures": figures,
+        "seconds": round(time.time() - t0, 1),
+    }
+    write_json_atomic(out / "metrics.json", metrics)
+    return metrics
