@@ -105,3 +105,22 @@ def test_sample_refuses_unknown_label_and_foreign_folder(run, tmp_path):
     (out / "samples.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64, "train_subjects": []}))
     assert main(["sample", "--run", str(run), "--n", "1", "--label", "HC", "--steps", "2", "--out", str(out),
                  "--no-progress"]) == 2
+
+
+def test_torchrun_two_processes_train_the_diffusion_model(run, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    other = tmp_path / "run"
+    shutil.copytree(run, other, ignore=shutil.ignore_patterns("diffusion"))
+    sets = [x for t in TINY for x in ("--set", t)]
+    script = tmp_path / "launch.py"  # torchrun's own parser would take --run for its --run-path
+    args = ["train-diffusion", "--run", str(other), "--no-progress", *sets, "--set", "diffusion.train.batch_size=2"]
+    script.write_text(f"from neuroldm.cli import main\nraise SystemExit(main({args!r}))\n")
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29517", str(script)], capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads((other / "diffusion" / "train_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 4
+    assert load_dit(other)[2]["step"] == 4
