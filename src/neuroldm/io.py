@@ -79,3 +79,33 @@ def sha256_array(array: np.ndarray) -> str:
     h = hashlib.sha256(f"{a.dtype.str}{a.shape}".encode())
     h.update(a.tobytes())
     return h.hexdigest()
+
+
+def save_weights_atomic(module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
+    """A module's state dict as one safetensors file with string `metadata` (the config that built it)."""
+    from safetensors.torch import save_file
+
+    state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    with atomic_path(path) as tmp:
+        save_file(state, str(tmp), metadata=metadata)
+    return Path(path)
+
+
+def load_weights(path: str | os.PathLike, device="cpu", *, required_key: str, what: str) -> tuple[dict, dict]:
+    """``(state dict, metadata)`` of a file written by `save_weights_atomic`; no code is executed.
+
+    A damaged file or one without `required_key` in its metadata is an `InputError` naming the file.
+    """
+    from safetensors import safe_open
+
+    from neuroldm.errors import InputError
+
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            metadata = f.metadata() or {}
+            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
+    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for a damaged header)
+        raise InputError(path, f"not a readable safetensors file ({e})") from None
+    if required_key not in metadata:
+        raise InputError(path, f"not a neuroldm {what} file (no {required_key} metadata)")
+    return state, metadata

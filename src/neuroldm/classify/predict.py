@@ -16,14 +16,12 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
 from neuroldm.classify.network import build_classifier
 from neuroldm.config import ClassifierConfig
 from neuroldm.errors import InputError
-from neuroldm.io import atomic_path, sha256_file
+from neuroldm.io import load_weights, save_weights_atomic, sha256_file
 
 MODEL_NAME = "model.safetensors"
 
@@ -33,10 +31,7 @@ def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path,
     missing = {"classes", "grid", "spacing"} - set(info)
     if missing:
         raise ValueError(f"classifier info lacks {sorted(missing)}")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"classifier_config": cfg.model_dump_json(), "info": json.dumps(info)})
-    return Path(path)
+    return save_weights_atomic(model, path, {"classifier_config": cfg.model_dump_json(), "info": json.dumps(info)})
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -47,14 +42,7 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         path = path / MODEL_NAME if not (path / "classifier" / MODEL_NAME).exists() else path / "classifier" / MODEL_NAME
     if not path.exists():
         raise InputError(path, "no trained classifier; run `neuroldm classify` first")
-    try:
-        with safe_open(str(path), framework="pt", device=str(device)) as f:
-            metadata = f.metadata() or {}
-            state = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (a safe_open handle)
-    except Exception as e:  # noqa: BLE001 (safetensors raises its own error types for a damaged header)
-        raise InputError(path, f"not a readable safetensors file ({e})") from None
-    if "classifier_config" not in metadata:
-        raise InputError(path, "not a neuroldm classifier file (no classifier_config metadata)")
+    state, metadata = load_weights(path, device, required_key="classifier_config", what="classifier")
     cfg = ClassifierConfig.model_validate_json(metadata["classifier_config"])
     info = json.loads(metadata.get("info", "{}"))
     model = build_classifier(cfg, num_classes=len(info["classes"]))

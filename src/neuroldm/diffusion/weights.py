@@ -10,13 +10,11 @@ import json
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
 
 from neuroldm.config import DiffusionConfig
 from neuroldm.diffusion.dit import DiT3D, build_dit
 from neuroldm.errors import InputError
-from neuroldm.io import atomic_path, sha256_file
+from neuroldm.io import load_weights, save_weights_atomic, sha256_file
 
 MODEL_FILE = Path("diffusion") / "model.safetensors"
 
@@ -33,10 +31,7 @@ def export_dit(model: torch.nn.Module, cfg: DiffusionConfig, path: str | Path, m
     for key in ("latent_shape", "classes", "scale_factor"):
         if key not in meta:
             raise ValueError(f"diffusion model metadata needs '{key}'")
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_path(path) as tmp:
-        save_file(state, str(tmp), metadata={"diffusion_config": cfg.model_dump_json(), "meta": json.dumps(meta)})
-    return Path(path)
+    return save_weights_atomic(model, path, {"diffusion_config": cfg.model_dump_json(), "meta": json.dumps(meta)})
 
 
 def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DiT3D, DiffusionConfig, dict]:
@@ -44,11 +39,7 @@ def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[D
     path = Path(run_dir) / MODEL_FILE
     if not path.exists():
         raise InputError(path, "no trained diffusion model; run `neuroldm train-diffusion` first")
-    with safe_open(str(path), framework="pt", device=str(device)) as f:
-        metadata = f.metadata() or {}
-        state = {k: f.get_tensor(k) for k in f.keys()}
-    if "diffusion_config" not in metadata:
-        raise InputError(path, "not a neuroldm diffusion model file (no diffusion_config metadata)")
+    state, metadata = load_weights(path, device, required_key="diffusion_config", what="diffusion model")
     cfg = DiffusionConfig.model_validate_json(metadata["diffusion_config"])
     meta = json.loads(metadata.get("meta", "{}"))
     model = dit_from_config(cfg, meta["latent_shape"], len(meta["classes"]))
