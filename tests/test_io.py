@@ -46,3 +46,20 @@ def test_array_hash_sees_dtype_shape_and_values():
 def test_write_text_creates_folders(tmp_path):
     write_text_atomic(tmp_path / "x" / "y" / "z.txt", "hello")
     assert (tmp_path / "x" / "y" / "z.txt").read_text() == "hello"
+
+
+def test_weights_file_round_trip_and_one_line_errors(tmp_path):
+    import torch
+
+    from neuroldm.errors import InputError
+    from neuroldm.io import load_weights, save_weights_atomic
+
+    module = torch.nn.Linear(3, 2)
+    path = save_weights_atomic(module, tmp_path / "m.safetensors", {"thing_config": "{}"})
+    state, meta = load_weights(path, required_key="thing_config", what="thing")
+    assert meta == {"thing_config": "{}"} and all(torch.equal(state[k], v) for k, v in module.state_dict().items())
+    with pytest.raises(InputError, match=r"m\.safetensors: not a neuroldm autoencoder file \(no vae_config"):
+        load_weights(path, required_key="vae_config", what="autoencoder")
+    path.write_bytes(path.read_bytes()[:20])
+    with pytest.raises(InputError, match=r"m\.safetensors: not a readable safetensors file"):
+        load_weights(path, required_key="thing_config", what="thing")
