@@ -44,6 +44,16 @@ def _resolve(args: argparse.Namespace) -> Config:
     return load_config(args.preset, args.config, args.overrides)
 
 
+def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
+    """The resolved config and the run's prepared cohort; both recorded in the run directory."""
+    from neuroldm.runs import prepared_dir, record_stage
+
+    cfg = _resolve(args)
+    prepared = prepared_dir(args.run, args.prepared)
+    record_stage(args.run, stage, cfg, prepared=prepared.resolve())
+    return cfg, prepared
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Subcommands
 # --------------------------------------------------------------------------------------------------------------
@@ -84,12 +94,9 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
-    from neuroldm.runs import prepared_dir, record_stage
     from neuroldm.vae.train import train_vae
 
-    cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, "train-vae", cfg, prepared=prepared.resolve())
+    cfg, prepared = _start_stage(args, "train-vae")
     summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
     val = summary.get("last_validation") or {}
     print(f"trained the autoencoder for {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
@@ -113,12 +120,9 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    from neuroldm.runs import prepared_dir, record_stage
     from neuroldm.vae.encode import encode_cohort
 
-    cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, "encode", cfg, prepared=prepared.resolve())
+    cfg, prepared = _start_stage(args, "encode")
     info = encode_cohort(args.run, prepared, progress=not args.no_progress)
     print(f"encoded {info['n']} volumes ({info['reused']} reused) to latents of shape "
           f"{'x'.join(map(str, info['latent_shape']))}; scale factor {info['scale_factor']:.4f} "
@@ -169,11 +173,8 @@ def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivi
 
 def cmd_classify(args: argparse.Namespace) -> int:
     from neuroldm.classify.train import CLASSIFIER_DIR, train_classifier
-    from neuroldm.runs import prepared_dir, record_stage
 
-    cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, "classify", cfg, prepared=prepared.resolve())
+    cfg, prepared = _start_stage(args, "classify")
     out = Path(args.out) if args.out else Path(args.run) / CLASSIFIER_DIR
     result = train_classifier(prepared, out, cfg, regime=args.regime, samples=args.samples, fold=args.fold,
                               seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
@@ -189,11 +190,8 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 def cmd_classify_grid(args: argparse.Namespace) -> int:
     from neuroldm.classify.grid import GRID_DIR, run_grid
-    from neuroldm.runs import prepared_dir, record_stage
 
-    cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, "classify-grid", cfg, prepared=prepared.resolve())
+    cfg, prepared = _start_stage(args, "classify-grid")
     summary = run_grid(prepared, args.run, cfg, samples=args.samples, resume=not args.no_resume,
                        progress=not args.no_progress)
     if not summary:  # a non-main torchrun process
@@ -209,11 +207,8 @@ def cmd_classify_grid(args: argparse.Namespace) -> int:
 def cmd_saliency(args: argparse.Namespace) -> int:
     from neuroldm.classify.saliency import SALIENCY_DIR, explain_cohort
     from neuroldm.classify.train import CLASSIFIER_DIR
-    from neuroldm.runs import prepared_dir, record_stage
 
-    cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, "saliency", cfg, prepared=prepared.resolve())
+    cfg, prepared = _start_stage(args, "saliency")
     out = Path(args.out) if args.out else Path(args.run) / SALIENCY_DIR
     summary = explain_cohort(args.model or Path(args.run) / CLASSIFIER_DIR, prepared, out, cfg, split=args.split,
                              limit=args.limit, progress=not args.no_progress)
