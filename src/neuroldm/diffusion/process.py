@@ -58,6 +58,14 @@ def snr(scheduler: DDPMScheduler, t: torch.Tensor) -> torch.Tensor:
     return (ac / (1 - ac)).float()
 
 
+def prediction_error(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: torch.Tensor, y: torch.Tensor,
+                     t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """Per-sample MSE ``(B,)`` of the model's prediction (epsilon or v) for ``x0`` noised with `noise` at `t`."""
+    xt = scheduler.add_noise(x0, noise, t)
+    target = noise if cfg.prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
+    return (model(xt, t, y).float() - target.float()).pow(2).flatten(1).mean(1)
+
+
 def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: torch.Tensor, y: torch.Tensor,
                    generator: torch.Generator | None = None) -> torch.Tensor:
     """Mean over the batch of the (optionally min-SNR weighted) MSE of the prediction at a random timestep.
@@ -68,9 +76,7 @@ def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: to
     b = x0.shape[0]
     t = torch.randint(0, cfg.num_train_timesteps, (b,), device=x0.device, generator=generator)
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    xt = scheduler.add_noise(x0, noise, t)
-    target = noise if cfg.prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
-    per_sample = (model(xt, t, y).float() - target.float()).pow(2).flatten(1).mean(1)
+    per_sample = prediction_error(model, scheduler, cfg, x0, y, t, noise)
     if cfg.min_snr_gamma:
         s = snr(scheduler, t)
         clipped = s.clamp(max=cfg.min_snr_gamma)

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import Dataset
 
 from neuroldm.config import Config, DiffusionConfig
-from neuroldm.diffusion.process import diffusion_loss, training_scheduler
+from neuroldm.diffusion.process import diffusion_loss, prediction_error, training_scheduler
 from neuroldm.diffusion.weights import MODEL_FILE, dit_from_config, export_dit
 from neuroldm.errors import InputError
 from neuroldm.train.checkpoint import load_state
@@ -72,9 +72,7 @@ class DiffusionObjective:
             for t in ts:
                 noise = torch.randn(x0.shape, generator=g).to(device)
                 tt = torch.full((x0.shape[0],), int(t), device=device, dtype=torch.long)
-                xt = self.scheduler.add_noise(x0, noise, tt)
-                target = noise if self.cfg.prediction == "epsilon" else self.scheduler.get_velocity(x0, noise, tt)
-                total += float((model(xt, tt, y) - target).pow(2).flatten(1).mean(1).sum())
+                total += float(prediction_error(model, self.scheduler, self.cfg, x0, y, tt, noise).sum())
                 n += x0.shape[0]
         return total / n
 
