@@ -262,6 +262,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(args: argparse.Namespace) -> int:
+    from neuroldm.report import write_report
+
+    print(f"report: {write_report(args.run_dir, args.out)}")
+    return 0
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
@@ -446,6 +453,16 @@ def build_parser() -> argparse.ArgumentParser:
                                                   "available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser(
+        "report", formatter_class=_Formatter, help="one self-contained HTML page of a run",
+        description="Gather a run directory's outputs into one HTML page (figures embedded, no external files): "
+                    "headline metrics and stage times, real beside synthetic slices per class, autoencoder, "
+                    "diffusion, evaluation, classifier and saliency results with N and 95% CIs, the configuration "
+                    "and software versions. Stages that have not run get a short note.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
+    p.add_argument("--out", default=None, metavar="FILE", help="output file (default: RUN_DIR/report.html)")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

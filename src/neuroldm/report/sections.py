@@ -1,0 +1,606 @@
+"""Each stage's outputs in a run directory, read into report blocks (`neuroldm.report.html`).
+
+One function per section, each taking the run directory and returning its blocks. A stage whose files are
+missing gives a "Not run" note; a file that exists but cannot be read gives a note naming it, so a partial or
+damaged run still yields a page. The file formats are the stages' own:
+
+- ``metrics.json`` / ``pipeline.json`` — the flat metrics and the stage timings of ``neuroldm run``;
+- ``prepared/manifest.csv`` (`neuroldm.data.manifest`) and ``samples/manifest.csv`` (`neuroldm.samples`);
+- ``vae/`` — the engine's ``metrics.csv`` and ``train_summary.json`` (`neuroldm.train.engine`),
+  ``reconstruction/metrics.json`` and ``reconstruction.png`` (`neuroldm.vae.reconstruct`);
+- ``diffusion/`` — the engine's files and ``model.safetensors`` (`neuroldm.diffusion.weights`);
+- ``evaluation/metrics.json`` and figures (`neuroldm.evaluate.run.evaluate`);
+- ``classify-grid/summary.json`` (`neuroldm.classify.grid`), ``classifier/result.json`` (`neuroldm.classify.train`);
+- ``saliency/summary.json`` and ``saliency/<method>/figures/*.png`` (`neuroldm.classify.saliency`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import platform
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from neuroldm import __version__
+from neuroldm.errors import NeuroLDMError
+from neuroldm.report.figures import real_vs_synthetic, training_curves
+from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
+
+log = logging.getLogger(__name__)
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+VOLUMES_PER_CLASS = 3
+SUBJECT_FIGURES_PER_METHOD = 2
+
+# errors of reading a stage's file that leave the rest of the report intact (anything else is a bug)
+READ_ERRORS = (OSError, ValueError, KeyError, TypeError, IndexError, NeuroLDMError)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Formatting
+# --------------------------------------------------------------------------------------------------------------
+
+def fmt(value: object) -> str:
+    """A number for a table: integers as they are, floats to a precision that suits their size, "–" if absent."""
+    if value is None or isinstance(value, str):
+        return "–" if value in (None, "") else value
+    if isinstance(value, bool | int | np.integer):
+        return str(int(value))
+    x = float(value)
+    if not math.isfinite(x):
+        return "–"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    if abs(x) >= 10:
+        return f"{x:.1f}"
+    if x == 0 or abs(x) >= 0.01:
+        return f"{x:.3f}"
+    return f"{x:.3g}"
+
+
+def fmt_ci(low: object, high: object) -> str:
+    if low is None or high is None or not all(math.isfinite(float(v)) for v in (low, high)):
+        return "–"
+    return f"[{fmt(low)}, {fmt(high)}]"
+
+
+def fmt_pct(value: object) -> str:
+    return "–" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.1f}%"
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.exists():
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _png(path: Path, caption: str) -> Block:
+    data = path.read_bytes()
+    if not data.startswith(PNG_SIGNATURE):
+        return Note(f"{path.name} is not a PNG image; left out.")
+    return Figure(data, caption)
+
+
+def _curves(csv: Path, title: str) -> list[Block]:
+    if not csv.exists():
+        return [not_run(f"no training log ({csv.parent.name}/{csv.name})")]
+    table = pd.read_csv(csv)
+    if table.empty or "step" not in table:
+        return [Note(f"{csv.parent.name}/{csv.name} holds no logged steps yet.")]
+    return [Figure(training_curves(table, title), f"{title}: training loss and validation metrics against "
+                                                  f"optimiser step (from {csv.parent.name}/{csv.name}).")]
+
+
+def _train_summary(folder: Path) -> list[str]:
+    s = _read_json(folder / "train_summary.json")
+    if not s:
+        return []
+    return [f"{s.get('steps', '–')} steps in {fmt(s.get('seconds'))} s",
+            f"best {s.get('monitor', 'validation')} {fmt(s.get('best'))}",
+            *(["stopped early (no validation improvement)"] if s.get("early_stopped") else [])]
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 1. Summary
+# --------------------------------------------------------------------------------------------------------------
+
+SUMMARY_MEANINGS = {
+    "wall_seconds": "wall-clock time of the whole pipeline, in seconds",
+    "vae.val.ssim": "autoencoder reconstruction SSIM on the validation split (1 = identical)",
+    "vae.val.psnr": "autoencoder reconstruction PSNR on the validation split, dB (higher = closer)",
+    "classifier.real.auc": "AUC-ROC on the real test split, classifier trained on real volumes (0.5 = chance)",
+    "classifier.synthetic.auc": "AUC-ROC on the real test split, classifier trained on synthetic volumes only",
+    "synthetic.class_fidelity": "share of synthetic volumes a real-trained classifier labels as the requested class",
+    "saliency.ig.roi_enrichment": "integrated gradients: top attributions inside the ROI relative to chance (1 = chance)",
+    "memorization.flagged": "share of synthetic volumes suspiciously close to a training volume (0 = no copying)",
+    "fid.synthetic.overall": "per-slice FID of synthetic vs real reference volumes (lower = closer)",
+    "fid.real_baseline.overall": "per-slice FID of held-out real vs reference volumes: the floor to compare with",
+}
+_SUFFIXES = (".low", ".high", ".n")
+
+
+def summary_meaning(key: str) -> str:
+    if key in SUMMARY_MEANINGS:
+        return SUMMARY_MEANINGS[key]
+    last = key.rsplit(".", 1)[-1]
+    for token, meaning in (("auc", "area under the ROC curve (0.5 = chance, 1 = perfect)"),
+                           ("ms_ssim", "multi-scale structural similarity"), ("ssim", "structural similarity"),
+                           ("psnr", "peak signal-to-noise ratio, dB"), ("fid", "Fréchet distance (lower = closer)"),
+                           ("kid", "kernel inception distance (lower = closer)"), ("seconds", "seconds")):
+        if token in key:
+            return meaning
+    return last.replace("_", " ")
+
+
+def summary_blocks(run: Path) -> list[Block]:
+    blocks: list[Block] = []
+    metrics = _read_json(run / "metrics.json")
+    if metrics is None:
+        blocks.append(not_run("no metrics.json (written by `neuroldm run` at the end of a full pipeline)"))
+    else:
+        rows = []
+        for key in sorted(k for k in metrics if not k.endswith(_SUFFIXES)):
+            rows.append([key, fmt(metrics[key]), fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high")),
+                         fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
+        blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
+                            "Headline numbers of the run (metrics.json)"))
+    pipeline = _read_json(run / "pipeline.json")
+    if pipeline is None:
+        blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
+    else:
+        stages = pipeline.get("stages", [])
+        rows = [[s.get("name", "?"), s.get("status", "?"), fmt(s.get("seconds"))] for s in stages]
+        total = sum(float(s.get("seconds") or 0) for s in stages)
+        rows.append(["total", "", fmt(total)])
+        blocks.append(Table(["stage", "status", "seconds"], rows,
+                            "Pipeline stages (ran = computed now, reused = finished outputs found, skipped, failed)"))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2. Real vs synthetic
+# --------------------------------------------------------------------------------------------------------------
+
+def prepared_folder(run: Path) -> Path | None:
+    """``RUN/prepared`` when it holds a manifest, else the cohort recorded in ``run.json``."""
+    if (run / "prepared" / "manifest.csv").exists():
+        return run / "prepared"
+    recorded = (_read_json(run / "run.json") or {}).get("prepared")
+    return Path(recorded) if recorded and (Path(recorded) / "manifest.csv").exists() else None
+
+
+def real_vs_synthetic_blocks(run: Path, per_class: int = VOLUMES_PER_CLASS) -> list[Block]:
+    from neuroldm.data.dataset import load_prepared_volume
+    from neuroldm.data.manifest import read_manifest
+    from neuroldm.samples import read_sample_manifest
+
+    blocks: list[Block] = []
+    classes: dict[int, str] = {}
+    real: dict[int, list[tuple[str, str]]] = {}
+    prepared = prepared_folder(run)
+    if prepared is None:
+        blocks.append(not_run("no prepared cohort (prepared/manifest.csv)"))
+    else:
+        rows = read_manifest(prepared)
+        rows = rows[rows["split"] == "train"].sort_values(["label", "subject", "session"])
+        for label, part in rows.groupby("label"):
+            classes[int(label)] = str(part["label_name"].iloc[0])
+            real[int(label)] = [(f"real {r.subject}", r.path) for r in part.head(per_class).itertuples()]
+    synthetic: dict[int, list[tuple[str, str]]] = {}
+    if not (run / "samples" / "manifest.csv").exists():
+        blocks.append(not_run("no synthetic volumes (samples/manifest.csv)"))
+    else:
+        samples = read_sample_manifest(run / "samples")
+        for label, part in samples.rows.sort_values(["label", "sample"]).groupby("label"):
+            classes.setdefault(int(label), str(part["label_name"].iloc[0]))
+            synthetic[int(label)] = [(f"synthetic {r.sample}", r.path) for r in part.head(per_class).itertuples()]
+    if not classes:
+        return blocks
+    volumes = {path: load_prepared_volume(path) for pairs in (*real.values(), *synthetic.values())
+               for _, path in pairs}
+    window_from = [volumes[p] for pairs in real.values() for _, p in pairs] or list(volumes.values())
+    lo, hi = np.percentile(np.concatenate([v[::2, ::2, ::2].ravel() for v in window_from]), [0.5, 99.5])
+    fig_rows = [(f"{classes[c]}", [(name, volumes[p]) for name, p in real.get(c, []) + synthetic.get(c, [])])
+                for c in sorted(classes)]
+    counts = ", ".join(f"{classes[c]}: {len(real.get(c, []))} real, {len(synthetic.get(c, []))} synthetic"
+                       for c in sorted(classes))
+    blocks.append(Figure(real_vs_synthetic(fig_rows, (float(lo), float(hi))),
+                         f"Orthogonal mid slices, one row per class ({counts}); real volumes from the training "
+                         f"split. One grey window for all: {fmt(lo)} to {fmt(hi)}, the "
+                         f"{'real' if real else 'synthetic'} volumes' 0.5th to 99.5th percentile."))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 3. Autoencoder
+# --------------------------------------------------------------------------------------------------------------
+
+def autoencoder_blocks(run: Path) -> list[Block]:
+    folder = run / "vae"
+    if not folder.exists():
+        return [not_run("no vae/ folder (`neuroldm train-vae`)")]
+    blocks: list[Block] = []
+    facts = _train_summary(folder)
+    if facts:
+        blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
+    rec = _read_json(folder / "reconstruction" / "metrics.json")
+    if rec is None:
+        blocks.append(not_run("no reconstruction metrics (`neuroldm reconstruct`)"))
+    else:
+        meanings = {"psnr": ("PSNR (dB)", "peak signal-to-noise ratio; higher = closer"),
+                    "ssim": ("SSIM", "structural similarity; 1 = identical"),
+                    "ms_ssim": ("MS-SSIM", "structural similarity over several scales; 1 = identical"),
+                    "l1": ("L1", "mean absolute intensity error (z-scored units); 0 = identical")}
+        rows = [[label, fmt(rec["mean"][k]), fmt(rec.get("std", {}).get(k)), fmt(rec["n"]), meaning]
+                for k, (label, meaning) in meanings.items() if k in rec["mean"]]
+        blocks.append(Table(["metric", "mean", "std", "N volumes", "what it means"], rows,
+                            f"Reconstruction of the {rec.get('split', '?')} split (posterior mean, decoded)"))
+        png = folder / "reconstruction" / "reconstruction.png"
+        if png.exists():
+            blocks.append(_png(png, "Real volume, its reconstruction and the absolute error, three subjects."))
+    blocks += _curves(folder / "metrics.csv", "Autoencoder")
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 4. Diffusion
+# --------------------------------------------------------------------------------------------------------------
+
+def diffusion_model_facts(path: Path) -> list[list[str]]:
+    """Rows of facts from ``diffusion/model.safetensors``' header (its metadata and tensor shapes; no weights)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="np") as f:
+        meta = f.metadata() or {}
+        n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+    cfg = json.loads(meta.get("diffusion_config", "{}"))
+    info = json.loads(meta.get("meta", "{}"))
+    rows = [["network", str(cfg.get("model", "?")), "DiT preset"],
+            ["parameters", f"{n_params / 1e6:.2f} M", "trainable weights in the exported file"],
+            ["latent shape", "x".join(map(str, info.get("latent_shape", []))) or "–", "channels x grid"],
+            ["patch", str(cfg.get("patch", "–")), "latent voxels per token"],
+            ["prediction", str(cfg.get("prediction", "–")), "what the network predicts (noise or velocity)"],
+            ["noise schedule", f"{cfg.get('schedule', '?')}, {cfg.get('num_train_timesteps', '?')} steps",
+             "training timesteps"],
+            ["classes", ", ".join(info.get("classes", [])) or "–", "conditioning labels"],
+            ["latent scale factor", fmt(info.get("scale_factor")), "1/std of the training latents"],
+            ["weights", f"step {info.get('step', '?')}{', EMA' if info.get('ema') else ''}", "exported weights"],
+            ["training subjects", fmt(len(info.get("train_subjects", []))), "subjects the generator has seen"]]
+    return rows
+
+
+def diffusion_blocks(run: Path) -> list[Block]:
+    folder = run / "diffusion"
+    if not folder.exists():
+        return [not_run("no diffusion/ folder (`neuroldm train-diffusion`)")]
+    blocks: list[Block] = []
+    facts = _train_summary(folder)
+    if facts:
+        blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
+    model = folder / "model.safetensors"
+    if model.exists():
+        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(model), "The exported model"))
+    else:
+        blocks.append(not_run("no exported model (diffusion/model.safetensors)"))
+    blocks += _curves(folder / "metrics.csv", "Diffusion model")
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 5. Evaluation
+# --------------------------------------------------------------------------------------------------------------
+
+def _fid_rows(group: str, res: dict, metric: str) -> list[list[str]]:
+    syn, base = res.get("synthetic", {}), res.get("real_baseline", {})
+    s, b = syn.get(metric), base.get(metric)
+    if not s and not b:
+        reason = syn.get("skipped") or base.get("skipped") or "not computed"
+        return [[group, "–", "–", "–", reason]]
+    s, b = s or {}, b or {}
+    n = f"N {fmt(s.get('n_b'))} vs {fmt(s.get('n_a'))}; baseline N {fmt(b.get('n_b'))} vs {fmt(b.get('n_a'))}"
+    rows = [[group, "all positions, mean", fmt(s.get("mean")), fmt(b.get("mean")), n],
+            [group, "2.5D (pooled per axis, mean)", fmt(s.get("fid_2_5d")), fmt(b.get("fid_2_5d")), ""]]
+    for axis in ("sagittal", "coronal", "axial"):
+        sa, ba = s.get("axes", {}).get(axis, {}), b.get("axes", {}).get(axis, {})
+        rows.append([group, f"{axis}, mean over {len(sa.get('positions', [])) or '?'} positions",
+                     fmt(sa.get("mean")), fmt(ba.get("mean")), ""])
+    f3s, f3b = syn.get("fid_3d", {}), base.get("fid_3d", {})
+    if "value" in f3s or "value" in f3b:
+        rows.append([group, "3D FID (MedicalNet)", fmt(f3s.get("value")), fmt(f3b.get("value")), ""])
+    return rows
+
+
+def _mean_ci_text(d: dict | None, n_name: str) -> str:
+    if not d:
+        return "–"
+    if "skipped" in d:
+        return f"skipped ({d['skipped']})"
+    ci = d.get("ci95") or [None, None]
+    return f"{fmt(d.get('mean'))} ± {fmt(d.get('std'))} {fmt_ci(*ci)} (N={fmt(d.get('n'))} {n_name})"
+
+
+def _prdc_text(d: dict | None) -> str:
+    if not d:
+        return "–"
+    if "skipped" in d:
+        return f"skipped ({d['skipped']})"
+    return (f"P {fmt(d['precision'])}, R {fmt(d['recall'])}, D {fmt(d['density'])}, C {fmt(d['coverage'])} "
+            f"(k={d.get('k')}, N {d.get('n_fake')} vs {d.get('n_real')})")
+
+
+def _memorization_rows(mem: dict) -> list[list[str]]:
+    rows = []
+    for space in ("image", "latent"):
+        a = mem.get(space)
+        if not a:
+            continue
+        if "skipped" in a:
+            rows.append([space, f"skipped ({a['skipped']})", "–", "–", "–", "–"])
+            continue
+        k = len(a.get("flagged", []))
+        rows.append([space, f"{fmt_pct(a['flagged_share'])} ({k} of {a['n_synthetic']})",
+                     "[" + ", ".join(fmt_pct(v) for v in a["flagged_ci95"]) + "]", fmt(a.get("z_u")),
+                     fmt(a.get("median_ratio")), f"{a['n_synthetic']} synthetic, {a['n_heldout']} held-out real"])
+    return rows
+
+
+def evaluation_blocks(run: Path) -> list[Block]:
+    folder = run / "evaluation"
+    m = _read_json(folder / "metrics.json")
+    if m is None:
+        return [not_run("no evaluation/metrics.json (`neuroldm evaluate`)")]
+    net = m.get("feature_network", {})
+    metric = net.get("metric", "fid")
+    suffix = "" if metric == "fid" else "_random_features"
+    real, syn = m.get("real", {}), m.get("synthetic", {})
+    blocks: list[Block] = [Paragraph(
+        f"Reference: real '{real.get('reference_split')}' split (N={fmt((real.get('n_reference') or {}).get('total'))}); "
+        f"baseline: held-out real '{real.get('heldout_split')}' split "
+        f"(N={fmt((real.get('n_heldout') or {}).get('total'))}); synthetic volumes used: "
+        f"N={fmt((syn.get('n_used') or {}).get('total'))}. Features: {net.get('name', '?')}"
+        f" ({metric}). The real-vs-real baseline is what each number reads for real volumes the generator never "
+        f"saw; a synthetic number near it is as good as this cohort can show.")]
+    if metric != "fid":
+        blocks.append(Note("These distances use a fixed random feature network, not InceptionV3: compare them "
+                           "with the baseline only, never with published FIDs."))
+    groups = m.get("groups", {})
+    rows = [r for g, res in groups.items() for r in _fid_rows(g, res, metric)]
+    blocks.append(Table(["group", "measure", "synthetic vs real", "real baseline", "N (compared vs reference)"],
+                        rows, f"Per-slice {metric.upper().replace('_', ' ')} (lower = closer to the real "
+                              f"reference)"))
+    rows = []
+    for g, res in groups.items():
+        for comparison, name in (("synthetic", "synthetic"), ("real_baseline", "real baseline")):
+            r = res.get(comparison, {})
+            if "skipped" in r:
+                rows.append([g, name, f"skipped ({r['skipped']})", "–", "–"])
+                continue
+            rows.append([g, name, _mean_ci_text(r.get("kid" + suffix), "subsets"), _prdc_text(r.get("prdc" + suffix)),
+                         _mean_ci_text(r.get("ms_ssim"), "pairs")])
+    blocks.append(Table(["group", "set", "KID mean ± std [95% CI]", "precision/recall/density/coverage",
+                         "MS-SSIM diversity mean ± std [95% CI]"], rows,
+                        "KID: lower = closer. Precision: share of the set that looks real; recall / coverage: "
+                        "share of the real variety it covers. MS-SSIM between random pairs: lower = more diverse, "
+                        "should match the real baseline"))
+    mem = m.get("memorization", {})
+    rows = _memorization_rows(mem)
+    if rows:
+        blocks.append(Table(["space", "flagged share", "95% CI (Wilson)", "Z_U", "median distance ratio", "N"],
+                            rows, "Memorization audit: share of synthetic volumes closer to a training volume than "
+                                  "the nearest-training distance of almost all held-out real volumes (0% = no "
+                                  "copying); Z_U < 0 means synthetic volumes sit closer to the training set than "
+                                  "unseen real ones do (data copying)"))
+        if mem.get("training_set"):
+            blocks.append(Paragraph(f"Training set audited against: {mem['training_set']} "
+                                    f"(N={fmt(mem.get('n_training'))})."))
+    fid = m.get("fidelity", {})
+    if "skipped" in fid or not fid:
+        blocks.append(Note(f"Conditional fidelity: skipped ({fid.get('skipped', 'not computed')})."))
+    else:
+        rows = [["all", fmt_pct(fid["accuracy"]), "[" + ", ".join(fmt_pct(v) for v in fid["ci95"]) + "]",
+                 fmt(fid["n"]), fmt(fid.get("mean_p_requested"))]]
+        rows += [[name, fmt_pct(c["accuracy"]), "[" + ", ".join(fmt_pct(v) for v in c["ci95"]) + "]", fmt(c["n"]),
+                  fmt(c.get("mean_p_requested"))] for name, c in fid.get("per_class", {}).items()]
+        blocks.append(Table(["requested class", "labelled as requested", "95% CI (Wilson)", "N",
+                             "mean P(requested)"], rows,
+                            "Conditional fidelity: does a classifier trained on real volumes see the requested class?"))
+    names = list(m.get("figures") or []) or sorted(p.name for p in folder.glob("*.png"))
+    for name in names:
+        path = folder / name
+        if not path.exists():
+            blocks.append(Note(f"Figure {name} is listed in metrics.json but missing."))
+        elif name.startswith("slice_fid_"):
+            blocks.append(_png(path, f"{metric} against slice position per axis, group "
+                                     f"'{name[len('slice_fid_'):-4]}': synthetic vs the real baseline."))
+        elif name == "closest_pairs.png":
+            blocks.append(_png(path, "The synthetic volumes closest to a training volume, beside that volume."))
+        else:
+            blocks.append(_png(path, name))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 6. Classifier
+# --------------------------------------------------------------------------------------------------------------
+
+GRID_METRICS = {"auc_roc": "AUC-ROC", "balanced_accuracy": "Bal. acc.", "sensitivity": "Sensitivity",
+                "specificity": "Specificity", "f1": "F1", "auc_pr": "AUC-PR"}
+
+
+def _mean_std_ci(row: dict, name: str) -> str:
+    mean, std = row.get(f"{name}_mean"), row.get(f"{name}_std")
+    if mean is None or not math.isfinite(float(mean)):
+        return "–"
+    text = fmt(mean)
+    if std is not None and math.isfinite(float(std)):
+        text += f" ± {fmt(std)} {fmt_ci(row.get(f'{name}_low'), row.get(f'{name}_high'))}"
+    return text
+
+
+def classifier_blocks(run: Path) -> list[Block]:
+    blocks: list[Block] = []
+    grid = _read_json(run / "classify-grid" / "summary.json")
+    if grid is None:
+        blocks.append(not_run("no classifier grid (classify-grid/summary.json, `neuroldm classify-grid`)"))
+    else:
+        blocks.append(Paragraph(f"{grid.get('runs', '?')} runs: regimes {', '.join(grid.get('regimes', []))}; "
+                                f"seeds {grid.get('seeds')}; folds {grid.get('folds')}. Every number is on real "
+                                f"test subjects."))
+        if grid.get("skipped_regimes"):
+            blocks.append(Note(f"Skipped regimes (no synthetic volumes given): {', '.join(grid['skipped_regimes'])}."))
+        rows = [[r["regime"], fmt(r.get("runs")), f"{fmt(r.get('n_train_real'))}+{fmt(r.get('n_train_synthetic'))}",
+                 fmt(r.get("n_test")), *[_mean_std_ci(r, k) for k in GRID_METRICS]] for r in grid.get("summary", [])]
+        blocks.append(Table(["regime", "runs", "train real+syn", "N test", *GRID_METRICS.values()], rows,
+                            "Per regime: mean ± std over runs [95% t-interval over runs, N = runs]"))
+        rows = []
+        for r in grid.get("pooled", []):
+            n_paired = r.get("n_paired")
+            rows.append([r["regime"], {"test": "test", "val": "out-of-fold"}.get(r.get("split"), str(r.get("split"))),
+                         fmt(r.get("n")), f"{fmt(r.get('auc'))} {fmt_ci(r.get('auc_low'), r.get('auc_high'))}",
+                         "–" if r.get("diff_vs_real") is None or not math.isfinite(r["diff_vs_real"])
+                         else f"{r['diff_vs_real']:+.3f}",
+                         "–" if r.get("p_vs_real") is None or not math.isfinite(r["p_vs_real"])
+                         else f"{r['p_vs_real']:.3g}" + (f" (N={fmt(n_paired)} paired)" if n_paired else "")])
+        blocks.append(Table(["regime", "scores", "N subjects", "pooled AUC [95% CI, DeLong]", "ΔAUC vs real",
+                             "p (paired DeLong)"], rows,
+                            "Pooled: each subject's score averaged over the regime's runs; p < 0.05 means the AUC "
+                            "differs from the real-only classifier's on the same subjects"))
+    result = _read_json(run / "classifier" / "result.json")
+    if result is None:
+        blocks.append(not_run("no single classifier (classifier/result.json, `neuroldm classify`)"))
+    else:
+        test = result["test"]
+        blocks.append(Paragraph(
+            f"Single classifier ({result.get('arch', '?')}, regime {result.get('regime')}, seed {result.get('seed')}): "
+            f"trained on {result.get('n_train_real')} real + {result.get('n_train_synthetic')} synthetic volumes, "
+            f"selected at step {result.get('selected_step')} (validation AUC {fmt(result.get('val_auc'))})."))
+        rows = [[label, fmt(test[k]["value"]), fmt_ci(test[k].get("low"), test[k].get("high"))]
+                for k, label in {"accuracy": "Accuracy", **GRID_METRICS, "ppv": "PPV", "npv": "NPV"}.items()
+                if k in test]
+        blocks.append(Table(["metric", "value", "95% CI"], rows,
+                            f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC CI by DeLong, "
+                            f"the others by bootstrap"))
+        blocks += _curves(run / "classifier" / "metrics.csv", "Classifier")
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 7. Saliency
+# --------------------------------------------------------------------------------------------------------------
+
+def _enrichment_text(e: dict | None) -> str:
+    if not e or not e.get("n"):
+        return "–"
+    return f"{fmt(e['mean'])}x {fmt_ci(e.get('low'), e.get('high'))} (N={e['n']})"
+
+
+def saliency_figures(method_dir: Path, subjects: int = SUBJECT_FIGURES_PER_METHOD) -> list[Path]:
+    """A method's class-mean overlays, then at most `subjects` subject overlays."""
+    pngs = sorted((method_dir / "figures").glob("*.png"))
+    means = [p for p in pngs if p.name.startswith("mean_")]
+    return means + [p for p in pngs if not p.name.startswith("mean_")][:subjects]
+
+
+def saliency_blocks(run: Path) -> list[Block]:
+    folder = run / "saliency"
+    s = _read_json(folder / "summary.json")
+    if s is None:
+        return [not_run("no saliency/summary.json (`neuroldm saliency`)")]
+    blocks: list[Block] = [Paragraph(
+        f"{s.get('n_volumes', '?')} volumes of the '{s.get('split', '?')}' split; baseline {s.get('baseline')}, "
+        f"target {s.get('target')}; ROI enrichment of the top {fmt_pct(s.get('top_fraction'))} voxels: 1x is "
+        f"chance, 5x means those voxels fall in the ROI five times more often than uniformly spread ones. "
+        f"Peak memory {fmt(s.get('peak_rss_gb'))} GB.")]
+    methods = s.get("methods", {})
+    classes = sorted({c for e in methods.values() for c in (e.get("enrichment") or {}) if c != "all"})
+    rows = [[method, _enrichment_text((e.get("enrichment") or {}).get("all")),
+             *[_enrichment_text((e.get("enrichment") or {}).get(c)) for c in classes],
+             fmt(e.get("seconds_per_volume")), fmt(e.get("ig_max_abs_delta"))] for method, e in methods.items()]
+    blocks.append(Table(["method", "ROI enrichment, all [95% CI]", *[f"… {c}" for c in classes], "s / volume",
+                         "IG max |delta|"], rows, "Attribution methods (bootstrap CI over subjects)"))
+    for method in methods:
+        figures = saliency_figures(folder / method)
+        if not figures:
+            blocks.append(Note(f"{method}: no figures (classifier.saliency.figures = 0)."))
+        for path in figures:
+            what = (f"mean |attribution| of class {path.stem[len('mean_'):]}" if path.name.startswith("mean_")
+                    else f"subject {path.stem}")
+            blocks.append(_png(path, f"{method}: {what} (top 1% overlaid on the scan)."))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 8. Configuration and software
+# --------------------------------------------------------------------------------------------------------------
+
+PACKAGES = ("torch", "monai", "nibabel", "nilearn", "captum", "scikit-learn", "numpy")
+
+
+def software_versions() -> list[list[str]]:
+    rows = [["python", platform.python_version()], ["neuroldm", __version__]]
+    for dist in PACKAGES:
+        try:
+            rows.append([dist, metadata.version(dist)])
+        except metadata.PackageNotFoundError:
+            rows.append([dist, "not installed"])
+    rows.append(["platform", platform.platform()])
+    return rows
+
+
+def configuration_blocks(run: Path) -> list[Block]:
+    blocks: list[Block] = []
+    cfg = run / "config.yaml"
+    if cfg.exists():
+        blocks.append(Details("config.yaml (the resolved configuration of the last stage run here)",
+                              cfg.read_text(encoding="utf-8")))
+    else:
+        blocks.append(not_run("no config.yaml in the run directory"))
+    info = _read_json(run / "run.json") or {}
+    if info.get("stages"):
+        blocks.append(Table(["stage", "last run"], [[k, v] for k, v in info["stages"].items()],
+                            f"Stages recorded in run.json (prepared cohort: {info.get('prepared', '–')})"))
+    blocks.append(Table(["software", "version"], software_versions(), "Software that wrote this report"))
+    return blocks
+
+
+# --------------------------------------------------------------------------------------------------------------
+
+SECTIONS: list[tuple[str, str, str, Callable[[Path], list[Block]]]] = [
+    ("summary", "Summary", "The run's headline numbers and how long each stage took.", summary_blocks),
+    ("real-vs-synthetic", "Real vs synthetic",
+     "A few real training volumes of each class beside synthetic volumes of the same class.", real_vs_synthetic_blocks),
+    ("autoencoder", "Autoencoder",
+     "How faithfully the 3D autoencoder compresses and restores real volumes: the ceiling on synthetic detail.",
+     autoencoder_blocks),
+    ("diffusion", "Diffusion model",
+     "The class-conditional transformer that generates latents; a falling validation loss means it generalises.",
+     diffusion_blocks),
+    ("evaluation", "Generative evaluation",
+     "How close the synthetic volumes are to real ones, how varied they are, and whether any copy a training scan.",
+     evaluation_blocks),
+    ("classifier", "Classifier",
+     "Does training on synthetic volumes help a classifier tell the classes apart on real test subjects?",
+     classifier_blocks),
+    ("saliency", "Saliency", "Where in the brain the classifier looks, and whether that is the expected region.",
+     saliency_blocks),
+    ("configuration", "Configuration and software", "What produced these results.", configuration_blocks),
+]
+
+
+def build_sections(run: Path) -> list[Section]:
+    """Every section of the report; a section whose files cannot be read says so instead of failing."""
+    sections = []
+    for anchor, title, intro, blocks_of in SECTIONS:
+        try:
+            blocks = blocks_of(run)
+        except READ_ERRORS as e:
+            log.warning("report: %s: %s", title, e)
+            blocks = [Note(f"Could not be read: {e}")]
+        sections.append(Section(anchor, title, intro, blocks))
+    return sections
