@@ -1,0 +1,226 @@
+"""A small fake run directory in the formats the stages write, made with their own writers where that is cheap
+(the report tests use it; the numbers they look for in the page are module constants here)."""
+
+import json
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+
+from neuroldm.classify.grid import pooled_comparison, summary_table
+from neuroldm.config import DiffusionConfig, load_config
+from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
+from neuroldm.diffusion.weights import export_dit
+from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate.fidelity import conditional_fidelity
+from neuroldm.evaluate.run import _fid_figure
+from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
+from neuroldm.evaluate.stats import mean_ci
+from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.metrics.classification import METRICS, classification_report
+from neuroldm.runs import record_stage
+from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
+from neuroldm.viz.slices import comparison_figure
+
+GRID = (16, 20, 16)
+CLASSES = ["HC", "TLE"]
+RUN_METRICS = {"wall_seconds": 5321.0, "vae.val.ssim": 0.8123, "classifier.real.auc": 0.7791,
+               "classifier.real.auc.low": 0.6112, "classifier.real.auc.high": 0.9023, "classifier.real.auc.n": 24,
+               "fid.synthetic.overall": 41.73, "fid.real_baseline.overall": 18.37, "memorization.flagged": 0.0}
+RECON = {"psnr": 27.46, "ssim": 0.8123, "ms_ssim": 0.9341, "l1": 0.0712}
+ENRICHMENT = {"n": 6, "mean": 3.214, "low": 2.052, "high": 4.377}
+
+
+def _png(path, seed=0):
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(2, 1.5))
+    ax.imshow(np.random.default_rng(seed).random((8, 8)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=50)
+    plt.close(fig)
+
+
+def _volume(seed: int, label: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    x, y, z = np.indices(GRID) - (np.array(GRID) / 2)[:, None, None, None]
+    brain = ((x / 7) ** 2 + (y / 9) ** 2 + (z / 7) ** 2 < 1).astype(np.float32) * (1.0 + 0.3 * label)
+    return brain + rng.normal(0, 0.1, GRID).astype(np.float32)
+
+
+def _engine_log(path, val_columns, steps=20, val_every=5, seed=0):
+    """An engine metrics.csv: every row has step/seconds/lr/loss; validation columns only every `val_every`."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for step in range(1, steps + 1):
+        row = {"step": step, "seconds": 0.5 * step, "lr": 1e-4, "loss": 1.0 / step + 0.01 * rng.random()}
+        if step % val_every == 0:
+            row |= {c: 0.5 + 0.02 * step for c in val_columns}
+        rows.append(row)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows).to_csv(path, index=False)
+    write_json_atomic(path.parent / "train_summary.json",
+                      {"steps": steps, "seconds": 10.0, "stopped_early": False, "early_stopped": False,
+                       "best": 0.9, "monitor": val_columns[0], "last_terms": {}, "last_validation": {},
+                       "world_size": 1})
+
+
+def _prepared(run):
+    folder = run / "prepared"
+    rows = []
+    for k in range(8):
+        label, split = k % 2, ("train", "train", "train", "train", "val", "val", "test", "test")[k]
+        subject = f"sub-{k + 1:02d}"
+        save_nifti_atomic(_volume(k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / "volumes" / f"{subject}.nii")
+        rows.append({"subject": subject, "session": "", "label": label, "label_name": CLASSES[label],
+                     "raw_label": CLASSES[label], "split": split, "fold": 0 if split != "test" else -1,
+                     "path": f"volumes/{subject}.nii", "roi_path": "", "shape": "x".join(map(str, GRID)),
+                     "spacing": "4x4x4", "source": f"/raw/{subject}.nii.gz", "source_sha256": "0" * 64,
+                     "prep_hash": "p", "data_sha256": f"{k}" * 64, "cropped_vox": 0, "status": "ok", "reason": ""})
+    write_manifest(pd.DataFrame(rows, columns=MANIFEST_COLUMNS), folder / "manifest.csv")
+    return folder
+
+
+def _samples(run):
+    folder = run / "samples"
+    rows = []
+    for k in range(4):
+        label = k % 2
+        sample = f"{CLASSES[label]}_{k:04d}"
+        save_nifti_atomic(_volume(100 + k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / f"{sample}.nii.gz")
+        rows.append({"sample": sample, "path": f"{sample}.nii.gz", "label": label, "label_name": CLASSES[label],
+                     "seed": k, "sampler": "dpm++", "steps": 25, "guidance": 1.0})
+    write_sample_manifest(folder, pd.DataFrame(rows, columns=SAMPLE_COLUMNS),
+                          {"train_subjects": ["sub-01", "sub-02", "sub-03", "sub-04"], "classes": CLASSES,
+                           "grid": list(GRID)})
+    return folder
+
+
+def _evaluation(run, prepared, samples):
+    out = run / "evaluation"
+    rng = np.random.default_rng(0)
+    positions = [np.array([4, 8, 12]), np.array([5, 10, 15]), np.array([4, 8, 12])]
+
+    def features(n, shift):
+        return SimpleNamespace(positions=positions, features=[rng.normal(shift, 1, (n, 3, 4)) for _ in AXES])
+
+    ref, syn, held = features(6, 0.0), features(6, 0.8), features(6, 0.1)
+    groups = {}
+    for group in ("overall", *CLASSES):
+        groups[group] = {}
+        for comparison, other in (("synthetic", syn), ("real_baseline", held)):
+            vf_ref, vf_other = rng.normal(0, 1, (6, 4)), rng.normal(0.3, 1, (6, 4))
+            groups[group][comparison] = {
+                "n_reference": 6, "n_compared": 6,
+                "fid_random_features": per_slice_fid(ref, range(6), other, range(6), "fid_random_features"),
+                "fid_3d": {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"},
+                "kid_random_features": diversity.kid(vf_ref, vf_other, subsets=5, subset_size=4, seed=0),
+                "prdc_random_features": diversity.prdc(vf_ref, vf_other, k=2),
+                "ms_ssim": mean_ci(rng.uniform(0.6, 0.8, 10)) | {"n_volumes": 6}}
+    d_syn, d_held = np.array([0.02, 0.05, 0.07, 0.09]), np.array([0.03, 0.06, 0.08, 0.1])
+    image = memorization.audit(d_syn, np.array([0, 1, 0, 2]), d_held, ["HC_0000", "TLE_0001", "HC_0002", "TLE_0003"],
+                               ["sub-01", "sub-02", "sub-03", "sub-04"], percentile=5.0)
+    mem = {"training_set": "generator's training subjects (samples.json)", "n_training": 4,
+           "image": image | {"space": "image, 1 - correlation after 4x average pooling"},
+           "latent": {"skipped": "no autoencoder run given"}}
+    syn_paths = sorted(str(p) for p in samples.glob("*.nii.gz"))
+    labels = [CLASSES.index(p.rsplit("/", 1)[1].split("_")[0]) for p in syn_paths]
+    import torch
+
+    fidelity = conditional_fidelity(lambda x: torch.tensor([[0.3, 0.7]] * len(x)), syn_paths, labels, CLASSES)
+    figures = [_fid_figure(groups, "fid_random_features", g, out / f"slice_fid_{g}.png").name for g in groups]
+    train_paths = sorted(str(p) for p in (prepared / "volumes").glob("*.nii"))
+    figures.append(memorization.closest_pairs_figure([("HC_0000", syn_paths[0], "sub-01", train_paths[0], 0.02)],
+                                                     out / "closest_pairs.png").name)
+    write_json_atomic(out / "metrics.json", {
+        "version": "0.1.0", "settings": {}, "seconds": 12.0,
+        "real": {"prepared": str(prepared), "reference_split": "train", "heldout_split": "test",
+                 "n_reference": {"HC": 3, "TLE": 3, "total": 6}, "n_heldout": {"HC": 3, "TLE": 3, "total": 6}},
+        "synthetic": {"folder": str(samples), "n_available": {"HC": 2, "TLE": 2, "total": 4},
+                      "n_used": {"HC": 3, "TLE": 3, "total": 6}, "n_audited": {"HC": 2, "TLE": 2, "total": 4}},
+        "feature_network": {"name": "random seeded CNN", "metric": "fid_random_features", "dim": 4},
+        "intensity_window": [0.0, 1.3], "grid": list(GRID), "slice_positions": {a: 3 for a in AXES},
+        "groups": groups, "memorization": mem, "fidelity": fidelity, "figures": figures})
+    return groups
+
+
+def _classifier_grid(run):
+    rng = np.random.default_rng(1)
+    runs, preds = [], []
+    subjects = [f"sub-{k:02d}" for k in range(20)]
+    labels = np.arange(20) % 2
+    for regime in ("real", "synthetic"):
+        for seed in (0, 1):
+            scores = np.clip(labels * (0.35 if regime == "real" else 0.2) + rng.uniform(0, 0.65, 20), 0, 1)
+            report = classification_report(labels, scores, 0.5, n_bootstrap=50)
+            row = {"regime": regime, "seed": seed, "fold": -1, "n_train": 8, "n_train_real": 8 * (regime == "real"),
+                   "n_train_synthetic": 8 * (regime != "real"), "selected_step": 10, "val_auc": 0.7, "n_test": 20}
+            for name in METRICS:
+                row |= {name: report[name]["value"], f"{name}_low": report[name]["low"],
+                        f"{name}_high": report[name]["high"]}
+            runs.append(row)
+            preds.append(pd.DataFrame({"split": "test", "subject": subjects, "session": "", "label": labels,
+                                       "score": scores, "regime": regime, "seed": seed, "fold": -1}))
+    summary = summary_table(pd.DataFrame(runs), ["real", "synthetic"])
+    pooled = pooled_comparison(pd.concat(preds, ignore_index=True), "test")
+    out = {"runs": 4, "regimes": ["real", "synthetic"], "skipped_regimes": [], "folds": [None], "seeds": [0, 1],
+           "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records")}
+    write_json_atomic(run / "classify-grid" / "summary.json", out)
+    return out
+
+
+def _classifier(run):
+    labels = np.arange(20) % 2
+    scores = np.clip(labels * 0.4 + np.random.default_rng(2).uniform(0, 0.6, 20), 0, 1)
+    result = {"regime": "real", "fold": None, "seed": 0, "arch": "cnn", "classes": CLASSES, "n_train": 4,
+              "n_train_real": 4, "n_train_synthetic": 0, "train_class_counts": [2, 2], "selected_step": 10,
+              "val_auc": 0.75, "test": classification_report(labels, scores, 0.5, n_bootstrap=50),
+              "train_summary": {}, "samples": None}
+    write_json_atomic(run / "classifier" / "result.json", result)
+    _engine_log(run / "classifier" / "metrics.csv", ["val_auc", "val_loss", "val_accuracy", "val_selection"])
+    return result
+
+
+def _saliency(run):
+    out = run / "saliency"
+    methods = {}
+    for method in ("integrated_gradients", "saliency"):
+        methods[method] = {"seconds_per_volume": 1.25,
+                           "enrichment": {"all": ENRICHMENT, "HC": {"n": 3, "mean": 2.5, "low": 1.9, "high": 3.1},
+                                          "TLE": {"n": 3, "mean": 3.9, "low": 2.9, "high": 4.8}}}
+        for k, name in enumerate(("mean_HC", "mean_TLE", "sub-01", "sub-02", "sub-03")):
+            _png(out / method / "figures" / f"{name}.png", seed=k)
+    methods["integrated_gradients"]["ig_max_abs_delta"] = 0.0123
+    write_json_atomic(out / "summary.json", {"model": "classifier/model.safetensors", "model_sha256": "0" * 64,
+                                             "split": "test", "n_volumes": 6, "grid": list(GRID),
+                                             "baseline": "background", "target": "label", "top_fraction": 0.01,
+                                             "peak_rss_gb": 1.5, "methods": methods})
+
+
+def make_fake_run(run):
+    """A run directory with every stage's outputs; returns the numbers the tests look for."""
+    prepared = _prepared(run)
+    samples = _samples(run)
+    record_stage(run, "train-vae", load_config("demo", None, []), prepared=prepared.resolve())
+    write_json_atomic(run / "metrics.json", RUN_METRICS)
+    write_json_atomic(run / "pipeline.json", {"stages": [{"name": "prepare", "status": "reused", "seconds": 0.4},
+                                                         {"name": "train-vae", "status": "ran", "seconds": 3456.5},
+                                                         {"name": "saliency", "status": "failed", "seconds": 2.0}]})
+    _engine_log(run / "vae" / "metrics.csv", ["val_ssim", "val_psnr", "val_ms_ssim", "val_l1"])
+    write_json_atomic(run / "vae" / "reconstruction" / "metrics.json",
+                      {"split": "val", "n": 2, "vae_sha256": "0" * 64, "mean": RECON,
+                       "std": {k: 0.01 for k in RECON}, "per_volume": []})
+    vol = _volume(0, 0)
+    comparison_figure([("sub-05 (HC)", [("real", vol, {}), ("reconstruction", vol, {})])],
+                      run / "vae" / "reconstruction" / "reconstruction.png")
+    _engine_log(run / "diffusion" / "metrics.csv", ["val_loss"])
+    import torch
+
+    export_dit(torch.nn.Linear(3, 2), DiffusionConfig(), run / "diffusion" / "model.safetensors",
+               {"latent_shape": [3, 4, 5, 4], "classes": CLASSES, "scale_factor": 0.9876, "step": 20, "ema": True,
+                "train_subjects": ["sub-01", "sub-02", "sub-03", "sub-04"]})
+    groups = _evaluation(run, prepared, samples)
+    grid = _classifier_grid(run)
+    result = _classifier(run)
+    _saliency(run)
+    return SimpleNamespace(groups=groups, grid=grid, result=result)
