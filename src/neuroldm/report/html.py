@@ -71,7 +71,7 @@ h1{font-size:26px;margin:28px 0 4px}h2{font-size:20px;margin:36px 0 6px;padding-
 .sub{color:#5a6575;margin:0 0 10px}.intro{color:#3d4756;margin:0 0 12px}
 nav ol{columns:2;margin:8px 0 0;padding-left:22px}nav a{color:#1f5fa8;text-decoration:none}
 table{border-collapse:collapse;margin:8px 0 16px;font-size:13.5px}
-caption{caption-side:top;text-align:left;font-weight:600;padding:4px 0;color:#2b3441}
+p.caption{font-weight:600;margin:14px 0 0;color:#2b3441}
 th,td{border-bottom:1px solid #e3e7ec;padding:4px 10px;text-align:left;vertical-align:top}
 th{background:#f3f5f8;font-weight:600}td.num{font-variant-numeric:tabular-nums}
 .note{background:#fff8e6;border-left:4px solid #e0a800;padding:6px 12px;margin:8px 0;color:#5c4600}
@@ -108,8 +108,8 @@ def render_block(block: Block) -> str:
     if isinstance(block, Table):
         head = "".join(f"<th>{_e(h)}</th>" for h in block.header)
         body = "".join("<tr>" + "".join(_cell("td", str(v)) for v in row) + "</tr>" for row in block.rows)
-        caption = f"<caption>{_e(block.caption)}</caption>" if block.caption else ""
-        return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+        caption = f'<p class="caption">{_e(block.caption)}</p>' if block.caption else ""
+        return f"{caption}<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     if isinstance(block, Figure):
         data = base64.b64encode(block.png).decode("ascii")
         return (f'<figure><img alt="{_e(block.caption)}" src="data:image/png;base64,{data}">'

@@ -243,7 +243,7 @@ def autoencoder_blocks(run: Path) -> list[Block]:
                             f"Reconstruction of the {rec.get('split', '?')} split (posterior mean, decoded)"))
         png = folder / "reconstruction" / "reconstruction.png"
         if png.exists():
-            blocks.append(_png(png, "Real volume, its reconstruction and the absolute error, three subjects."))
+            blocks.append(_png(png, "Real volumes, their reconstructions and the absolute errors (first subjects of the split)."))
     blocks += _curves(folder / "metrics.csv", "Autoencoder")
     return blocks
 
@@ -262,9 +262,11 @@ def diffusion_model_facts(path: Path) -> list[list[str]]:
     cfg = json.loads(meta.get("diffusion_config", "{}"))
     info = json.loads(meta.get("meta", "{}"))
     rows = [["network", str(cfg.get("model", "?")), "DiT preset"],
-            ["parameters", f"{n_params / 1e6:.2f} M", "trainable weights in the exported file"],
+            ["parameters", f"{n_params / 1e6:.2f} M" if n_params >= 1e5 else f"{n_params:,}",
+             "weights in the exported file"],
             ["latent shape", "x".join(map(str, info.get("latent_shape", []))) or "–", "channels x grid"],
-            ["patch", str(cfg.get("patch", "–")), "latent voxels per token"],
+            ["patch", "x".join(map(str, cfg["patch"])) if cfg.get("patch") else "the preset's",
+             "latent voxels per token"],
             ["prediction", str(cfg.get("prediction", "–")), "what the network predicts (noise or velocity)"],
             ["noise schedule", f"{cfg.get('schedule', '?')}, {cfg.get('num_train_timesteps', '?')} steps",
              "training timesteps"],
