@@ -117,7 +117,7 @@ SUMMARY_MEANINGS = {
     "classifier.real.auc": "AUC-ROC on the real test split, classifier trained on real volumes (0.5 = chance)",
     "classifier.synthetic.auc": "AUC-ROC on the real test split, classifier trained on synthetic volumes only",
     "synthetic.class_fidelity": "share of synthetic volumes a real-trained classifier labels as the requested class",
-    "saliency.ig.roi_enrichment": "integrated gradients: top attributions inside the ROI relative to chance (1 = chance)",
+    "saliency.ig.roi_enrichment": "integrated gradients: top attributions in the ROI relative to chance (1 = chance)",
     "memorization.flagged": "share of synthetic volumes suspiciously close to a training volume (0 = no copying)",
     "fid.synthetic.overall": "per-slice FID of synthetic vs real reference volumes (lower = closer)",
     "fid.real_baseline.overall": "per-slice FID of held-out real vs reference volumes: the floor to compare with",
@@ -243,7 +243,8 @@ def autoencoder_blocks(run: Path) -> list[Block]:
                             f"Reconstruction of the {rec.get('split', '?')} split (posterior mean, decoded)"))
         png = folder / "reconstruction" / "reconstruction.png"
         if png.exists():
-            blocks.append(_png(png, "Real volumes, their reconstructions and the absolute errors (first subjects of the split)."))
+            blocks.append(_png(png, "Real volumes, their reconstructions and the absolute errors (first subjects "
+                                    "of the split)."))
     blocks += _curves(folder / "metrics.csv", "Autoencoder")
     return blocks
 
@@ -362,7 +363,8 @@ def evaluation_blocks(run: Path) -> list[Block]:
     suffix = "" if metric == "fid" else "_random_features"
     real, syn = m.get("real", {}), m.get("synthetic", {})
     blocks: list[Block] = [Paragraph(
-        f"Reference: real '{real.get('reference_split')}' split (N={fmt((real.get('n_reference') or {}).get('total'))}); "
+        f"Reference: real '{real.get('reference_split')}' split "
+        f"(N={fmt((real.get('n_reference') or {}).get('total'))}); "
         f"baseline: held-out real '{real.get('heldout_split')}' split "
         f"(N={fmt((real.get('n_heldout') or {}).get('total'))}); synthetic volumes used: "
         f"N={fmt((syn.get('n_used') or {}).get('total'))}. Features: {net.get('name', '?')}"
@@ -374,8 +376,8 @@ def evaluation_blocks(run: Path) -> list[Block]:
     groups = m.get("groups", {})
     rows = [r for g, res in groups.items() for r in _fid_rows(g, res, metric)]
     blocks.append(Table(["group", "measure", "synthetic vs real", "real baseline", "N (compared vs reference)"],
-                        rows, f"Per-slice {metric.upper().replace('_', ' ')} (lower = closer to the real "
-                              f"reference)"))
+                        rows, f"Per-slice FID{' (random features)' if suffix else ''}, lower = closer to the real "
+                              f"reference"))
     rows = []
     for g, res in groups.items():
         for comparison, name in (("synthetic", "synthetic"), ("real_baseline", "real baseline")):
@@ -451,8 +453,10 @@ def classifier_blocks(run: Path) -> list[Block]:
     if grid is None:
         blocks.append(not_run("no classifier grid (classify-grid/summary.json, `neuroldm classify-grid`)"))
     else:
+        folds = grid.get("folds")
+        folds_text = "the fixed validation split" if folds in ([None], None) else f"folds {folds}"
         blocks.append(Paragraph(f"{grid.get('runs', '?')} runs: regimes {', '.join(grid.get('regimes', []))}; "
-                                f"seeds {grid.get('seeds')}; folds {grid.get('folds')}. Every number is on real "
+                                f"seeds {grid.get('seeds')}; {folds_text}. Every number is on real "
                                 f"test subjects."))
         if grid.get("skipped_regimes"):
             blocks.append(Note(f"Skipped regimes (no synthetic volumes given): {', '.join(grid['skipped_regimes'])}."))
@@ -468,7 +472,7 @@ def classifier_blocks(run: Path) -> list[Block]:
                          "–" if r.get("diff_vs_real") is None or not math.isfinite(r["diff_vs_real"])
                          else f"{r['diff_vs_real']:+.3f}",
                          "–" if r.get("p_vs_real") is None or not math.isfinite(r["p_vs_real"])
-                         else f"{r['p_vs_real']:.3g}" + (f" (N={fmt(n_paired)} paired)" if n_paired else "")])
+                         else f"{r['p_vs_real']:.3g}" + (f" (N={int(n_paired)} paired)" if n_paired else "")])
         blocks.append(Table(["regime", "scores", "N subjects", "pooled AUC [95% CI, DeLong]", "ΔAUC vs real",
                              "p (paired DeLong)"], rows,
                             "Pooled: each subject's score averaged over the regime's runs; p < 0.05 means the AUC "
