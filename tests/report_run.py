@@ -203,9 +203,13 @@ def make_fake_run(run):
     samples = _samples(run)
     record_stage(run, "train-vae", load_config("demo", None, []), prepared=prepared.resolve())
     write_json_atomic(run / "metrics.json", RUN_METRICS)
-    write_json_atomic(run / "pipeline.json", {"stages": [{"name": "prepare", "status": "reused", "seconds": 0.4},
-                                                         {"name": "train-vae", "status": "ran", "seconds": 3456.5},
-                                                         {"name": "saliency", "status": "failed", "seconds": 2.0}]})
+    write_json_atomic(run / "pipeline.json", {
+        "stages": {"prepare": {"state": "done", "seconds": 0.4, "finished": "2026-12-01T10:00:00"},
+                   "train-vae": {"state": "done", "seconds": 3456.5, "finished": "2026-12-01T11:00:00"},
+                   "saliency": {"state": "running", "started": "2026-12-01T11:10:00"}},
+        "last_invocation": {"seconds": 3460.0, "stages": [{"name": "prepare", "status": "reused", "seconds": 0.0},
+                                                          {"name": "train-vae", "status": "ran", "seconds": 3456.5},
+                                                          {"name": "saliency", "status": "failed", "seconds": 2.0}]}})
     _engine_log(run / "vae" / "metrics.csv", ["val_ssim", "val_psnr", "val_ms_ssim", "val_l1"])
     write_json_atomic(run / "vae" / "reconstruction" / "metrics.json",
                       {"split": "val", "n": 2, "vae_sha256": "0" * 64, "mean": RECON,

@@ -269,6 +269,76 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_pipeline(state: dict, run: Path) -> None:
+    from neuroldm.pipeline.summary import KEYS
+
+    inv = state["last_invocation"]
+    recorded = state["stages"]
+    print(f"\n{'stage':<16} {'status':<8} {'this run':>9} {'when built':>11}")
+    for s in inv["stages"]:
+        built = recorded.get(s["name"], {}).get("seconds")
+        print(f"{s['name']:<16} {s['status']:<8} {s['seconds']:>8.1f}s "
+              f"{'' if built is None else f'{built:>10.1f}s'}")
+    print(f"{'total':<16} {'':<8} {inv['seconds']:>8.1f}s")
+    metrics_path = run / "metrics.json"
+    if metrics_path.exists():
+        import json
+
+        metrics = json.loads(metrics_path.read_text())
+        print()
+        for key in KEYS:
+            if key in metrics:
+                v = metrics[key]
+                ci = (f" [{metrics[key + '.low']:.3f}, {metrics[key + '.high']:.3f}]"
+                      if f"{key}.low" in metrics else "")
+                n = f" (N={metrics[key + '.n']})" if f"{key}.n" in metrics else ""
+                print(f"{key:<34} {v:.4g}{ci}{n}" if isinstance(v, float) else f"{key:<34} {v}{ci}{n}")
+    print(f"\nrun directory: {run}; report: {run / 'report.html'}")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from neuroldm.pipeline.runner import run_pipeline
+
+    if args.config_file is not None:
+        if args.config is not None:
+            raise NeuroLDMError("give the config file either as the argument or with --config, not both")
+        args.config = args.config_file
+    cfg = _resolve(args)
+    out = Path(args.out)
+    state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
+                         progress=not args.no_progress)
+    _print_pipeline(state, out)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from importlib import resources
+
+    from neuroldm.pipeline.runner import run_pipeline
+
+    overrides = ["pipeline.input=demo-cohort", *args.overrides]
+    if args.quick:
+        with resources.as_file(resources.files("neuroldm.configs") / "demo_quick.yaml") as quick:
+            cfg = load_config("demo", quick, overrides)
+    else:
+        cfg = load_config("demo", None, overrides)
+    out = Path(args.out)
+    state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
+                         progress=not args.no_progress)
+    _print_pipeline(state, out)
+    return 0
+
+
+def _pipeline_options(p: argparse.ArgumentParser) -> None:
+    from neuroldm.pipeline.stages import STAGE_NAMES
+
+    p.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
+                   help=f"rebuild this stage and every later one ({', '.join(STAGE_NAMES)})")
+    p.add_argument("--only", metavar="STAGE", default=None, help="run this stage alone (its inputs must exist)")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Parser
 # --------------------------------------------------------------------------------------------------------------
@@ -463,6 +533,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir", metavar="RUN_DIR", help="run directory")
     p.add_argument("--out", default=None, metavar="FILE", help="output file (default: RUN_DIR/report.html)")
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser(
+        "run", parents=[common], formatter_class=_Formatter, help="the whole pipeline in one run directory",
+        description="Run prepare, train-vae (+ reconstruct), encode, train-diffusion, sample, classify-grid, "
+                    "evaluate, saliency and report in one run directory. A stage whose outputs are up to date with "
+                    "its settings and inputs is reused (as make does); an interrupted stage resumes. Prints the "
+                    "stages' wall times and the headline metrics, written to OUT/metrics.json. The cohort is "
+                    "pipeline.input (a BIDS folder, a CSV, or demo-cohort).")
+    p.add_argument("config_file", nargs="?", metavar="CONFIG.yaml", default=None,
+                   help="YAML settings (may name its own 'preset:'); same as --config")
+    p.add_argument("--out", required=True, help="run directory")
+    _pipeline_options(p)
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
+        description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
+                    "it with the demo preset, offline on the CPU (about 30 minutes on 2 cores; --quick: a few "
+                    "minutes, only to see every stage work). OUT is a run directory that `neuroldm sample --run` "
+                    "and `neuroldm report` accept.")
+    p.add_argument("--out", default="runs/demo", help="run directory")
+    p.add_argument("--quick", action="store_true",
+                   help="tiny cohort and a few training steps per model: completion and well-formed outputs only")
+    _pipeline_options(p)
+    p.set_defaults(func=cmd_demo)
     return parser
 
 

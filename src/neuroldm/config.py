@@ -294,9 +294,24 @@ class EvaluateConfig(Section):
     kid_subset_size: int = Field(1000, ge=2)  # capped at the smaller set's size
     memorization_downsample: int = Field(2, ge=1)  # average-pool factor before the image-space correlation
     memorization_percentile: float = Field(5.0, gt=0, lt=100)  # of held-out real nearest-training distances
+    # a copy: nearer to a training volume than this times the closest held-out real volume's distance
+    memorization_copy_ratio: float = Field(0.5, gt=0, le=1)
     closest_pairs: int = Field(4, ge=0)  # synthetic/training pairs in the memorization figure
     figures: bool = True  # FID-vs-position and closest-pairs PNGs
     seed: int = 0
+
+
+class PipelineConfig(Section):
+    """`neuroldm run` / `neuroldm demo`: the cohort and the choices that tie the stages together."""
+
+    # the cohort: a BIDS folder or a CSV/TSV (as for `neuroldm prepare`), or "demo-cohort" to generate the demo
+    # cohort from the MNI152 template into RUN/cohort first; null: must be given (--set pipeline.input=PATH)
+    input: str | None = None
+    # synthetic volumes per class; null: as many as the classifier grid's largest synthetic share needs (at least
+    # the held-out count per class, which the evaluation compares at equal N)
+    samples_per_class: int | None = Field(None, ge=2)
+    saliency_limit: int | None = Field(None, ge=1)  # at most this many volumes explained (balanced over classes)
+    latent_memorization: bool = True  # also audit memorization in the autoencoder's latent space
 
 
 class Config(Section):
@@ -313,6 +328,7 @@ class Config(Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

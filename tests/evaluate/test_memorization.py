@@ -38,10 +38,15 @@ def test_planted_copy_is_flagged_and_fresh_samples_are_not(cohort):
     res = audit(d[:41], nn[:41], d[41:], ids, list(train["subject"]), percentile=5.0)
     assert res["flagged"][0] == {"sample": "copy", "nearest_training": train["subject"].iloc[5],
                                  "distance": pytest.approx(0.0, abs=1e-5)}
+    # the copy is twice as close as the closest held-out volume; no fresh sample is
+    assert [c["sample"] for c in res["copies"]] == ["copy"] and res["n_copies"] == 1
+    assert res["copy_threshold"] == pytest.approx(0.5 * d[41:].min())
+    assert audit(d[:41], nn[:41], d[41:], ids, list(train["subject"]), copy_ratio=1.0)["n_copies"] >= 1
     fresh_flagged = [f["sample"] for f in res["flagged"][1:]]
     assert len(fresh_flagged) / 40 < 0.15 and res["n_heldout"] == 60 and res["n_synthetic"] == 41
     clean = audit(d[1:41], nn[1:41], d[41:], ids[1:], list(train["subject"]), percentile=5.0)
     assert "copy" not in [f["sample"] for f in clean["flagged"]] and clean["flagged_share"] < 0.15
+    assert clean["n_copies"] == 0
     assert abs(clean["z_u"]) < 2.5 < abs(audit(np.zeros(40), nn[1:41], d[41:], ids[1:], [""] * 16)["z_u"])
 
 

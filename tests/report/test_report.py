@@ -62,7 +62,8 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert fmt(overall["mean"]) in html and fmt(overall["fid_2_5d"]) in html
     test = facts.result["test"]
     assert f"N={test['n']} ({test['n_pos']} positive)" in html
-    assert "3,456" in html and "3,459" in html  # a stage's seconds and the total
+    assert "3,456" in html and "3,457" in html  # a stage's seconds and the total of the finished ones
+    assert re.search(r"<td>saliency</td><td[^>]*>running</td><td[^>]*>failed</td>", html)
 
 
 def test_a_missing_stage_gets_a_note_and_the_rest_still_renders(fake_run, tmp_path):

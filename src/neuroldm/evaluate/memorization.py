@@ -15,6 +15,12 @@ Reported (Meehan, Chaudhuri & Dasgupta, AISTATS 2020, "A non-parametric test to 
 - ``flagged_share``: the share of synthetic volumes closer to their nearest training volume than the
   `percentile`-th percentile of the held-out real ones, with a Wilson 95 % interval; by construction about
   percentile/100 for a generator that copies nothing.
+- ``n_copies``: synthetic volumes flagged as *copies*: nearer to a training volume than ``copy_ratio`` times the
+  nearest-training distance of the closest held-out real volume (``copy_threshold``). With ratio 1 this is
+  NeuroLDM-3D's "closer than the closest real sample", which an honest generator still meets by chance for about
+  m/(n+1) of m samples against n held-out volumes; the default ratio 0.5 asks for twice as close as any unseen scan,
+  which a copy (distance ~0) meets and fresh samples practically never do. Duplicates between training and
+  held-out data make the threshold 0 and hide copies: `neuroldm prepare` keeps identical images in one split.
 - the flagged volumes, the distinct training volumes hit, and a figure of the closest pairs.
 """
 
@@ -79,16 +85,21 @@ def data_copying_z(d_heldout: np.ndarray, d_synthetic: np.ndarray) -> float:
 
 
 def audit(d_synthetic: np.ndarray, nn_synthetic: np.ndarray, d_heldout: np.ndarray, synthetic_ids: list[str],
-          train_ids: list[str], percentile: float = 5.0) -> dict:
+          train_ids: list[str], percentile: float = 5.0, copy_ratio: float = 0.5) -> dict:
     """The memorization summary of nearest-training distances of synthetic and held-out real volumes."""
     if len(d_heldout) < 2 or len(d_synthetic) < 1:
         return {"skipped": f"needs >= 2 held-out and >= 1 synthetic volumes, have {len(d_heldout)} and "
                            f"{len(d_synthetic)}"}
     threshold = float(np.percentile(d_heldout, percentile))
     flagged = d_synthetic < threshold
+    copy_threshold = copy_ratio * float(np.min(d_heldout))
+    copies = d_synthetic < copy_threshold
     order = np.argsort(d_synthetic)
     return {
         "threshold": threshold, "percentile": percentile,
+        "copy_threshold": copy_threshold, "copy_ratio": copy_ratio, "n_copies": int(copies.sum()),
+        "copies": [{"sample": synthetic_ids[i], "nearest_training": train_ids[nn_synthetic[i]],
+                    "distance": float(d_synthetic[i])} for i in order if copies[i]],
         "flagged_share": float(flagged.mean()), "flagged_ci95": wilson_interval(int(flagged.sum()), len(flagged)),
         "n_synthetic": len(d_synthetic), "n_heldout": len(d_heldout),
         "z_u": data_copying_z(d_heldout, d_synthetic),

@@ -92,7 +92,7 @@ def _fid_figure(groups: dict, key: str, group: str, path: Path) -> Path:
 
 
 def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[str], synthetic_paths: list[str],
-                  synthetic_ids: list[str], percentile: float, device: str) -> dict:
+                  synthetic_ids: list[str], percentile: float, copy_ratio: float, device: str) -> dict:
     """Nearest training volume in latent space (posterior means, Euclidean), the synthetic volumes encoded here."""
     from neuroldm.vae.decode import encode_volume
     from neuroldm.vae.encode import load_latents
@@ -111,7 +111,7 @@ def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[s
     train = torch.stack([by_id[i] for i in train_ids]).numpy()
     d_syn, nn_syn = memorization.nearest_euclidean(syn.numpy(), train)
     d_held, _ = memorization.nearest_euclidean(torch.stack([by_id[i] for i in heldout_ids]).numpy(), train)
-    return memorization.audit(d_syn, nn_syn, d_held, synthetic_ids, train_ids, percentile) | {
+    return memorization.audit(d_syn, nn_syn, d_held, synthetic_ids, train_ids, percentile, copy_ratio) | {
         "space": "latent posterior mean, Euclidean"}
 
 
@@ -225,10 +225,10 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
     syn_ids = list(syn_all["sample"])
     mem = {"training_set": training_set, "n_training": len(train),
            "image": memorization.audit(d[:len(q_syn)], nn_idx[:len(q_syn)], d[len(q_syn):], syn_ids, train_ids,
-                                       cfg.memorization_percentile)
+                                       cfg.memorization_percentile, cfg.memorization_copy_ratio)
            | {"space": f"image, 1 - correlation after {cfg.memorization_downsample}x average pooling"}}
     mem["latent"] = (_latent_audit(vae_run, train_ids, _ids(unseen), list(syn_all["path"]), syn_ids,
-                                   cfg.memorization_percentile, device)
+                                   cfg.memorization_percentile, cfg.memorization_copy_ratio, device)
                      if vae_run is not None else {"skipped": "no autoencoder run given"})
 
     figures = []

@@ -110,24 +110,19 @@ def _train_summary(folder: Path) -> list[str]:
 # 1. Summary
 # --------------------------------------------------------------------------------------------------------------
 
-SUMMARY_MEANINGS = {
-    "wall_seconds": "wall-clock time of the whole pipeline, in seconds",
-    "vae.val.ssim": "autoencoder reconstruction SSIM on the validation split (1 = identical)",
-    "vae.val.psnr": "autoencoder reconstruction PSNR on the validation split, dB (higher = closer)",
-    "classifier.real.auc": "AUC-ROC on the real test split, classifier trained on real volumes (0.5 = chance)",
-    "classifier.synthetic.auc": "AUC-ROC on the real test split, classifier trained on synthetic volumes only",
-    "synthetic.class_fidelity": "share of synthetic volumes a real-trained classifier labels as the requested class",
-    "saliency.ig.roi_enrichment": "integrated gradients: top attributions in the ROI relative to chance (1 = chance)",
-    "memorization.flagged": "share of synthetic volumes suspiciously close to a training volume (0 = no copying)",
-    "fid.synthetic.overall": "per-slice FID of synthetic vs real reference volumes (lower = closer)",
-    "fid.real_baseline.overall": "per-slice FID of held-out real vs reference volumes: the floor to compare with",
-}
+def _summary_meanings() -> dict[str, str]:
+    from neuroldm.pipeline.summary import KEYS
+
+    return KEYS
+
+
 _SUFFIXES = (".low", ".high", ".n")
 
 
 def summary_meaning(key: str) -> str:
-    if key in SUMMARY_MEANINGS:
-        return SUMMARY_MEANINGS[key]
+    meanings = _summary_meanings()
+    if key in meanings:
+        return meanings[key]
     last = key.rsplit(".", 1)[-1]
     for token, meaning in (("auc", "area under the ROC curve (0.5 = chance, 1 = perfect)"),
                            ("ms_ssim", "multi-scale structural similarity"), ("ssim", "structural similarity"),
@@ -154,12 +149,20 @@ def summary_blocks(run: Path) -> list[Block]:
     if pipeline is None:
         blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
     else:
-        stages = pipeline.get("stages", [])
-        rows = [[s.get("name", "?"), s.get("status", "?"), fmt(s.get("seconds"))] for s in stages]
-        total = sum(float(s.get("seconds") or 0) for s in stages)
-        rows.append(["total", "", fmt(total)])
-        blocks.append(Table(["stage", "status", "seconds"], rows,
-                            "Pipeline stages (ran = computed now, reused = finished outputs found, skipped, failed)"))
+        # pipeline.json (neuroldm.pipeline.runner): per stage the record of its last build, and the last invocation
+        records = pipeline.get("stages", {})
+        last = {s["name"]: s["status"] for s in (pipeline.get("last_invocation") or {}).get("stages", [])}
+        from neuroldm.pipeline.stages import STAGE_NAMES
+
+        order = {name: i for i, name in enumerate(STAGE_NAMES)}
+        rows, total = [], 0.0
+        for name, rec in sorted(records.items(), key=lambda item: order.get(item[0], len(order))):
+            seconds = float(rec.get("seconds") or 0) if rec.get("state") == "done" else None
+            total += seconds or 0.0
+            rows.append([name, rec.get("state", "?"), last.get(name, ""), fmt(seconds), rec.get("finished", "")])
+        rows.append(["total", "", "", fmt(total), ""])
+        blocks.append(Table(["stage", "state", "last invocation", "seconds to build", "finished"], rows,
+                            "Pipeline stages (last invocation: ran = computed, reused = up to date, failed)"))
     return blocks
 
 

@@ -1,0 +1,139 @@
+"""`neuroldm run`: the stages in order in one run directory, skipping those that are up to date (like make).
+
+``RUN/pipeline.json`` keeps, per stage, the fingerprint it was built with, its status and wall time::
+
+    {"stages": {"train-vae": {"fingerprint": "...", "state": "done", "seconds": 512.3, "finished": "...",
+                              "summary": {...}}, ...},
+     "last_invocation": {"stages": [{"name", "status", "seconds"}, ...], "seconds": ...}}
+
+A stage is *up to date* when its recorded state is ``done``, its fingerprint equals the one computed now, and its
+outputs exist. A stage that was interrupted (state ``running``) with an unchanged fingerprint is re-entered, and
+the training stages resume from their last checkpoint; with a changed fingerprint its old outputs are removed first,
+so a stale checkpoint is never resumed under new settings. ``--from STAGE`` rebuilds STAGE and everything after
+it; ``--only STAGE`` runs STAGE alone (its inputs must be there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from pathlib import Path
+
+from neuroldm import __version__
+from neuroldm.config import Config, save_config
+from neuroldm.errors import ConfigError, NeuroLDMError
+from neuroldm.io import write_json_atomic
+from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
+
+log = logging.getLogger(__name__)
+
+PIPELINE_FILE = "pipeline.json"
+
+
+def _section(cfg: dict, dotted: str):
+    node = cfg
+    for part in dotted.split("."):
+        node = node[part]
+    return node
+
+
+def _digest(obj) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _output_digest(run: Path, stage: Stage) -> str:
+    """Fingerprint of an always-run stage: the content of its first output (e.g. the prepared manifest)."""
+    h = hashlib.sha256()
+    h.update((run / stage.outputs[0]).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def read_pipeline(run: Path) -> dict:
+    path = Path(run) / PIPELINE_FILE
+    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
+
+
+def _check_stage(name: str | None, option: str) -> None:
+    if name is not None and name not in STAGE_NAMES:
+        raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
+
+
+def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
+                 device: str = "cpu", progress: bool = True) -> dict:
+    """Run every enabled stage that is out of date; returns the invocation's summary (also in pipeline.json)."""
+    _check_stage(from_stage, "--from")
+    _check_stage(only, "--only")
+    if from_stage and only:
+        raise ConfigError("--from and --only exclude each other")
+    run = Path(run_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, run)
+    ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
+    ctx.cohort()  # a missing input fails here, before anything runs
+    state = read_pipeline(run)
+    records: dict = state.setdefault("stages", {})
+    cfg_dict = cfg.to_dict()
+    fingerprints: dict[str, str] = {}
+    forced = False
+    invocation: list[dict] = []
+    start = time.perf_counter()
+    for stage in STAGES:
+        if not stage.enabled(cfg):
+            invocation.append({"name": stage.name, "status": "skipped", "seconds": 0.0})
+            continue
+        forced = forced or stage.name == from_stage
+        inputs = {"stage": stage.name, "neuroldm": __version__,
+                  "config": {k: _section(cfg_dict, k) for k in stage.keys},
+                  "after": {a: fingerprints.get(a) for a in stage.after if a in fingerprints}}
+        fp = _digest(inputs)
+        rec = records.get(stage.name, {})
+        outputs_there = all((run / o).exists() for o in stage.outputs)
+        if only is not None and stage.name != only:
+            if not (rec.get("state") == "done" and outputs_there):
+                if STAGE_NAMES.index(stage.name) < STAGE_NAMES.index(only):
+                    raise NeuroLDMError(f"--only {only}: the earlier stage '{stage.name}' has not been run in "
+                                        f"{run}; run the pipeline up to it first")
+                continue
+            fingerprints[stage.name] = rec.get("fingerprint", fp)
+            continue
+        up_to_date = (not stage.always and not forced and only is None and rec.get("state") == "done"
+                      and rec.get("fingerprint") == fp and outputs_there)
+        if up_to_date:
+            fingerprints[stage.name] = fp
+            invocation.append({"name": stage.name, "status": "reused", "seconds": 0.0})
+            log.info("[%s] up to date: reused", stage.name)
+            continue
+        resuming = rec.get("state") == "running" and rec.get("fingerprint") == fp and not forced
+        if not resuming and not stage.always:
+            remove_outputs(run, stage)
+        records[stage.name] = {"fingerprint": fp, "state": "running",
+                               "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(run / PIPELINE_FILE, state)
+        log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
+        t0 = time.perf_counter()
+        try:
+            summary = stage.run(ctx)
+        except BaseException:
+            # the record stays "running": a re-run with the same settings re-enters (and resumes) this stage
+            invocation.append({"name": stage.name, "status": "failed", "seconds": round(time.perf_counter() - t0, 1)})
+            state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
+            write_json_atomic(run / PIPELINE_FILE, state)
+            raise
+        seconds = round(time.perf_counter() - t0, 1)
+        if stage.always:
+            fp = _digest({"inputs": fp, "output": _output_digest(run, stage)})
+            unchanged = rec.get("fingerprint") == fp and rec.get("state") == "done"
+        else:
+            unchanged = False
+        records[stage.name] = {"fingerprint": fp, "state": "done", "seconds": seconds if not unchanged
+                               else rec.get("seconds", seconds), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "summary": summary}
+        fingerprints[stage.name] = fp
+        invocation.append({"name": stage.name, "status": "reused" if unchanged else "ran", "seconds": seconds})
+        log.info("[%s] %s in %.1f s", stage.name, "up to date" if unchanged else "done", seconds)
+        write_json_atomic(run / PIPELINE_FILE, state)
+    state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
+    write_json_atomic(run / PIPELINE_FILE, state)
+    return state

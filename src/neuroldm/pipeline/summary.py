@@ -1,0 +1,117 @@
+"""``RUN/metrics.json``: the run's headline numbers as flat keys, gathered from the stages' own outputs.
+
+Every key is documented in `KEYS` (and in the README); a number whose stage has not run is absent, never 0.
+Confidence intervals sit beside their value as ``<key>.low`` / ``<key>.high`` and sample sizes as ``<key>.n``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from neuroldm.io import write_json_atomic
+
+KEYS: dict[str, str] = {
+    "wall_seconds": "sum of the wall times of the stages that produced this run directory (pipeline.json)",
+    "vae.val.ssim": "autoencoder: mean SSIM of posterior-mean reconstructions of the validation volumes (N: .n)",
+    "vae.val.psnr": "autoencoder: mean PSNR (dB) of the same reconstructions",
+    "vae.val.ms_ssim": "autoencoder: mean MS-SSIM of the same reconstructions",
+    "classifier.real.auc": "test AUC-ROC of the classifier trained on real volumes (pooled over seeds; DeLong CI)",
+    "classifier.real.balanced_accuracy": "its balanced accuracy at the 0.5 threshold (mean over seeds)",
+    "classifier.synthetic.auc": "test AUC-ROC of the classifier trained on synthetic volumes only, tested on real",
+    "classifier.synthetic.balanced_accuracy": "its balanced accuracy at the 0.5 threshold (mean over seeds)",
+    "classifier.synthetic.auc_ratio": "classifier.synthetic.auc / classifier.real.auc (train-on-synthetic utility)",
+    "synthetic.class_fidelity": "share of synthetic volumes the real-trained classifier labels as the class asked "
+                                "for (Wilson CI)",
+    "saliency.ig.roi_enrichment": "Integrated Gradients: share of the top-1% attribution mass inside the ROI "
+                                  "divided by the ROI's share of the grid (1 = chance; bootstrap CI)",
+    "saliency.ixg.roi_enrichment": "the same ROI enrichment for Input x Gradient",
+    "saliency.gradient_shap.roi_enrichment": "the same ROI enrichment for GradientSHAP",
+    "memorization.flagged": "synthetic volumes flagged as copies of a training volume (image or latent space)",
+    "memorization.z_u": "Meehan's data-copying Z_U in image space (<< 0: copying; > 0: farther than real data)",
+    "fid.synthetic.overall": "per-slice FID (mean over slice positions and axes) of synthetic vs reference real "
+                             "volumes, all classes",
+    "fid.real_baseline.overall": "the same FID of held-out real vs reference real volumes: what real data scores",
+    "fid.synthetic.2_5d": "2.5D FID (mean of the three pooled-axis FIDs) of synthetic vs reference real volumes",
+    "fid.real_baseline.2_5d": "the same for held-out real volumes",
+}
+
+
+def _load(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return
+    out[key] = value
+    for suffix, v in (("low", low), ("high", high), ("n", n)):
+        if v is not None and not (isinstance(v, float) and math.isnan(v)):
+            out[f"{key}.{suffix}"] = v
+
+
+def collect_metrics(run: str | Path) -> dict:
+    """The flat metrics of a run directory (whatever stages have finished)."""
+    run = Path(run)
+    out: dict = {}
+    pipeline = _load(run / "pipeline.json") or {}
+    seconds = [s.get("seconds", 0.0) for name, s in pipeline.get("stages", {}).items()
+               if s.get("state") == "done" and name != "report"]
+    if seconds:
+        out["wall_seconds"] = round(float(sum(seconds)), 1)
+
+    recon = _load(run / "vae" / "reconstruction" / "metrics.json")
+    if recon:
+        for k in ("ssim", "psnr", "ms_ssim"):
+            _put(out, f"vae.val.{k}", recon["mean"][k], n=recon["n"])
+
+    grid = _load(run / "classify-grid" / "summary.json")
+    if grid:
+        pooled = {r["regime"]: r for r in grid.get("pooled", []) if r.get("split") == "test"}
+        per_run = {r["regime"]: r for r in grid.get("summary", [])}
+        for regime, name in (("real", "real"), ("synthetic", "synthetic")):
+            key = next((k for k in pooled if k == regime or k.startswith(f"{regime}-")), None)
+            if key is None:
+                continue
+            r = pooled[key]
+            _put(out, f"classifier.{name}.auc", r["auc"], r["auc_low"], r["auc_high"], r["n"])
+            bal = per_run.get(key, {}).get("balanced_accuracy_mean")
+            _put(out, f"classifier.{name}.balanced_accuracy", bal)
+        if "classifier.real.auc" in out and "classifier.synthetic.auc" in out and out["classifier.real.auc"] > 0:
+            out["classifier.synthetic.auc_ratio"] = out["classifier.synthetic.auc"] / out["classifier.real.auc"]
+
+    ev = _load(run / "evaluation" / "metrics.json")
+    if ev:
+        fid = ev.get("fidelity", {})
+        if "accuracy" in fid:
+            _put(out, "synthetic.class_fidelity", fid["accuracy"], *fid["ci95"], n=fid["n"])
+        metric = ev["feature_network"]["metric"]
+        prefix = "fid" if metric == "fid" else "fid_random_features"
+        for comparison in ("synthetic", "real_baseline"):
+            r = ev["groups"]["overall"].get(comparison, {}).get(metric)
+            if r:
+                _put(out, f"{prefix}.{comparison}.overall", r["mean"], n=r["n_b"])
+                _put(out, f"{prefix}.{comparison}.2_5d", r["fid_2_5d"])
+        mem = ev.get("memorization", {})
+        audits = [a for a in (mem.get("image"), mem.get("latent")) if a and "n_copies" in a]
+        if audits:
+            flagged = {c["sample"] for a in audits for c in a["copies"]}
+            _put(out, "memorization.flagged", len(flagged), n=audits[0]["n_synthetic"])
+        if mem.get("image", {}).get("z_u") is not None:
+            _put(out, "memorization.z_u", mem["image"]["z_u"])
+
+    sal = _load(run / "saliency" / "summary.json")
+    if sal:
+        for method, short in (("integrated_gradients", "ig"), ("input_x_gradient", "ixg"),
+                              ("gradient_shap", "gradient_shap")):
+            enr = (sal["methods"].get(method, {}).get("enrichment") or {}).get("all")
+            if enr and enr.get("n"):
+                _put(out, f"saliency.{short}.roi_enrichment", enr["mean"], enr["low"], enr["high"], enr["n"])
+    return out
+
+
+def write_metrics(run: str | Path) -> dict:
+    metrics = collect_metrics(run)
+    write_json_atomic(Path(run) / "metrics.json", metrics)
+    return metrics
