@@ -60,6 +60,14 @@ def _check_stage(name: str | None, option: str) -> None:
         raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
 
 
+def _preflight(cfg: Config) -> None:
+    """Fail in one line before hours of training when the evaluation's FID weights are missing."""
+    from neuroldm.evaluate.inception import find_inception, resolve_feature_network
+
+    if find_inception(cfg.evaluate.inception_path) is None and not cfg.evaluate.random_features:
+        resolve_feature_network(cfg.evaluate)  # raises the one-line error that says how to install them
+
+
 def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
                  device: str = "cpu", progress: bool = True) -> dict:
     """Run every enabled stage that is out of date; returns the invocation's summary (also in pipeline.json)."""
@@ -72,6 +80,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     save_config(cfg, run)
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
+    _preflight(cfg)
     state = read_pipeline(run)
     records: dict = state.setdefault("stages", {})
     cfg_dict = cfg.to_dict()

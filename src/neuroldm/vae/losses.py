@@ -110,12 +110,17 @@ class VAELoss:
         """Loss of reconstruction `recon` of `x` (both ``(B, 1, D, H, W)``), posterior `mu`, `sigma`
         ``(B, C, d, h, w)``, at optimiser step `step`."""
         w = self.weights()
-        terms: dict[str, torch.Tensor] = {"l1": l1(recon, x), "kl": kl_divergence(mu, sigma)}
-        if self.cfg.ssim_weight > 0:
-            # SSIM's constants scale with the data range: take it from the real batch (max - min); MONAI's
-            # SSIMLoss value (11-voxel Gaussian window, sigma 1.5) computed with a separable window
-            win = min(11, *(s if s % 2 else s - 1 for s in x.shape[2:]))
-            terms["ssim"] = ssim_loss(recon, x, float((x.max() - x.min()).clamp_min(1e-8)), win_size=win)
+        # the pixel terms in float32 even under bf16 autocast: SSIM's local variances E[x²] − E[x]² lose every
+        # significant digit in bf16's 8-bit mantissa
+        with torch.autocast(device_type=recon.device.type, enabled=False):
+            recon32, x32 = recon.float(), x.float()
+            terms: dict[str, torch.Tensor] = {"l1": l1(recon32, x32), "kl": kl_divergence(mu.float(), sigma.float())}
+            if self.cfg.ssim_weight > 0:
+                # SSIM's constants scale with the data range: take it from the real batch (max - min); MONAI's
+                # SSIMLoss value (11-voxel Gaussian window, sigma 1.5) computed with a separable window
+                win = min(11, *(s if s % 2 else s - 1 for s in x.shape[2:]))
+                terms["ssim"] = ssim_loss(recon32, x32, float((x32.max() - x32.min()).clamp_min(1e-8)),
+                                          win_size=win)
         if self.perceptual is not None:
             terms["perceptual"] = self.perceptual(recon, x)
         if self.discriminator is not None and adversarial_active(self.cfg, step):

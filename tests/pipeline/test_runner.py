@@ -1,0 +1,113 @@
+"""`neuroldm run`'s make-like bookkeeping, on toy stages that record when they run."""
+
+import json
+
+import pytest
+
+import neuroldm.pipeline.runner as runner
+from neuroldm.config import load_config
+from neuroldm.errors import ConfigError, NeuroLDMError
+from neuroldm.pipeline.stages import STAGE_NAMES, Stage
+
+
+def _toy_stages(calls: list[str], fail: set[str] | None = None):
+    """a -> b -> c, each writing one output file; b reads vae.*, c reads diffusion.*; `fail` names stages that raise."""
+    fail = fail if fail is not None else set()
+
+    def make(name):
+        def run(ctx):
+            calls.append(name)
+            if name in fail:  # interrupted after writing e.g. a checkpoint
+                (ctx.run / name).mkdir(exist_ok=True)
+                (ctx.run / name / "checkpoint").write_text("partial")
+                raise KeyboardInterrupt
+            (ctx.run / name).mkdir(exist_ok=True)
+            (ctx.run / name / "out.txt").write_text(name)
+            return {"ok": name}
+        return run
+
+    return (Stage("a", make("a"), ("prepare",), (), ("a/out.txt",), clean=("a",), always=False),
+            Stage("b", make("b"), ("vae",), ("a",), ("b/out.txt",), clean=("b",)),
+            Stage("c", make("c"), ("diffusion",), ("b",), ("c/out.txt",), clean=("c",)))
+
+
+@pytest.fixture
+def toy(monkeypatch, tmp_path):
+    calls: list[str] = []
+    stages = _toy_stages(calls)
+    monkeypatch.setattr(runner, "STAGES", stages)
+    monkeypatch.setattr(runner, "STAGE_NAMES", tuple(s.name for s in stages))
+    return calls
+
+
+def _cfg(*overrides):
+    return load_config("demo", None, ["pipeline.input=/nowhere", *overrides])
+
+
+def test_second_run_reuses_everything(toy, tmp_path):
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    assert toy == ["a", "b", "c"]
+    state = runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    assert toy == ["a", "b", "c"]  # nothing ran again
+    assert [s["status"] for s in state["last_invocation"]["stages"]] == ["reused"] * 3
+    on_disk = json.loads((tmp_path / "pipeline.json").read_text())
+    assert set(on_disk["stages"]) == {"a", "b", "c"} and on_disk["stages"]["b"]["summary"] == {"ok": "b"}
+
+
+def test_a_changed_setting_rebuilds_its_stage_and_everything_below(toy, tmp_path):
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    (tmp_path / "b" / "stale.txt").write_text("from the old settings")
+    runner.run_pipeline(tmp_path, _cfg("vae.train.lr=0.5"), progress=False)
+    assert toy == ["a", "b", "c", "b", "c"]
+    assert not (tmp_path / "b" / "stale.txt").exists()  # old outputs removed before the rebuild
+    runner.run_pipeline(tmp_path, _cfg("vae.train.lr=0.5", "diffusion.train.lr=0.1"), progress=False)
+    assert toy[5:] == ["c"]
+
+
+def test_missing_output_rebuilds(toy, tmp_path):
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    (tmp_path / "c" / "out.txt").unlink()
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    assert toy == ["a", "b", "c", "c"]
+
+
+def test_from_and_only(toy, tmp_path):
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    runner.run_pipeline(tmp_path, _cfg(), from_stage="b", progress=False)
+    assert toy[3:] == ["b", "c"]
+    runner.run_pipeline(tmp_path, _cfg(), only="b", progress=False)
+    assert toy[5:] == ["b"]
+    with pytest.raises(ConfigError, match="unknown stage"):
+        runner.run_pipeline(tmp_path, _cfg(), from_stage="train-vea", progress=False)
+    with pytest.raises(ConfigError, match="exclude each other"):
+        runner.run_pipeline(tmp_path, _cfg(), from_stage="a", only="b", progress=False)
+
+
+def test_only_needs_the_earlier_stages(toy, tmp_path):
+    with pytest.raises(NeuroLDMError, match="earlier stage 'a' has not been run"):
+        runner.run_pipeline(tmp_path, _cfg(), only="b", progress=False)
+
+
+def test_an_interrupted_stage_is_reentered_without_removing_its_outputs(monkeypatch, tmp_path):
+    calls: list[str] = []
+    monkeypatch.setattr(runner, "STAGES", _toy_stages(calls, fail={"b"}))
+    with pytest.raises(KeyboardInterrupt):
+        runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    state = json.loads((tmp_path / "pipeline.json").read_text())
+    assert state["stages"]["b"]["state"] == "running"
+    assert [s["status"] for s in state["last_invocation"]["stages"]] == ["ran", "failed"]
+    monkeypatch.setattr(runner, "STAGES", _toy_stages(calls))
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    assert calls == ["a", "b", "b", "c"]
+    assert (tmp_path / "b" / "checkpoint").exists()  # resumed, not wiped
+
+
+def test_missing_input_fails_before_anything_runs(toy, tmp_path):
+    with pytest.raises(ConfigError, match="pipeline.input is not set"):
+        runner.run_pipeline(tmp_path, load_config("paper", None, []), progress=False)
+    assert toy == []
+
+
+def test_the_real_stage_order():
+    assert STAGE_NAMES == ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample",
+                           "classify-grid", "evaluate", "saliency", "report")

@@ -1,0 +1,50 @@
+"""The flat RUN/metrics.json is read from the stages' own outputs (the report tests' fake run)."""
+
+import json
+
+import pytest
+from report_run import ENRICHMENT, RECON, make_fake_run
+
+from neuroldm.pipeline.summary import KEYS, collect_metrics, write_metrics
+
+
+@pytest.fixture(scope="module")
+def fake(tmp_path_factory):
+    run = tmp_path_factory.mktemp("run")
+    return run, make_fake_run(run)
+
+
+def test_metrics_come_from_the_stage_outputs(fake):
+    run, facts = fake
+    m = collect_metrics(run)
+    assert m["vae.val.ssim"] == RECON["ssim"] and m["vae.val.ssim.n"] == 2 and m["vae.val.psnr"] == RECON["psnr"]
+    pooled = {r["regime"]: r for r in facts.grid["pooled"] if r["split"] == "test"}
+    real = pooled["real"]
+    assert (m["classifier.real.auc"], m["classifier.real.auc.low"], m["classifier.real.auc.high"],
+            m["classifier.real.auc.n"]) == (real["auc"], real["auc_low"], real["auc_high"], real["n"])
+    syn = next(r for k, r in pooled.items() if k.startswith("synthetic"))
+    assert m["classifier.synthetic.auc"] == syn["auc"]
+    assert m["classifier.synthetic.auc_ratio"] == pytest.approx(syn["auc"] / real["auc"])
+    ig = (m["saliency.ig.roi_enrichment"], m["saliency.ig.roi_enrichment.low"], m["saliency.ig.roi_enrichment.high"],
+          m["saliency.ig.roi_enrichment.n"])
+    assert ig == (ENRICHMENT["mean"], ENRICHMENT["low"], ENRICHMENT["high"], ENRICHMENT["n"])
+    overall = facts.groups["overall"]
+    assert m["fid_random_features.synthetic.overall"] == overall["synthetic"]["fid_random_features"]["mean"]
+    assert m["fid_random_features.real_baseline.overall"] == overall["real_baseline"]["fid_random_features"]["mean"]
+    assert "fid.synthetic.overall" not in m  # random features are never called FID
+    assert m["memorization.flagged"] == 0 and m["memorization.flagged.n"] == 4
+    assert 0 <= m["synthetic.class_fidelity.low"] <= m["synthetic.class_fidelity"] <= 1
+    assert m["wall_seconds"] == pytest.approx(0.4 + 3456.5)  # finished stages only
+
+
+def test_written_atomically_and_every_headline_key_documented(fake, tmp_path):
+    run, _ = fake
+    m = write_metrics(run)
+    assert json.loads((run / "metrics.json").read_text()) == m
+    for key in m:
+        base = key.rsplit(".", 1)[0] if key.endswith((".low", ".high", ".n")) else key
+        assert base in KEYS or base.replace("fid_random_features", "fid") in KEYS, key
+
+
+def test_a_run_with_nothing_yet_has_no_numbers(tmp_path):
+    assert collect_metrics(tmp_path) == {}
