@@ -71,6 +71,7 @@ class PrepareConfig(Section):
     spacing: tuple[float, float, float] = (1.5, 1.5, 1.5)  # mm, RAS axes
     grid: tuple[int, int, int] = (112, 136, 112)  # voxels
     interpolation: Literal["linear", "cubic"] = "linear"
+    anti_alias: bool = True  # Gaussian prefilter along downsampled axes (sigma = (factor - 1) / 2 input voxels)
     normalisation: Literal["zscore", "percentile"] = "zscore"
     percentiles: tuple[float, float] = (0.5, 99.5)  # for `percentile` (maps to 0..1, clipped)
     # foreground mask: voxels above this fraction of the 99th intensity percentile, largest component, holes filled

@@ -116,3 +116,26 @@ def test_normalise_zscore_and_percentile():
     p = normalise(data, mask, "percentile", (1, 99))
     assert p.min() == 0 and p.max() == 1
     assert abs(np.mean(p[mask] == 1) - 0.01) < 0.005
+
+
+def test_anti_alias_sigmas_follow_the_downsampling_factor():
+    from neuroldm.data.preprocess import anti_alias_sigmas
+
+    affine = np.diag([1.0, 2.0, 4.0, 1.0])
+    np.testing.assert_allclose(anti_alias_sigmas(affine, np.array([4.0, 4.0, 4.0])), [1.5, 0.5, 0.0])
+    swapped = np.array([[0, 2.0, 0, 0], [1.0, 0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1]])  # input axis 0 points along y
+    np.testing.assert_allclose(anti_alias_sigmas(swapped, np.array([3.0, 5.0, 1.0])), [2.0, 0.25, 0.0])
+
+
+def test_downsampling_white_noise_averages_it_instead_of_aliasing():
+    from neuroldm.data.preprocess import resample
+
+    rng = np.random.default_rng(0)
+    noise = rng.normal(size=(64, 64, 64)).astype(np.float32)
+    affine = np.eye(4)
+    plain, _ = resample(noise, affine, (4.0, 4.0, 4.0), anti_alias=False)
+    smooth, out_affine = resample(noise, affine, (4.0, 4.0, 4.0))
+    assert plain.shape == smooth.shape == (16, 16, 16) and np.allclose(np.diag(out_affine)[:3], 4.0)
+    # point sampling keeps the noise whole (std ~1 at grid points); the prefilter averages it like a coarse voxel
+    assert plain[2:-2, 2:-2, 2:-2].std() > 0.9
+    assert smooth[2:-2, 2:-2, 2:-2].std() < 0.2
