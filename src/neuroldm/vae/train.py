@@ -50,14 +50,22 @@ class VAEObjective:
         return {"loss": discriminator_loss(ctx.module("disc"), x, self._fake)}
 
 
-def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, device: torch.device) -> dict[str, float]:
-    """Mean PSNR, SSIM, MS-SSIM and L1 of posterior-mean reconstructions over `dataset` (one volume at a time)."""
+def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, device: torch.device,
+                           batch_size: int = 4) -> dict[str, float]:
+    """Mean PSNR, SSIM, MS-SSIM and L1 of posterior-mean reconstructions over `dataset`.
+
+    Volumes go through the network `batch_size` at a time (on the CPU, oneDNN's fast 3D convolutions need a batch
+    above 1; one volume at a time fell back to im2col and made a validation cost as much as 150 training steps);
+    the metrics are per volume.
+    """
     sums: dict[str, float] = {}
-    for i in range(len(dataset)):
-        x = dataset[i]["image"][None].to(device)
+    for start in range(0, len(dataset), batch_size):
+        x = torch.stack([dataset[i]["image"] for i in range(start, min(start + batch_size, len(dataset)))]).to(device)
         mu, _ = model.encode(x)
-        for k, v in volume_metrics(model.decode(mu), x).items():
-            sums[k] = sums.get(k, 0.0) + v
+        recon = model.decode(mu)
+        for j in range(len(x)):
+            for k, v in volume_metrics(recon[j:j + 1], x[j:j + 1]).items():
+                sums[k] = sums.get(k, 0.0) + v
     return {k: v / len(dataset) for k, v in sums.items()}
 
 
