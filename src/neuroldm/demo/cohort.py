@@ -22,9 +22,10 @@ so the same seed gives identical volumes, and a subject's anatomy does not depen
   fraction drawn uniformly in ``atrophy`` (default 45-60 %, the range of volume loss reported for sclerotic
   hippocampi) of its volume; the remaining hippocampus's signal drops by ``sclerosis_t1`` (15 %); and the freed
   space (hippocampus before, not after) plus a widened temporal horn along its superolateral edge (an ellipsoid
-  about 32 mm long with cross-section semi-axes ``horn_mm``) is filled with CSF intensity. At the demo's 4 mm grid
-  this changes some 25-35 voxels on one side, not a sub-voxel edge, so a classifier can learn it and a generative
-  model trained on 4x-downsampled latents has a lesion to reproduce.
+  about 32 mm long with cross-section semi-axes ``horn_mm``) is filled with CSF intensity. On the demo's 4 mm grid
+  some 60 voxels on one side change by more than 20 % of white matter (one subject at 52 % loss; a plain 35 %
+  atrophy changed 8), not a sub-voxel edge, so a classifier can learn it and a generative model trained on
+  4x-downsampled latents has a lesion to reproduce.
 
 The hippocampus ROI is an approximation, not an atlas label: one ellipsoid per side (about 40 x 13 x 10 mm,
 placed by eye on the template) intersected with the template's grey matter. The mask written for each subject is
