@@ -115,7 +115,9 @@ class DemoCohortConfig(Section):
     subjects: int = Field(40, ge=4)
     tle_fraction: float = Field(0.5, gt=0, lt=1)
     spacing: float = Field(2.0, gt=0)  # mm, isotropic, of the written volumes
-    atrophy: tuple[float, float] = (0.30, 0.40)  # hippocampal volume loss range on the lesion side
+    atrophy: tuple[float, float] = (0.45, 0.60)  # hippocampal volume loss range on the lesion side (sclerosis)
+    sclerosis_t1: float = Field(0.15, ge=0, lt=1)  # T1 signal drop of the remaining lesion-side hippocampus
+    horn_mm: float = Field(3.5, ge=0)  # cross-section semi-axis of the widened temporal horn (CSF); 0: freed space only
     warp_mm: float = Field(3.0, ge=0)  # typical displacement of the random smooth warp
     rotation_deg: float = Field(4.0, ge=0)
     scale: float = Field(0.04, ge=0)  # +- fraction of the random anisotropic scaling

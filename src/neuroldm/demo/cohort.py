@@ -16,10 +16,16 @@ so the same seed gives identical volumes, and a subject's anatomy does not depen
   1000 x a gain in [0.75, 1.33]), a mild contrast change (gamma in [0.9, 1.1]), partial volume (the template is
   blurred by the output voxel's point spread, FWHM = ``spacing``) and Rician noise (magnitude of complex Gaussian
   noise, sigma = ``noise`` x white matter, so the background is noise, not zero);
-* lesion (TLE only): unilateral hippocampal atrophy, side drawn at random but balanced, volume loss drawn
-  uniformly in ``atrophy``. The hippocampus's cross-section contracts toward its inferomedial edge by a smooth
-  diffeomorphic map (`neuroldm.demo.hippocampus`), so the ROI loses exactly that fraction of its volume, and the
-  freed space (hippocampus before, not after) is filled with CSF intensity: the widened temporal horn.
+* lesion (TLE only): unilateral hippocampal sclerosis, side drawn at random but balanced. Three signs, as on a
+  clinical T1 (atrophy, hypointensity, a dilated temporal horn): the hippocampus's cross-section contracts toward
+  its inferomedial edge by a smooth diffeomorphic map (`neuroldm.demo.hippocampus`), so the ROI loses exactly a
+  fraction drawn uniformly in ``atrophy`` (default 45-60 %, the range of volume loss reported for sclerotic
+  hippocampi) of its volume; the remaining hippocampus's signal drops by ``sclerosis_t1`` (15 %); and the freed
+  space (hippocampus before, not after) plus a widened temporal horn along its superolateral edge (an ellipsoid
+  about 32 mm long with cross-section semi-axes ``horn_mm``) is filled with CSF intensity. On the demo's 4 mm grid
+  some 60 voxels on one side change by more than 20 % of white matter (one subject at 52 % loss; a plain 35 %
+  atrophy changed 8), not a sub-voxel edge, so a classifier can learn it and a generative model trained on
+  4x-downsampled latents has a lesion to reproduce.
 
 The hippocampus ROI is an approximation, not an atlas label: one ellipsoid per side (about 40 x 13 x 10 mm,
 placed by eye on the template) intersected with the template's grey matter. The mask written for each subject is
@@ -254,9 +260,14 @@ def _roi_region(pre: np.ndarray) -> np.ndarray:
     return np.unique(np.concatenate([_near(pre, s) for s in hippo.CENTRES]))
 
 
-def render(template: Template, var: Variation, grid: warps.Grid, side: str | None,
-           loss: float) -> tuple[np.ndarray, np.ndarray]:
-    """Noise-free image (float32, white matter ~ 1000 x gain) and label mask (uint8) of one subject."""
+def render(template: Template, var: Variation, grid: warps.Grid, side: str | None, loss: float,
+           sclerosis_t1: float = 0.0, horn_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Noise-free image (float32, white matter ~ 1000 x gain) and label mask (uint8) of one subject.
+
+    On the lesion side (`side`, volume loss `loss`): the remaining hippocampus's signal drops by `sclerosis_t1`, and
+    the freed space plus the widened temporal horn (`hippocampus.horn_indicator`, semi-axes `horn_mm`, on the
+    anatomy before the atrophy) becomes CSF, outside the remaining hippocampus.
+    """
     pre = pose_and_warp(var, grid)
     post = apply_atrophy(pre, side, loss)
     img = ndimage.map_coordinates(template.t1, _template_voxels(template, post), order=1, mode="constant",
@@ -269,9 +280,12 @@ def render(template: Template, var: Variation, grid: warps.Grid, side: str | Non
         after = hippo.sample_roi(template.roi, s, post_pts)
         flat_mask[idx[after >= 0.5]] = label
         if s == side:
-            # freed space: hippocampus here before the atrophy, not after -> CSF of the widened temporal horn
+            # freed space: hippocampus here before the atrophy, not after; with the horn beyond it -> CSF
             freed = np.clip(hippo.sample_roi(template.roi, s, pre_pts) - after, 0.0, 1.0)
-            flat_img[idx] = (1 - freed) * flat_img[idx] + freed * CSF_LEVEL
+            horn = hippo.horn_indicator(pre_pts, s, horn_mm, grid.spacing) * (1.0 - np.clip(after, 0.0, 1.0))
+            csf = np.maximum(freed, horn)
+            sclerotic = flat_img[idx] * (1.0 - sclerosis_t1 * np.clip(after, 0.0, 1.0))  # T1 hypointensity
+            flat_img[idx] = (1 - csf) * sclerotic + csf * CSF_LEVEL
     img = np.power(np.maximum(img, 0.0), var.gamma) * var.bias * (WM_INTENSITY * var.gain)
     return img.astype(np.float32), mask
 
@@ -289,7 +303,7 @@ def synthesize_subject(template: Template, grid: warps.Grid, cfg: DemoCohortConf
     rng = subject_rng(cfg, index)
     centre = (template.brain_lo_mm + template.brain_hi_mm) / 2
     var = draw_variation(rng, cfg, grid, centre)
-    img, mask = render(template, var, grid, side, loss)
+    img, mask = render(template, var, grid, side, loss, cfg.sclerosis_t1, cfg.horn_mm)
     return add_rician_noise(img, cfg.noise * WM_INTENSITY * var.gain, rng), mask
 
 
@@ -334,7 +348,8 @@ PARTICIPANTS_JSON = {
               "Levels": {"HC": "healthy control", "TLE": "temporal lobe epilepsy (synthetic hippocampal atrophy)"}},
     "side": {"Description": "Side of the hippocampal atrophy (n/a for HC)",
              "Levels": {"left": "left hippocampus", "right": "right hippocampus"}},
-    "atrophy": {"Description": "Fraction of hippocampal ROI volume removed on the lesion side (0 for HC)"},
+    "atrophy": {"Description": "Fraction of hippocampal ROI volume removed on the lesion side (0 for HC); the "
+                            "remaining hippocampus is also T1-hypointense and the temporal horn widened"},
     "age": {"Description": "Age (random covariate, does not affect the image)", "Units": "year"},
     "sex": {"Description": "Sex (random covariate, does not affect the image)", "Levels": {"F": "female",
                                                                                             "M": "male"}},

@@ -11,7 +11,7 @@ by ``1/alpha`` about an anchor near the inferomedial edge, uniformly over the cy
 the ROI's tissue contracts toward that edge with an area factor ``alpha**2 = 1 - loss`` while its length is kept;
 outside the cylinder the scaling fades smoothly to the identity (within ~35 mm of the centre, so the other side is
 untouched). The freed space opens superolaterally, where the temporal horn of the lateral ventricle lies; the
-cohort fills it with CSF.
+cohort fills it with CSF and widens the horn further (`horn_indicator`).
 """
 
 from __future__ import annotations
@@ -35,10 +35,16 @@ GM_THRESHOLD = 0.35  # keep the ellipsoid's grey matter; drops the white matter 
 ANCHOR = (-0.8, -0.8)  # (lateral, superior)
 # The contraction is uniform in the cylinder |long| <= 1, |cross-section| <= 1 (semi-axis units, it holds the
 # ellipsoid) and fades to the identity over these widths. Only the cross-section fade enters the Jacobian (the long
-# coordinate is kept), so the lengthwise one can be short; the cross-section one is set so det > 0 up to MAX_LOSS.
+# coordinate is kept), so the lengthwise one can be short; the cross-section one is set so det > 0 up to MAX_LOSS
+# (min det 0.18 at 0.6 on a 1 mm grid; 2.5 went negative at 0.6). The reach stays < 40 mm: the other side is ~47 mm.
 FADE_LONG = 0.25
-FADE_CROSS = 2.5
-MAX_LOSS = 0.5
+FADE_CROSS = 3.5
+MAX_LOSS = 0.6
+# The widened temporal horn: an ellipsoid of CSF along the hippocampus's superolateral edge (where the freed space
+# opens), centred on that edge in the cross-section and HORN_LENGTH x the ROI's long semi-axis long; its cross-section
+# semi-axes are the cohort's ``horn_mm``.
+HORN_CENTRE = (0.0, 0.75, 0.75)  # (long, lateral, superior), semi-axis units of the ROI ellipsoid
+HORN_LENGTH = 0.8
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,24 @@ def atrophy_backward(points: np.ndarray, side: str, loss: float) -> np.ndarray:
     local[1:] = anchor + (local[1:] - anchor) * k
     # exactly the identity where the weight is 0 (no round-off through the local frame and back)
     return np.where(weight > 0, f.to_mm(local), points).astype(points.dtype, copy=False)
+
+
+def horn_indicator(points: np.ndarray, side: str, radius_mm: float, edge_mm: float) -> np.ndarray:
+    """Soft (0..1) indicator of the widened temporal horn of `side` at (3, ...) template mm points.
+
+    An ellipsoid centred on the ROI's superolateral edge (``HORN_CENTRE``), ``HORN_LENGTH`` x the ROI's long
+    semi-axis long, with cross-section semi-axes `radius_mm`; its boundary ramps linearly over about `edge_mm`
+    (partial volume of the output voxel).
+    """
+    if radius_mm <= 0:
+        return np.zeros(points.shape[1:], dtype=np.float32)
+    f = frame(side)
+    local = f.to_local(points)
+    shape = (3,) + (1,) * (points.ndim - 1)
+    centre = np.array(HORN_CENTRE).reshape(shape)
+    semi = np.array([SEMI_AXES[0] * HORN_LENGTH, radius_mm, radius_mm]).reshape(shape)
+    rho = np.sqrt((((local - centre) * f.semi.reshape(shape) / semi) ** 2).sum(axis=0))
+    return np.clip(0.5 + (1.0 - rho) * radius_mm / max(edge_mm, 1e-6), 0.0, 1.0).astype(np.float32)
 
 
 def ellipsoid_rho(points: np.ndarray, side: str) -> np.ndarray:
