@@ -111,3 +111,22 @@ def test_missing_input_fails_before_anything_runs(toy, tmp_path):
 def test_the_real_stage_order():
     assert STAGE_NAMES == ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample",
                            "classify-grid", "evaluate", "saliency", "report")
+
+
+def test_partial_clean_keeps_what_does_not_depend_on_the_changed_stage(monkeypatch, tmp_path):
+    calls: list[str] = []
+    a, b, c = _toy_stages(calls)
+
+    def only_synthetic(run):
+        (run / "c" / "synthetic.txt").unlink(missing_ok=True)
+
+    c = Stage(c.name, c.run, c.keys, c.after, c.outputs, clean=c.clean, partial=("b",), partial_clean=only_synthetic)
+    monkeypatch.setattr(runner, "STAGES", (a, b, c))
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    for name in ("real.txt", "synthetic.txt"):
+        (tmp_path / "c" / name).write_text("a finished run")
+    runner.run_pipeline(tmp_path, _cfg("vae.train.lr=0.5"), progress=False)  # b changed: c keeps its real runs
+    assert calls == ["a", "b", "c", "b", "c"]
+    assert (tmp_path / "c" / "real.txt").exists() and not (tmp_path / "c" / "synthetic.txt").exists()
+    runner.run_pipeline(tmp_path, _cfg("vae.train.lr=0.5", "diffusion.train.lr=0.1"), progress=False)
+    assert not (tmp_path / "c" / "real.txt").exists()  # c's own settings changed: everything goes

@@ -97,6 +97,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
                   "config": {k: _section(cfg_dict, k) for k in stage.keys},
                   "after": {a: fingerprints.get(a) for a in stage.after if a in fingerprints}}
         fp = _digest(inputs)
+        # the fingerprint without the upstream stages whose change only part of the outputs depends on
+        base_fp = _digest({**inputs, "after": {a: f for a, f in inputs["after"].items() if a not in stage.partial}})
         rec = records.get(stage.name, {})
         outputs_there = all((run / o).exists() for o in stage.outputs)
         if only is not None and stage.name != only:
@@ -116,8 +118,12 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             continue
         resuming = rec.get("state") == "running" and rec.get("fingerprint") == fp and not forced
         if not resuming and not stage.always:
-            remove_outputs(run, stage)
-        records[stage.name] = {"fingerprint": fp, "state": "running",
+            if (stage.partial_clean is not None and not forced and rec.get("state") == "done"
+                    and rec.get("base_fingerprint") == base_fp):
+                stage.partial_clean(run)
+            else:
+                remove_outputs(run, stage)
+        records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp, "state": "running",
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(run / PIPELINE_FILE, state)
         log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
@@ -136,7 +142,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             unchanged = rec.get("fingerprint") == fp and rec.get("state") == "done"
         else:
             unchanged = False
-        records[stage.name] = {"fingerprint": fp, "state": "done", "seconds": seconds if not unchanged
+        records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp, "state": "done",
+                               "seconds": seconds if not unchanged
                                else rec.get("seconds", seconds), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
                                "summary": summary}
         fingerprints[stage.name] = fp

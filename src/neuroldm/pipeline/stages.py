@@ -72,6 +72,10 @@ class Stage:
     after: tuple[str, ...]
     outputs: tuple[str, ...]
     clean: tuple[str, ...] = ()
+    # when only these upstream stages changed, `partial_clean` removes just what depends on them (the rest of the
+    # stage's outputs are reused by the stage itself), instead of everything in `clean`
+    partial: tuple[str, ...] = ()
+    partial_clean: Callable[[Path], None] | None = None
     always: bool = False  # cheap or self-caching: run every time (its fingerprint is then taken from its output)
     enabled: Callable[[Config], bool] = field(default=lambda cfg: True)
 
@@ -180,6 +184,21 @@ def _classify_grid(ctx: Context) -> dict:
     return {"runs": summary.get("runs"), "regimes": summary.get("regimes")}
 
 
+def _clean_synthetic_runs(run: Path) -> None:
+    """New samples: only the grid's runs that trained on synthetic volumes (and the tables) are stale; real-only
+    and subset runs are reused by `run_grid` from their result.json."""
+    from neuroldm.classify.grid import GRID_DIR
+
+    root = run / GRID_DIR
+    if not root.is_dir():
+        return
+    for path in root.iterdir():
+        if path.is_dir() and path.name.split("-")[0] in ("synthetic", "mixed"):
+            shutil.rmtree(path)
+        elif path.is_file():
+            path.unlink()
+
+
 def _evaluate(ctx: Context) -> dict:
     from neuroldm.classify.predict import load_classifier, predict_proba
     from neuroldm.evaluate.run import evaluate
@@ -222,7 +241,8 @@ STAGES: tuple[Stage, ...] = (
                               "classifier.mix_ratios", "classifier.synthetic_ratio"),
           ("train-diffusion",), ("samples/manifest.csv",), clean=("samples",)),
     Stage("classify-grid", _classify_grid, ("classifier", "data.classes"), ("prepare", "sample"),
-          ("classify-grid/summary.json",), clean=("classify-grid",)),
+          ("classify-grid/summary.json",), clean=("classify-grid",), partial=("sample",),
+          partial_clean=_clean_synthetic_runs),
     Stage("evaluate", _evaluate, ("evaluate", "data.classes", "pipeline.latent_memorization"),
           ("prepare", "sample", "classify-grid", "encode"), ("evaluation/metrics.json",), clean=("evaluation",)),
     Stage("saliency", _saliency, ("classifier.saliency", "pipeline.saliency_limit"), ("classify-grid",),
