@@ -307,7 +307,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     out = Path(args.out)
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
                          progress=not args.no_progress)
-    _print_pipeline(state, out)
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
+        _print_pipeline(state, out)
     return 0
 
 
@@ -325,7 +326,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = Path(args.out)
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
                          progress=not args.no_progress)
-    _print_pipeline(state, out)
+    if int(os.environ.get("RANK", "0")) == 0:
+        _print_pipeline(state, out)
     return 0
 
 

@@ -130,3 +130,49 @@ def test_partial_clean_keeps_what_does_not_depend_on_the_changed_stage(monkeypat
     assert (tmp_path / "c" / "real.txt").exists() and not (tmp_path / "c" / "synthetic.txt").exists()
     runner.run_pipeline(tmp_path, _cfg("vae.train.lr=0.5", "diffusion.train.lr=0.1"), progress=False)
     assert not (tmp_path / "c" / "real.txt").exists()  # c's own settings changed: everything goes
+
+
+TORCHRUN_SCRIPT = '''
+import json, os, sys
+from pathlib import Path
+import torch
+import torch.distributed as dist
+import neuroldm.pipeline.runner as runner
+from neuroldm.config import load_config
+from neuroldm.pipeline.stages import Stage
+
+run = Path(sys.argv[1])
+rank = int(os.environ["RANK"])
+
+def main_only(ctx):  # e.g. sampling: rank 0 alone
+    (ctx.run / "a").mkdir(exist_ok=True)
+    (ctx.run / "a" / "out.txt").write_text(f"rank {rank}")
+    return {"rank": rank}
+
+def ddp(ctx):  # e.g. training: every rank, one collective
+    t = torch.tensor([1.0])
+    dist.all_reduce(t)
+    (ctx.run / "b").mkdir(exist_ok=True)
+    (ctx.run / "b" / f"rank{rank}.txt").write_text(str(int(t.item())))
+    return {"world": int(t.item())}
+
+runner.STAGES = (Stage("a", main_only, (), (), ("a/out.txt",), clean=("a",)),
+                 Stage("b", ddp, (), ("a",), ("b/rank0.txt",), clean=("b",), distributed=True))
+runner.run_pipeline(run, load_config("demo", None, ["pipeline.input=/nowhere"]), progress=False)
+'''
+
+
+def test_torchrun_runs_training_stages_on_every_rank_and_the_rest_on_rank_0(tmp_path):
+    import subprocess
+    import sys
+
+    script = tmp_path / "toy_pipeline.py"
+    script.write_text(TORCHRUN_SCRIPT)
+    run = tmp_path / "run"
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+                           "29531", str(script), str(run)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (run / "a" / "out.txt").read_text() == "rank 0"  # the main-only stage ran once, on rank 0
+    assert [(run / "b" / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]  # both ranks joined the DDP one
+    state = json.loads((run / "pipeline.json").read_text())
+    assert state["stages"]["a"]["summary"] == {"rank": 0} and state["stages"]["b"]["summary"] == {"world": 2}

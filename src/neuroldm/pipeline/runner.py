@@ -11,6 +11,10 @@ outputs exist. A stage that was interrupted (state ``running``) with an unchange
 the training stages resume from their last checkpoint; with a changed fingerprint its old outputs are removed first,
 so a stale checkpoint is never resumed under new settings. ``--from STAGE`` rebuilds STAGE and everything after
 it; ``--only STAGE`` runs STAGE alone (its inputs must be there).
+
+Under ``torchrun --nproc_per_node N -m neuroldm run ...`` every process walks the same stages: the training stages
+(`Stage.distributed`) run on every rank through the engine's DDP, every other stage and all bookkeeping on rank 0
+while the others wait at a barrier (with a long timeout: an evaluation can outlast NCCL's default 10 minutes).
 """
 
 from __future__ import annotations
@@ -18,8 +22,12 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import time
+from datetime import timedelta
 from pathlib import Path
+
+import torch.distributed as dist
 
 from neuroldm import __version__
 from neuroldm.config import Config, save_config
@@ -60,6 +68,24 @@ def _check_stage(name: str | None, option: str) -> None:
         raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
 
 
+BARRIER_TIMEOUT = timedelta(hours=12)
+
+
+def _join_torchrun(device: str) -> int:
+    """This process's rank; joins the torchrun group (with `BARRIER_TIMEOUT`) when there is more than one."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return 0
+    if not dist.is_initialized():
+        backend = "nccl" if device.startswith("cuda") else "gloo"
+        dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
+    return dist.get_rank()
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
 def _preflight(cfg: Config) -> None:
     """Fail in one line before hours of training when the evaluation's FID weights are missing."""
     from neuroldm.evaluate.inception import find_inception, resolve_feature_network
@@ -76,12 +102,20 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     if from_stage and only:
         raise ConfigError("--from and --only exclude each other")
     run = Path(run_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run)
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
     _preflight(cfg)
+    main = _join_torchrun(device) == 0
+    if main:
+        run.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, run)
+    _barrier()
     state = read_pipeline(run)
+
+    def save() -> None:
+        if main:
+            write_json_atomic(run / PIPELINE_FILE, state)
+
     records: dict = state.setdefault("stages", {})
     cfg_dict = cfg.to_dict()
     fingerprints: dict[str, str] = {}
@@ -117,7 +151,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             log.info("[%s] up to date: reused", stage.name)
             continue
         resuming = rec.get("state") == "running" and rec.get("fingerprint") == fp and not forced
-        if not resuming and not stage.always:
+        if main and not resuming and not stage.always:
             if (stage.partial_clean is not None and not forced and rec.get("state") == "done"
                     and rec.get("base_fingerprint") == base_fp):
                 stage.partial_clean(run)
@@ -125,16 +159,19 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
                 remove_outputs(run, stage)
         records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp, "state": "running",
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(run / PIPELINE_FILE, state)
-        log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
+        save()
+        _barrier()  # outputs cleaned and the record written before any rank starts
+        if main:
+            log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
         t0 = time.perf_counter()
         try:
-            summary = stage.run(ctx)
+            summary = stage.run(ctx) if main or stage.distributed else {}
+            _barrier()
         except BaseException:
             # the record stays "running": a re-run with the same settings re-enters (and resumes) this stage
             invocation.append({"name": stage.name, "status": "failed", "seconds": round(time.perf_counter() - t0, 1)})
             state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
-            write_json_atomic(run / PIPELINE_FILE, state)
+            save()
             raise
         seconds = round(time.perf_counter() - t0, 1)
         if stage.always:
@@ -148,8 +185,10 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
                                "summary": summary}
         fingerprints[stage.name] = fp
         invocation.append({"name": stage.name, "status": "reused" if unchanged else "ran", "seconds": seconds})
-        log.info("[%s] %s in %.1f s", stage.name, "up to date" if unchanged else "done", seconds)
-        write_json_atomic(run / PIPELINE_FILE, state)
+        if main:
+            log.info("[%s] %s in %.1f s", stage.name, "up to date" if unchanged else "done", seconds)
+        save()
     state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
-    write_json_atomic(run / PIPELINE_FILE, state)
+    save()
+    _barrier()
     return state

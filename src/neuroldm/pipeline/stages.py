@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch.distributed as dist
+
 from neuroldm.config import Config
 from neuroldm.errors import ConfigError
 
@@ -76,6 +78,7 @@ class Stage:
     # stage's outputs are reused by the stage itself), instead of everything in `clean`
     partial: tuple[str, ...] = ()
     partial_clean: Callable[[Path], None] | None = None
+    distributed: bool = False  # runs on every torchrun rank (DDP training); otherwise on rank 0 only
     always: bool = False  # cheap or self-caching: run every time (its fingerprint is then taken from its output)
     enabled: Callable[[Config], bool] = field(default=lambda cfg: True)
 
@@ -107,8 +110,12 @@ def _train_vae(ctx: Context) -> dict:
     from neuroldm.vae.reconstruct import reconstruct
     from neuroldm.vae.train import train_vae
 
-    record_stage(ctx.run, "train-vae", ctx.cfg, prepared=ctx.prepared.resolve())
-    summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, progress=ctx.progress)
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    if main:
+        record_stage(ctx.run, "train-vae", ctx.cfg, prepared=ctx.prepared.resolve())
+    summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
+    if not main:
+        return {}
     recon = reconstruct(ctx.run, ctx.prepared, split="val", device=ctx.device, progress=ctx.progress)
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "val_n": recon["n"],
             **{f"val_{k}": round(v, 4) for k, v in recon["mean"].items()}}
@@ -125,6 +132,8 @@ def _train_diffusion(ctx: Context) -> dict:
     from neuroldm.diffusion.train import train_diffusion
 
     summary = train_diffusion(ctx.run, ctx.cfg, progress=ctx.progress)
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return {}
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"]}
 
 
@@ -233,16 +242,16 @@ STAGES: tuple[Stage, ...] = (
     Stage("prepare", _prepare, ("data", "prepare", "split", "pipeline.input"), ("demo-cohort",),
           ("prepared/manifest.csv",), always=True),
     Stage("train-vae", _train_vae, ("vae", "data.classes"), ("prepare",),
-          ("vae/model.safetensors", "vae/reconstruction/metrics.json"), clean=("vae",)),
+          ("vae/model.safetensors", "vae/reconstruction/metrics.json"), clean=("vae",), distributed=True),
     Stage("encode", _encode, (), ("train-vae",), ("latents/latents.json",), clean=("latents",)),
     Stage("train-diffusion", _train_diffusion, ("diffusion",), ("encode",), ("diffusion/model.safetensors",),
-          clean=("diffusion",)),
+          clean=("diffusion",), distributed=True),
     Stage("sample", _sample, ("sample", "seed", "pipeline.samples_per_class", "classifier.regimes",
                               "classifier.mix_ratios", "classifier.synthetic_ratio"),
           ("train-diffusion",), ("samples/manifest.csv",), clean=("samples",)),
     Stage("classify-grid", _classify_grid, ("classifier", "data.classes"), ("prepare", "sample"),
           ("classify-grid/summary.json",), clean=("classify-grid",), partial=("sample",),
-          partial_clean=_clean_synthetic_runs),
+          partial_clean=_clean_synthetic_runs, distributed=True),
     Stage("evaluate", _evaluate, ("evaluate", "data.classes", "pipeline.latent_memorization"),
           ("prepare", "sample", "classify-grid", "encode"), ("evaluation/metrics.json",), clean=("evaluation",)),
     Stage("saliency", _saliency, ("classifier.saliency", "pipeline.saliency_limit"), ("classify-grid",),
