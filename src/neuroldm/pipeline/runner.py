@@ -148,7 +148,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         if up_to_date:
             fingerprints[stage.name] = fp
             invocation.append({"name": stage.name, "status": "reused", "seconds": 0.0})
-            log.info("[%s] up to date: reused", stage.name)
+            if main:
+                log.info("[%s] up to date: reused", stage.name)
             continue
         resuming = rec.get("state") == "running" and rec.get("fingerprint") == fp and not forced
         if main and not resuming and not stage.always:
