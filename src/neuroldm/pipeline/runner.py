@@ -188,6 +188,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         invocation.append({"name": stage.name, "status": "reused" if unchanged else "ran", "seconds": seconds})
         if main:
             log.info("[%s] %s in %.1f s", stage.name, "up to date" if unchanged else "done", seconds)
+        # kept current after every stage, so the report (the last stage) shows this invocation
+        state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
         save()
     state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
     save()

@@ -157,6 +157,8 @@ def summary_blocks(run: Path) -> list[Block]:
         order = {name: i for i, name in enumerate(STAGE_NAMES)}
         rows, total = [], 0.0
         for name, rec in sorted(records.items(), key=lambda item: order.get(item[0], len(order))):
+            if name == "report" and rec.get("state") == "running":
+                continue  # this page, being written
             seconds = float(rec.get("seconds") or 0) if rec.get("state") == "done" else None
             total += seconds or 0.0
             rows.append([name, rec.get("state", "?"), last.get(name, ""), fmt(seconds), rec.get("finished", "")])
@@ -209,12 +211,14 @@ def real_vs_synthetic_blocks(run: Path, per_class: int = VOLUMES_PER_CLASS) -> l
                for _, path in pairs}
     window_from = [volumes[p] for pairs in real.values() for _, p in pairs] or list(volumes.values())
     lo, hi = np.percentile(np.concatenate([v[::2, ::2, ::2].ravel() for v in window_from]), [0.5, 99.5])
-    fig_rows = [(f"{classes[c]}", [(name, volumes[p]) for name, p in real.get(c, []) + synthetic.get(c, [])])
-                for c in sorted(classes)]
+    # a real row above a synthetic row per class: half the width of one row per class, so slices stay legible
+    fig_rows = [(f"{classes[c]} {kind}", [(name, volumes[p]) for name, p in group.get(c, [])])
+                for c in sorted(classes) for kind, group in (("real", real), ("synthetic", synthetic))
+                if group.get(c)]
     counts = ", ".join(f"{classes[c]}: {len(real.get(c, []))} real, {len(synthetic.get(c, []))} synthetic"
                        for c in sorted(classes))
     blocks.append(Figure(real_vs_synthetic(fig_rows, (float(lo), float(hi))),
-                         f"Orthogonal mid slices, one row per class ({counts}); real volumes from the training "
+                         f"Orthogonal mid slices, a real and a synthetic row per class ({counts}); real volumes from the training "
                          f"split. One grey window for all: {fmt(lo)} to {fmt(hi)}, the "
                          f"{'real' if real else 'synthetic'} volumes' 0.5th to 99.5th percentile."))
     return blocks
