@@ -161,6 +161,10 @@ class AugmentConfig(Section):
     intensity_scale: float = Field(0.05, ge=0)  # +- fraction
     intensity_shift: float = Field(0.05, ge=0)  # +- in normalised units
     left_right_flip: bool = False  # off by default: it swaps the lesion side of unilateral disease
+    # resolution: a Gaussian blur (sigma 0.5-1 voxel) or an unsharp mask (alpha 1-5), each with this probability;
+    # teaches invariance to sharpness, e.g. between blurrier synthetic and sharper real volumes
+    blur_prob: float = Field(0.0, ge=0, le=1)
+    sharpen_prob: float = Field(0.0, ge=0, le=1)
 
 
 class VAEConfig(Section):

@@ -68,3 +68,27 @@ def test_random_patches_are_seeded_and_inside_the_volume(rows):
     windows = full.unfold(0, 12, 1).unfold(1, 16, 1).unfold(2, 8, 1)  # every possible patch position
     assert (windows == a[0]).flatten(3).all(-1).any(), "the patch is not a window of the volume"
     assert not torch.equal(a, ds[(0, 1)]["image"])
+
+
+def _roughness(img: torch.Tensor) -> float:
+    """Mean squared difference of neighbouring voxels: high-frequency energy."""
+    return float(sum((torch.diff(img, dim=d) ** 2).mean() for d in (1, 2, 3)))
+
+
+def test_resolution_augmentation_blurs_or_sharpens_and_is_off_by_default():
+    from scipy import ndimage
+
+    rng = np.random.default_rng(1)
+    img = torch.from_numpy(ndimage.gaussian_filter(rng.normal(size=(24, 28, 20)), 1.0).astype(np.float32))[None]
+    default = AugmentConfig(prob=0.0)
+    assert default.blur_prob == 0 and default.sharpen_prob == 0
+    assert torch.equal(torch.as_tensor(build_augmentation(default)(img)), img)
+    blur = build_augmentation(AugmentConfig(prob=0.0, blur_prob=1.0))
+    sharp = build_augmentation(AugmentConfig(prob=0.0, sharpen_prob=1.0))
+    for seed in range(3):
+        blur.set_random_state(seed=seed)
+        sharp.set_random_state(seed=seed)
+        blurred, sharpened = torch.as_tensor(blur(img)), torch.as_tensor(sharp(img))
+        assert blurred.shape == sharpened.shape == img.shape
+        assert _roughness(blurred) < 0.8 * _roughness(img) < 0.8 * _roughness(sharpened)
+        assert torch.corrcoef(torch.stack([sharpened.flatten(), img.flatten()]))[0, 1] > 0.7  # same anatomy

@@ -17,8 +17,8 @@ import numpy as np
 import nibabel as nib
 import pandas as pd
 import torch
-from monai.transforms import (Compose, RandAffine, RandFlip, RandScaleIntensity, RandShiftIntensity,
-                              RandSpatialCrop)
+from monai.transforms import (Compose, RandAffine, RandFlip, RandGaussianSharpen, RandGaussianSmooth,
+                              RandScaleIntensity, RandShiftIntensity, RandSpatialCrop)
 from torch.utils.data import Dataset
 
 from neuroldm.config import AugmentConfig
@@ -44,6 +44,12 @@ def build_augmentation(cfg: AugmentConfig) -> Compose:
         RandScaleIntensity(factors=cfg.intensity_scale, prob=cfg.prob),
         RandShiftIntensity(offsets=cfg.intensity_shift, prob=cfg.prob),
     ]
+    if cfg.blur_prob > 0:
+        transforms.append(RandGaussianSmooth(sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0),
+                                             prob=cfg.blur_prob))
+    if cfg.sharpen_prob > 0:  # x_b + alpha (x_b - G_0.5 x_b), x_b the input lightly blurred (sigma 0.4-0.6)
+        transforms.append(RandGaussianSharpen(sigma1_x=(0.4, 0.6), sigma1_y=(0.4, 0.6), sigma1_z=(0.4, 0.6),
+                                              alpha=(1.0, 5.0), prob=cfg.sharpen_prob))
     if cfg.left_right_flip:  # spatial axis 0 of an RAS volume is left-right; the other two are never flipped
         transforms.append(RandFlip(prob=0.5, spatial_axis=0))
     return Compose(transforms)
