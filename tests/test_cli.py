@@ -59,3 +59,13 @@ def test_readme_test_command_is_what_ci_runs():
     assert len(commands) == 2, "the Quickstart holds two commands: set up + run, set up + test"
     ci = (ROOT / ".ci" / "run").read_text()
     assert commands[1].strip() in ci.splitlines()
+
+
+def test_run_errors_are_one_line(tmp_path, capsys):
+    assert main(["run", "--preset", "paper", "--out", str(tmp_path / "r"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pipeline.input is not set" in err
+    assert main(["demo", "--out", str(tmp_path / "d"), "--from", "train-vea", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown stage" in err and "train-diffusion" in err
+    assert not (tmp_path / "d").exists()  # nothing written before the arguments are checked

@@ -296,14 +296,9 @@ def _print_pipeline(state: dict, run: Path) -> None:
     print(f"\nrun directory: {run}; report: {run / 'report.html'}")
 
 
-def cmd_run(args: argparse.Namespace) -> int:
+def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from neuroldm.pipeline.runner import run_pipeline
 
-    if args.config_file is not None:
-        if args.config is not None:
-            raise NeuroLDMError("give the config file either as the argument or with --config, not both")
-        args.config = args.config_file
-    cfg = _resolve(args)
     out = Path(args.out)
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
                          progress=not args.no_progress)
@@ -312,10 +307,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.config_file is not None:
+        if args.config is not None:
+            raise NeuroLDMError("give the config file either as the argument or with --config, not both")
+        args.config = args.config_file
+    return _run_pipeline(args, _resolve(args))
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from importlib import resources
-
-    from neuroldm.pipeline.runner import run_pipeline
 
     overrides = ["pipeline.input=demo-cohort", *args.overrides]
     if args.quick:
@@ -323,12 +324,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             cfg = load_config("demo", quick, overrides)
     else:
         cfg = load_config("demo", None, overrides)
-    out = Path(args.out)
-    state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
-                         progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:
-        _print_pipeline(state, out)
-    return 0
+    return _run_pipeline(args, cfg)
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
