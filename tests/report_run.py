@@ -1,7 +1,6 @@
 """A small fake run directory in the formats the stages write, made with their own writers where that is cheap
 (the report tests use it; the numbers they look for in the page are module constants here)."""
 
-import json
 from types import SimpleNamespace
 
 import numpy as np

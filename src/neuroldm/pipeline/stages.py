@@ -87,6 +87,11 @@ class Stage:
 # Stage functions: each returns a small JSON-able summary for pipeline.json
 # --------------------------------------------------------------------------------------------------------------
 
+def _is_main() -> bool:
+    """Rank 0 of a torchrun group, or the only process."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
 def _demo_cohort(ctx: Context) -> dict:
     from neuroldm.demo.cohort import make_demo_cohort
 
@@ -110,7 +115,7 @@ def _train_vae(ctx: Context) -> dict:
     from neuroldm.vae.reconstruct import reconstruct
     from neuroldm.vae.train import train_vae
 
-    main = not dist.is_initialized() or dist.get_rank() == 0
+    main = _is_main()
     if main:
         record_stage(ctx.run, "train-vae", ctx.cfg, prepared=ctx.prepared.resolve())
     summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
@@ -132,7 +137,7 @@ def _train_diffusion(ctx: Context) -> dict:
     from neuroldm.diffusion.train import train_diffusion
 
     summary = train_diffusion(ctx.run, ctx.cfg, progress=ctx.progress)
-    if dist.is_initialized() and dist.get_rank() != 0:
+    if not _is_main():
         return {}
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"]}
 

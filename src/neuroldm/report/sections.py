@@ -218,8 +218,8 @@ def real_vs_synthetic_blocks(run: Path, per_class: int = VOLUMES_PER_CLASS) -> l
     counts = ", ".join(f"{classes[c]}: {len(real.get(c, []))} real, {len(synthetic.get(c, []))} synthetic"
                        for c in sorted(classes))
     blocks.append(Figure(real_vs_synthetic(fig_rows, (float(lo), float(hi))),
-                         f"Orthogonal mid slices, a real and a synthetic row per class ({counts}); real volumes from the training "
-                         f"split. One grey window for all: {fmt(lo)} to {fmt(hi)}, the "
+                         f"Orthogonal mid slices, a real and a synthetic row per class ({counts}); real volumes "
+                         f"from the training split. One grey window for all: {fmt(lo)} to {fmt(hi)}, the "
                          f"{'real' if real else 'synthetic'} volumes' 0.5th to 99.5th percentile."))
     return blocks
 
