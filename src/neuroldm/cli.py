@@ -162,6 +162,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     result = sample_to_folder(args.run, args.out, args.n, args.label, sampler=args.sampler or cfg.sampler,
                               steps=args.steps or cfg.steps,
                               guidance=args.guidance if args.guidance is not None else cfg.guidance,
+                              guidance_interval=(args.guidance_interval if args.guidance_interval is not None
+                                                 else cfg.guidance_interval),
                               eta=cfg.eta, seed=args.seed, batch_size=args.batch_size or cfg.batch_size,
                               device=_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
@@ -449,6 +451,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, 1 = none (default: sample.guidance)")
+    p.add_argument("--guidance-interval", type=int, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                   help="guide only at training timesteps LOW..HIGH, e.g. 0 500 (default: sample.guidance_interval;"
+                        " unset: every step)")
     p.add_argument("--seed", type=int, default=0, help="seed of the first volume")
     p.add_argument("--batch-size", type=int, default=None, help="volumes per batch (default: sample.batch_size)")
     p.add_argument("--out", required=True, help="output folder")

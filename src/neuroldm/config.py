@@ -222,8 +222,17 @@ class SampleConfig(Section):
     sampler: Literal["ddpm", "ddim", "dpm++"] = "dpm++"
     steps: int = Field(25, ge=1)  # ignored by ddpm, which runs every training timestep
     guidance: float = Field(1.0, ge=0)  # classifier-free guidance scale; 1: none
+    # guide only at training timesteps low <= t <= high (Kynkaanniemi et al. 2024); null: at every step
+    guidance_interval: tuple[int, int] | None = None
     batch_size: int = Field(4, ge=1)
     eta: float = Field(0.0, ge=0)  # DDIM stochasticity (0: deterministic)
+
+    @field_validator("guidance_interval")
+    @classmethod
+    def _interval(cls, v):
+        if v is not None and not 0 <= v[0] <= v[1]:
+            raise ValueError(f"guidance_interval must be [low, high] with 0 <= low <= high, got {list(v)}")
+        return v
 
 class SaliencyConfig(Section):
     """Captum attributions of a trained classifier (`neuroldm.classify.saliency`)."""

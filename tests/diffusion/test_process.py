@@ -113,3 +113,42 @@ def test_min_snr_weights(prediction):
     s = snr(sched, t)
     w = s.clamp(max=5) / (s if prediction == "epsilon" else s + 1)
     assert float(loss) == pytest.approx(float((w * target.pow(2).flatten(1).mean(1)).mean()), rel=1e-5)
+
+
+class GuidanceRecorder(Oracle):
+    """The exact denoiser, recording the guidance scale it is asked for at each timestep."""
+
+    def __init__(self, target, cfg):
+        super().__init__(target, cfg)
+        self.calls: list[tuple[int, float]] = []
+
+    def forward_with_cfg(self, x, t, y, guidance):
+        self.calls.append((int(t[0]), guidance))
+        return self(x, t, y)
+
+
+def test_guidance_interval_guides_only_the_timesteps_inside_it():
+    cfg = DiffusionConfig()
+    noise = torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
+    model = GuidanceRecorder(torch.zeros(1, 1, 2, 2, 2), cfg)
+    sample_latents(model, cfg, torch.tensor([1]), noise, sampler="ddim", steps=10, guidance=3.0,
+                   guidance_interval=(0, 500))
+    timesteps = make_sampler(cfg, "ddim", 10).timesteps.tolist()
+    assert [t for t, _ in model.calls] == timesteps
+    assert {t: g for t, g in model.calls} == {t: (3.0 if t <= 500 else 1.0) for t in timesteps}
+    assert {g for _, g in model.calls} == {1.0, 3.0}  # both sides of 500 are visited: the test can fail
+
+    everywhere = GuidanceRecorder(torch.zeros(1, 1, 2, 2, 2), cfg)
+    sample_latents(everywhere, cfg, torch.tensor([1]), noise, sampler="ddim", steps=10, guidance=3.0,
+                   guidance_interval=(0, cfg.num_train_timesteps))
+    assert {g for _, g in everywhere.calls} == {3.0}
+
+
+def test_guidance_interval_must_be_ordered():
+    from pydantic import ValidationError
+
+    from neuroldm.config import SampleConfig
+
+    assert SampleConfig(guidance_interval=[0, 500]).guidance_interval == (0, 500)
+    with pytest.raises(ValidationError, match="guidance_interval"):
+        SampleConfig(guidance_interval=[600, 500])

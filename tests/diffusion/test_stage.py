@@ -95,6 +95,34 @@ def test_sample_writes_one_nifti_per_volume_and_resumes(run, tmp_path, capsys):
     assert len(pd.read_csv(out / "manifest.csv")) == 4
 
 
+def test_guidance_interval_reaches_the_sampler_and_names_the_sample(run, tmp_path, monkeypatch):
+    if not (run / "diffusion" / "model.safetensors").exists():
+        train_diffusion(run, load_config(None, None, TINY), progress=False)
+    import neuroldm.diffusion.sample as sample_module
+
+    seen = []
+    original = sample_module.sample_latents
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs["guidance_interval"])
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(sample_module, "sample_latents", spy)
+    out = tmp_path / "samples"
+    base = ["sample", "--run", str(run), "--n", "1", "--label", "TLE", "--sampler", "ddim", "--steps", "4",
+            "--guidance", "3", "--out", str(out), "--no-progress"]
+    assert main(base) == 0 and main(base + ["--guidance-interval", "0", "500"]) == 0
+    assert seen == [None, (0, 500)]
+    s = read_sample_manifest(out)
+    assert sorted(s.rows["sample"]) == ["TLE_ddim4_g3_seed0", "TLE_ddim4_g3i0-500_seed0"]
+    side = json.loads((out / "TLE_ddim4_g3i0-500_seed0.json").read_text())
+    assert side["guidance_interval"] == [0, 500] and side["guidance"] == 3
+    # the setting is read from the config too; an interval without guidance changes nothing and names nothing
+    assert main(base[:-5] + ["--guidance", "1", "--set", "sample.guidance_interval=[0,500]", "--out", str(out),
+                             "--no-progress"]) == 0
+    assert seen[-1] == (0, 500) and "TLE_ddim4_g1_seed0" in set(read_sample_manifest(out).rows["sample"])
+
+
 def test_sample_refuses_unknown_label_and_foreign_folder(run, tmp_path):
     if not (run / "diffusion" / "model.safetensors").exists():
         train_diffusion(run, load_config(None, None, TINY), progress=False)

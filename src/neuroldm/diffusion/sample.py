@@ -68,12 +68,13 @@ class Generator:
 
     @torch.no_grad()
     def latents(self, labels: Sequence[int], seeds: Sequence[int], *, sampler: str, steps: int,
-                guidance: float = 1.0, eta: float = 0.0, progress=None) -> torch.Tensor:
+                guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None, eta: float = 0.0,
+                progress=None) -> torch.Tensor:
         """VAE latents ``(B, C, d, h, w)`` (already divided by the scale factor) for `labels` and `seeds`."""
         noise, gens = self.initial_noise(seeds)
         y = torch.tensor([int(v) for v in labels], device=self.device)
         z = sample_latents(self.dit, self.cfg, y, noise, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                           generators=gens, progress=progress)
+                           guidance_interval=guidance_interval, generators=gens, progress=progress)
         return z / self.scale_factor
 
     @torch.no_grad()
@@ -82,23 +83,28 @@ class Generator:
 
 
 def generate(run_dir: str | Path, labels: Sequence[str | int], seeds: Sequence[int], *, sampler: str = "dpm++",
-             steps: int = 25, guidance: float = 1.0, eta: float = 0.0, decode: bool = True,
-             device: str = "cpu") -> torch.Tensor:
+             steps: int = 25, guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None,
+             eta: float = 0.0, decode: bool = True, device: str = "cpu") -> torch.Tensor:
     """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed."""
     gen = Generator(run_dir, device)
     z = gen.latents([gen.label_index(v) for v in labels], seeds, sampler=sampler, steps=steps, guidance=guidance,
-                    eta=eta)
+                    guidance_interval=guidance_interval, eta=eta)
     return gen.decode(z) if decode else z
 
 
-def sample_name(label: str, sampler: str, steps: int, guidance: float, seed: int) -> str:
+def sample_name(label: str, sampler: str, steps: int, guidance: float, seed: int,
+                guidance_interval: tuple[int, int] | None = None) -> str:
+    """File stem, e.g. ``TLE_dpmpp25_g3_seed7``; guidance limited to timesteps 0-500 adds ``i0-500``."""
     tag = {"dpm++": "dpmpp"}.get(sampler, sampler)
-    return f"{label}_{tag}{steps}_g{guidance:g}_seed{seed}"
+    interval = "" if guidance_interval is None or guidance == 1.0 else \
+        f"i{guidance_interval[0]}-{guidance_interval[1]}"
+    return f"{label}_{tag}{steps}_g{guidance:g}{interval}_seed{seed}"
 
 
 def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | int, *, sampler: str = "dpm++",
-                     steps: int = 25, guidance: float = 1.0, eta: float = 0.0, seed: int = 0, batch_size: int = 4,
-                     device: str = "cpu", progress: bool = True) -> dict:
+                     steps: int = 25, guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None,
+                     eta: float = 0.0, seed: int = 0, batch_size: int = 4, device: str = "cpu",
+                     progress: bool = True) -> dict:
     """Write `n` volumes of class `label` to `out` (skipping finished ones); returns a summary."""
     out = Path(out)
     gen = Generator(run_dir, device)
@@ -112,8 +118,13 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
             "run": str(Path(run_dir).resolve())}
     _check_same_generator(out, info)
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
+    interval = None if guidance_interval is None else (int(guidance_interval[0]), int(guidance_interval[1]))
+
+    def stem_of(s: int) -> str:
+        return sample_name(name, sampler, steps, guidance, s, interval)
+
     seeds = [seed + i for i in range(n)]
-    todo = [s for s in seeds if not _done(out, sample_name(name, sampler, steps, guidance, s))]
+    todo = [s for s in seeds if not _done(out, stem_of(s))]
     per_volume = steps
     bar = tqdm(total=n * per_volume, initial=(n - len(todo)) * per_volume, unit="step", disable=not progress,
                desc=f"sample {name}", dynamic_ncols=True)
@@ -121,13 +132,14 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
     try:
         for b in range(0, len(todo), batch_size):
             chunk = todo[b:b + batch_size]
-            z = gen.latents([idx] * len(chunk), chunk, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                            progress=lambda: bar.update(len(chunk)))
+            z = gen.latents([idx] * len(chunk), chunk, sampler=sampler, steps=steps, guidance=guidance,
+                            guidance_interval=interval, eta=eta, progress=lambda: bar.update(len(chunk)))
             vols = gen.decode(z)
             for s, vol in zip(chunk, vols):
-                stem = sample_name(name, sampler, steps, guidance, s)
+                stem = stem_of(s)
                 meta = {"sample": stem, "label": idx, "label_name": name, "seed": s, "sampler": sampler,
-                        "steps": steps, "guidance": guidance, "eta": eta,
+                        "steps": steps, "guidance": guidance,
+                        "guidance_interval": None if interval is None else list(interval), "eta": eta,
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
                 save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out / f"{stem}.nii.gz")

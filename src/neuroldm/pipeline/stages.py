@@ -175,7 +175,8 @@ def _sample(ctx: Context) -> dict:
     for k, (name, n) in enumerate(counts.items()):
         # seeds of different classes never overlap: class k starts at seed + k * 1e6
         r = sample_to_folder(ctx.run, ctx.samples, n, name, sampler=scfg.sampler, steps=scfg.steps,
-                             guidance=scfg.guidance, eta=scfg.eta, seed=ctx.cfg.seed + k * 1_000_000,
+                             guidance=scfg.guidance, guidance_interval=scfg.guidance_interval, eta=scfg.eta,
+                             seed=ctx.cfg.seed + k * 1_000_000,
                              batch_size=scfg.batch_size, device=ctx.device, progress=ctx.progress)
         seconds += r["seconds"]
         written += r["written"]
