@@ -11,6 +11,7 @@ from neuroldm.config import DiffusionConfig, load_config
 from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
 from neuroldm.diffusion.weights import export_dit
 from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.evaluate.run import _fid_figure
 from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
@@ -129,6 +130,9 @@ def _evaluation(run, prepared, samples):
     fidelity = conditional_fidelity(lambda x: torch.tensor([[0.3, 0.7]] * len(x)), syn_paths, labels, CLASSES)
     figures = [_fid_figure(groups, "fid_random_features", g, out / f"slice_fid_{g}.png").name for g in groups]
     train_paths = sorted(str(p) for p in (prepared / "volumes").glob("*.nii"))
+    held_out = (train_paths[4:], [0, 1, 0, 1])  # validation and test subjects: two per class for a jackknife CI
+    class_diff = class_difference((train_paths[:4], [0, 1, 0, 1]), held_out, (syn_paths, labels), CLASSES)
+    class_diff["training_set"] = "generator's training subjects (samples.json)"
     figures.append(memorization.closest_pairs_figure([("HC_0000", syn_paths[0], "sub-01", train_paths[0], 0.02)],
                                                      out / "closest_pairs.png").name)
     write_json_atomic(out / "metrics.json", {
@@ -139,7 +143,8 @@ def _evaluation(run, prepared, samples):
                       "n_used": {"HC": 3, "TLE": 3, "total": 6}, "n_audited": {"HC": 2, "TLE": 2, "total": 4}},
         "feature_network": {"name": "random seeded CNN", "metric": "fid_random_features", "dim": 4},
         "intensity_window": [0.0, 1.3], "grid": list(GRID), "slice_positions": {a: 3 for a in AXES},
-        "groups": groups, "memorization": mem, "fidelity": fidelity, "figures": figures})
+        "groups": groups, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
+        "figures": figures})
     return groups
 
 

@@ -35,6 +35,14 @@ def test_metrics_come_from_the_stage_outputs(fake):
     assert m["memorization.flagged"] == 0 and m["memorization.flagged.n"] == 4
     assert 0 <= m["synthetic.class_fidelity.low"] <= m["synthetic.class_fidelity"] <= 1
     assert m["wall_seconds"] == pytest.approx(0.4 + 3456.5)  # finished stages only
+    cd = json.loads((run / "evaluation" / "metrics.json").read_text())["class_difference"]["contrasts"]["TLE-HC"]
+    assert (m["synthetic.class_difference.corr_heldout"], m["synthetic.class_difference.corr_heldout.low"],
+            m["synthetic.class_difference.corr_heldout.high"], m["synthetic.class_difference.corr_heldout.n"]) == \
+        (cd["corr_heldout"], *cd["corr_heldout_ci95"], 4)
+    assert m["synthetic.class_difference.corr_training"] == cd["corr_training"] > 0  # brighter TLE brains in all sets
+    assert m["synthetic.class_difference.corr_training.n"] == 4
+    assert m["real.class_difference.corr_training_heldout"] == cd["corr_training_heldout"]
+    assert m["synthetic.class_difference.amplification"] == cd["amplification"]
 
 
 def test_written_atomically_and_every_headline_key_documented(fake, tmp_path):

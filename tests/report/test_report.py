@@ -1,4 +1,5 @@
 import base64
+import json
 import re
 import shutil
 
@@ -64,6 +65,16 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert f"N={test['n']} ({test['n_pos']} positive)" in html
     assert "3,456" in html and "3,457" in html  # a stage's seconds and the total of the finished ones
     assert re.search(r"<td>saliency</td><td[^>]*>running</td><td[^>]*>failed</td>", html)
+
+
+def test_class_difference_agreement_is_tabulated(fake_run, page):
+    html, _ = page
+    ev = json.loads((fake_run[0] / "evaluation" / "metrics.json").read_text())
+    c = ev["class_difference"]["contrasts"]["TLE-HC"]
+    ci = ", ".join(fmt(v) for v in c["corr_heldout_ci95"])
+    assert re.search(rf"<td>TLE-HC</td><td[^>]*>{re.escape(fmt(c['corr_training']))}</td>"
+                     rf"<td[^>]*>{re.escape(fmt(c['corr_heldout']))} \[{re.escape(ci)}\]</td>", html)
+    assert "4 / 4 / 4" in html  # N of training / held-out / synthetic volumes
 
 
 def test_a_missing_stage_gets_a_note_and_the_rest_still_renders(fake_run, tmp_path):

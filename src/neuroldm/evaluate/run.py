@@ -31,6 +31,7 @@ from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
 from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.evaluate.inception import resolve_feature_network
 from neuroldm.evaluate.slice_fid import AXES, extract_slice_features, intensity_window, per_slice_fid, slice_positions
@@ -140,6 +141,8 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
           ``n_volumes``;
     - ``memorization``: ``image`` (and ``latent`` with `vae_run`): see `memorization.audit`; ``training_set`` says
       whether the training volumes are the generator's own (``samples.json`` ``train_subjects``);
+    - ``class_difference``: `neuroldm.evaluate.class_difference.class_difference` of the generator's training
+      volumes (as for memorization), the held-out and the audited synthetic volumes, plus ``training_set``;
     - ``fidelity``: `conditional_fidelity` with a classifier, else ``{"skipped"}``;
     - ``figures``: written file names.
     """
@@ -241,6 +244,12 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
                   float(d[i])) for i in order]
         figures.append(memorization.closest_pairs_figure(pairs, out / "closest_pairs.png").name)
 
+    class_diff = class_difference((list(train["path"]), list(train["label"])),
+                                  (list(held["path"]), list(held["label"])),
+                                  (list(syn_all["path"]), list(syn_all["label"])), classes,
+                                  progress=progress) | {
+        "training_set": training_set}
+
     fidelity = (conditional_fidelity(predict, list(syn_all["path"]), list(syn_all["label"]), classes)
                 if predict is not None else {"skipped": "no classifier given"})
 
@@ -253,7 +262,8 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
                       "n_used": _counts(syn, classes), "n_audited": _counts(syn_all, classes)},
         "feature_network": net.describe(), "intensity_window": list(window), "grid": list(grid),
         "slice_positions": {a: len(p) for a, p in zip(AXES, positions, strict=True)},
-        "groups": groups, "memorization": mem, "fidelity": fidelity, "figures": figures,
+        "groups": groups, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
+        "figures": figures,
         "seconds": round(time.time() - t0, 1),
     }
     write_json_atomic(out / "metrics.json", metrics)

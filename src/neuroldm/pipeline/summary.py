@@ -24,6 +24,15 @@ KEYS: dict[str, str] = {
     "classifier.synthetic.auc_ratio": "classifier.synthetic.auc / classifier.real.auc (train-on-synthetic utility)",
     "synthetic.class_fidelity": "share of synthetic volumes the real-trained classifier labels as the class asked "
                                 "for (Wilson CI)",
+    "synthetic.class_difference.corr_heldout": "correlation of the synthetic and the held-out real class-difference "
+                                               "maps (mean of one class minus the other; jackknife CI; N: held-out)",
+    "synthetic.class_difference.corr_training": "the same against the generator's training volumes (near 1 with "
+                                                "corr_heldout no better than the real baseline: it copies the "
+                                                "training groups, chance differences included)",
+    "real.class_difference.corr_training_heldout": "training vs held-out real maps: the baseline for corr_heldout "
+                                                   "(what a generator that copies its training groups scores)",
+    "synthetic.class_difference.amplification": "RMS of the synthetic class-difference map / that of the training "
+                                                "volumes (guidance makes it > 1)",
     "saliency.ig.roi_enrichment": "Integrated Gradients: share of the top-1% attribution mass inside the ROI "
                                   "divided by the ROI's share of the grid (1 = chance; bootstrap CI)",
     "saliency.ixg.roi_enrichment": "the same ROI enrichment for Input x Gradient",
@@ -93,6 +102,15 @@ def collect_metrics(run: str | Path) -> dict:
             if r:
                 _put(out, f"{prefix}.{comparison}.overall", r["mean"], n=r["n_b"])
                 _put(out, f"{prefix}.{comparison}.2_5d", r["fid_2_5d"])
+        contrasts = ev.get("class_difference", {}).get("contrasts", {})
+        first = next(iter(contrasts.values()), {})  # the first contrast: class 1 - class 0
+        if "corr_heldout" in first:
+            _put(out, "synthetic.class_difference.corr_heldout", first["corr_heldout"], *first["corr_heldout_ci95"],
+                 n=sum(first["n"]["heldout"]))
+            _put(out, "synthetic.class_difference.corr_training", first["corr_training"],
+                 n=sum(first["n"]["training"]))
+            _put(out, "real.class_difference.corr_training_heldout", first["corr_training_heldout"])
+            _put(out, "synthetic.class_difference.amplification", first["amplification"])
         mem = ev.get("memorization", {})
         audits = [a for a in (mem.get("image"), mem.get("latent")) if a and "n_copies" in a]
         if audits:

@@ -360,6 +360,20 @@ def _memorization_rows(mem: dict) -> list[list[str]]:
     return rows
 
 
+def _class_difference_rows(cd: dict) -> list[list[str]]:
+    rows = []
+    for name, c in cd.get("contrasts", {}).items():
+        if "skipped" in c:
+            rows.append([name, f"skipped ({c['skipped']})", "–", "–", "–", "–"])
+            continue
+        n = c["n"]
+        rows.append([name, fmt(c["corr_training"]),
+                     f"{fmt(c['corr_heldout'])} [" + ", ".join(fmt(v) for v in c["corr_heldout_ci95"]) + "]",
+                     fmt(c["corr_training_heldout"]), fmt(c["amplification"]),
+                     " / ".join(str(sum(n[k])) for k in ("training", "heldout", "synthetic"))])
+    return rows
+
+
 def evaluation_blocks(run: Path) -> list[Block]:
     folder = run / "evaluation"
     m = _read_json(folder / "metrics.json")
@@ -421,6 +435,15 @@ def evaluation_blocks(run: Path) -> list[Block]:
         blocks.append(Table(["requested class", "labelled as requested", "95% CI (Wilson)", "N",
                              "mean P(requested)"], rows,
                             "Conditional fidelity: does a classifier trained on real volumes see the requested class?"))
+    rows = _class_difference_rows(m.get("class_difference", {}))
+    if rows:
+        blocks.append(Table(["contrast", "synthetic vs training", "synthetic vs held-out [95% CI]",
+                             "real: training vs held-out", "amplification", "N (training / held-out / synthetic)"],
+                            rows, "Class-difference agreement: correlation of the class-mean difference maps. A "
+                                  "generator that learned the effect agrees with held-out subjects about as well as "
+                                  "the training subjects do (real column); one that agrees with its training "
+                                  "subjects far better than with held-out ones learned their chance differences, "
+                                  "and a classifier trained on its samples will not transfer"))
     names = list(m.get("figures") or []) or sorted(p.name for p in folder.glob("*.png"))
     for name in names:
         path = folder / name
