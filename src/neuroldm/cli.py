@@ -553,7 +553,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
-                    "it with the demo preset, offline on the CPU (about 20 minutes on 2 cores; --quick: a few "
+                    "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
                     "minutes, only to see every stage work). OUT is a run directory that `neuroldm sample --run` "
                     "and `neuroldm report` accept.")
     p.add_argument("--out", default="runs/demo", help="run directory")

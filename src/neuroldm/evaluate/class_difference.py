@@ -67,12 +67,13 @@ def _stack(paths: Sequence[str]) -> np.ndarray:
     return np.stack([load_prepared_volume(p).ravel() for p in paths])
 
 
-def _jackknife_ci(full: float, groups: list[tuple[np.ndarray, np.ndarray]], stat) -> list[float]:
+def _jackknife_ci(full: float, groups: list[np.ndarray], stat) -> list[float]:
     """95 % CI of a correlation: delete-one jackknife over every volume of every group, on Fisher's z scale.
 
-    `groups` are ``(volumes (n, V), other groups' fixed part)`` pairs handled by `stat(g, mean_without_i)`. The
-    bootstrap is not used: resampling with replacement adds noise to the class means, which biases a correlation
-    of means downward, so its percentile interval can miss the estimate itself.
+    `groups` are the volumes ``(n, V)`` of each group; ``stat(g, mean)`` is the correlation with group `g`'s mean
+    replaced by `mean` (its mean without one volume). The bootstrap is not used: resampling with replacement adds
+    noise to the class means, which biases a correlation of means downward, so its percentile interval can miss
+    the estimate itself.
     """
     var = 0.0
     for g, x in enumerate(groups):
@@ -120,10 +121,11 @@ def class_difference(training: tuple[Sequence[str], Sequence[int]], heldout: tup
             m[g] = mean_g
             return _corr(m[3] - m[2], m[1] - m[0])
 
+        corr_heldout = _corr(d_syn, d_held)
         out["contrasts"][name] = {
             "corr_training": _corr(d_syn, d_train),
-            "corr_heldout": _corr(d_syn, d_held),
-            "corr_heldout_ci95": _jackknife_ci(_corr(d_syn, d_held), groups, corr_without),
+            "corr_heldout": corr_heldout,
+            "corr_heldout_ci95": _jackknife_ci(corr_heldout, groups, corr_without),
             "corr_training_heldout": _corr(d_train, d_held),
             "amplification": _rms(d_syn) / _rms(d_train) if _rms(d_train) > 0 else float("nan"),
             "rms": {"synthetic": _rms(d_syn), "training": _rms(d_train), "heldout": _rms(d_held)},
