@@ -18,7 +18,7 @@ from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
 from neuroldm.evaluate.stats import mean_ci
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import METRICS, classification_report
-from neuroldm.runs import record_stage
+from neuroldm.runs import RunDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.viz.slices import comparison_figure
 
@@ -205,7 +205,7 @@ def make_fake_run(run):
     """A run directory with every stage's outputs; returns the numbers the tests look for."""
     prepared = _prepared(run)
     samples = _samples(run)
-    record_stage(run, "train-vae", load_config("demo", None, []), prepared=prepared.resolve())
+    RunDir(run).record_stage("train-vae", load_config("demo", None, []), prepared=prepared.resolve())
     write_json_atomic(run / "metrics.json", RUN_METRICS)
     write_json_atomic(run / "pipeline.json", {
         "stages": {"prepare": {"state": "done", "seconds": 0.4, "finished": "2026-12-01T10:00:00"},

@@ -2,6 +2,7 @@ import pytest
 import yaml
 
 from neuroldm.config import Config, load_config, parse_override, save_config
+from neuroldm.runs import RunDir
 from neuroldm.errors import ConfigError
 
 
@@ -81,6 +82,6 @@ def test_label_map_is_replaced_not_merged(tmp_path):
 
 def test_saved_config_round_trips(tmp_path):
     cfg = load_config("demo", None, ["split.seed=11"])
-    path = save_config(cfg, tmp_path / "run")
+    path = save_config(cfg, RunDir(tmp_path / "run").config)
     assert Config.model_validate(yaml.safe_load(path.read_text())) == cfg
     assert load_config(None, path) == cfg

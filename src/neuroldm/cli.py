@@ -2,6 +2,10 @@
 
 Every subcommand takes the same configuration options (``--preset``, ``--config``, ``--set key=value``),
 prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
+
+Each command imports its stage's modules inside its function, so that ``neuroldm --help`` and a bad argument
+answer at once without loading torch, MONAI or Captum: this is the one module where function-level imports are
+the rule.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from neuroldm import __version__
 from neuroldm.config import PRESETS, Config, load_config
 from neuroldm.errors import NeuroLDMError
+from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
 
 log = logging.getLogger("neuroldm")
 
@@ -46,11 +51,10 @@ def _resolve(args: argparse.Namespace) -> Config:
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory."""
-    from neuroldm.runs import prepared_dir, record_stage
-
     cfg = _resolve(args)
-    prepared = prepared_dir(args.run, args.prepared)
-    record_stage(args.run, stage, cfg, prepared=prepared.resolve())
+    run = RunDir(args.run)
+    prepared = run.prepared_cohort(args.prepared).root
+    run.record_stage(stage, cfg, prepared=prepared.resolve())
     return cfg, prepared
 
 
@@ -75,7 +79,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
           f"{'x'.join(map(str, cfg.prepare.grid))} grid at {'x'.join(f'{s:g}' for s in cfg.prepare.spacing)} mm"
           f"{f'; {len(df) - len(ok)} invalid skipped' if len(df) > len(ok) else ''}")
     print(counts.to_string())
-    print(f"manifest: {Path(args.out) / 'manifest.csv'}")
+    print(f"manifest: {PreparedDir(args.out).manifest}")
     return 0
 
 
@@ -107,15 +111,15 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
-    from neuroldm.runs import prepared_dir
     from neuroldm.vae.reconstruct import reconstruct
 
-    result = reconstruct(args.run, prepared_dir(args.run, args.prepared), split=args.split,
+    run = RunDir(args.run)
+    result = reconstruct(args.run, run.prepared_cohort(args.prepared).root, split=args.split,
                          save_volumes=args.save_volumes, progress=not args.no_progress)
     m = result["mean"]
     print(f"{result['split']} split, N={result['n']}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
           f"MS-SSIM {m['ms_ssim']:.4f}, L1 {m['l1']:.4f}")
-    print(f"metrics and figure: {Path(args.run) / 'vae' / 'reconstruction'}")
+    print(f"metrics and figure: {run.vae.reconstruction}")
     return 0
 
 
@@ -131,21 +135,19 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_sample(args: argparse.Namespace) -> int:
-    from neuroldm.runs import read_run
     from neuroldm.vae.prior import sample_prior
 
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
-                         prepared=read_run(args.run).get("prepared"), progress=not args.no_progress)
+                         prepared=RunDir(args.run).read_record().get("prepared"), progress=not args.no_progress)
     print(f"wrote {len(paths)} volumes to {args.out}")
     return 0
 
 
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
-    from neuroldm.runs import record_stage
 
     cfg = _resolve(args)
-    record_stage(args.run, "train-diffusion", cfg)
+    RunDir(args.run).record_stage("train-diffusion", cfg)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
     best = summary["best"]
     print(f"trained the diffusion model for {summary['steps']} steps in {summary['seconds']:.0f} s; last loss "
@@ -167,17 +169,17 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               eta=cfg.eta, seed=args.seed, batch_size=args.batch_size or cfg.batch_size,
                               device=_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
-          f"{result['seconds']:.1f} s; manifest: {Path(args.out) / 'manifest.csv'}")
+          f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
     parts = [f"{n} {report[n]['value']:.3f} [{report[n]['low']:.3f}, {report[n]['high']:.3f}]" for n in names]
     return f"N={report['n']} ({report['n_pos']} positive): " + ", ".join(parts) + " (95% CI)"
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
-    from neuroldm.classify.train import CLASSIFIER_DIR, train_classifier
+    from neuroldm.classify.train import train_classifier
 
     cfg, prepared = _start_stage(args, "classify")
-    out = Path(args.out) if args.out else Path(args.run) / CLASSIFIER_DIR
+    out = Path(args.out) if args.out else RunDir(args.run).classifier.root
     result = train_classifier(prepared, out, cfg, regime=args.regime, samples=args.samples, fold=args.fold,
                               seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
     if not result:  # a non-main torchrun process
@@ -191,7 +193,7 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_grid(args: argparse.Namespace) -> int:
-    from neuroldm.classify.grid import GRID_DIR, run_grid
+    from neuroldm.classify.grid import run_grid
 
     cfg, prepared = _start_stage(args, "classify-grid")
     summary = run_grid(prepared, args.run, cfg, samples=args.samples, resume=not args.no_resume,
@@ -202,17 +204,17 @@ def cmd_classify_grid(args: argparse.Namespace) -> int:
         p = row["p_vs_real"]
         print(f"{row['regime']:>16} {row['split']:>4} N={row['n']}: pooled AUC {row['auc']:.3f} "
               f"[{row['auc_low']:.3f}, {row['auc_high']:.3f}]" + ("" if p != p else f", paired DeLong p={p:.3g}"))
-    print(f"{summary['runs']} runs; tables: {Path(args.run) / GRID_DIR / 'summary.md'}")
+    print(f"{summary['runs']} runs; tables: {RunDir(args.run).grid.summary_md}")
     return 0
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
-    from neuroldm.classify.saliency import SALIENCY_DIR, explain_cohort
-    from neuroldm.classify.train import CLASSIFIER_DIR
+    from neuroldm.classify.saliency import explain_cohort
 
     cfg, prepared = _start_stage(args, "saliency")
-    out = Path(args.out) if args.out else Path(args.run) / SALIENCY_DIR
-    summary = explain_cohort(args.model or Path(args.run) / CLASSIFIER_DIR, prepared, out, cfg, split=args.split,
+    run = RunDir(args.run)
+    out = Path(args.out) if args.out else run.saliency.root
+    summary = explain_cohort(args.model or run.classifier.root, prepared, out, cfg, split=args.split,
                              limit=args.limit, progress=not args.no_progress)
     for method, entry in summary["methods"].items():
         line = f"{method}: {entry['seconds_per_volume']:.1f} s/volume"
@@ -272,7 +274,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def _print_pipeline(state: dict, run: Path) -> None:
-    from neuroldm.pipeline.summary import KEYS
+    from neuroldm.report.headline import KEYS
 
     inv = state["last_invocation"]
     recorded = state["stages"]
@@ -282,11 +284,8 @@ def _print_pipeline(state: dict, run: Path) -> None:
         print(f"{s['name']:<16} {s['status']:<8} {s['seconds']:>8.1f}s "
               f"{'' if built is None else f'{built:>10.1f}s'}")
     print(f"{'total':<16} {'':<8} {inv['seconds']:>8.1f}s")
-    metrics_path = run / "metrics.json"
-    if metrics_path.exists():
-        import json
-
-        metrics = json.loads(metrics_path.read_text())
+    metrics = RunDir(run).read_metrics()
+    if metrics is not None:
         print()
         for key in KEYS:
             if key in metrics:
@@ -295,7 +294,7 @@ def _print_pipeline(state: dict, run: Path) -> None:
                       if f"{key}.low" in metrics else "")
                 n = f" (N={metrics[key + '.n']})" if f"{key}.n" in metrics else ""
                 print(f"{key:<34} {v:.4g}{ci}{n}" if isinstance(v, float) else f"{key:<34} {v}{ci}{n}")
-    print(f"\nrun directory: {run}; report: {run / 'report.html'}")
+    print(f"\nrun directory: {run}; report: {RunDir(run).report}")
 
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
@@ -330,10 +329,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _pipeline_options(p: argparse.ArgumentParser) -> None:
-    from neuroldm.pipeline.stages import STAGE_NAMES
-
     p.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
-                   help=f"rebuild this stage and every later one ({', '.join(STAGE_NAMES)})")
+                   help=f"rebuild this stage and every later one ({', '.join(STAGE_ORDER)})")
     p.add_argument("--only", metavar="STAGE", default=None, help="run this stage alone (its inputs must exist)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")

@@ -2,7 +2,8 @@
 
 Every section is a pydantic model that forbids unknown keys, so a typo such as ``prepare.spacng`` stops the run
 with the list of valid keys instead of being silently ignored. The resolved config is saved in every run
-directory (`save_config`) so a run can always be traced back to the exact settings that produced it.
+directory (`save_config`, at `neuroldm.runs.RunDir.config`) so a run can always be traced back to the exact
+settings that produced it.
 """
 
 from __future__ import annotations
@@ -452,8 +453,10 @@ def load_config(preset: str | None = None, config_file: str | Path | None = None
         raise ConfigError(f"config key '{loc}': {err['msg']} (got {err.get('input')!r})") from None
 
 
-def save_config(cfg: Config, run_dir: str | Path) -> Path:
-    """Write the resolved config as ``run_dir/config.yaml`` (atomically) and return its path."""
-    path = Path(run_dir) / "config.yaml"
+def save_config(cfg: Config, path: str | Path) -> Path:
+    """Write the resolved config as YAML to `path` (atomically) and return the path.
+
+    A run keeps it as `neuroldm.runs.RunDir.config`; `load_config(None, path)` reads it back."""
+    path = Path(path)
     write_text_atomic(path, cfg.to_yaml())
     return path

@@ -17,6 +17,8 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from neuroldm.errors import InputError
+
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
 
 
@@ -83,7 +85,7 @@ def sha256_array(array: np.ndarray) -> str:
 
 def save_weights_atomic(module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
     """A module's state dict as one safetensors file with string `metadata` (the config that built it)."""
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # imports torch: here, so that `neuroldm --help` stays fast
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
     with atomic_path(path) as tmp:
@@ -96,9 +98,7 @@ def load_weights(path: str | os.PathLike, device="cpu", *, required_key: str, wh
 
     A damaged file or one without `required_key` in its metadata is an `InputError` naming the file.
     """
-    from safetensors import safe_open
-
-    from neuroldm.errors import InputError
+    from safetensors import safe_open  # as in save_weights_atomic
 
     try:
         with safe_open(str(path), framework="pt", device=str(device)) as f:

@@ -1,50 +1,489 @@
-"""The run directory: one folder per experiment, holding every stage's outputs and the settings behind them.
+"""The run directory: every path of a run, and the readers of each stage's outputs, in one place.
 
     RUN/
-      config.yaml          resolved configuration of the last stage run here (each stage keeps its own copy too)
+      config.yaml          resolved configuration of the last stage run here
       run.json             where the prepared cohort is, and which stages ran when
-      vae/                 train-vae: checkpoints/, metrics.csv, model.safetensors, reconstruction/
-      latents/             encode: one safetensors file per volume, index.csv, latents.json (scale factor)
+      pipeline.json        `neuroldm run`: per stage its fingerprint, state and wall time; the stage order
+      metrics.json         the run's headline numbers (flat keys)
+      report.html          `neuroldm report`
+      cohort/              demo-cohort (only with pipeline.input = demo-cohort)
+      prepared/            prepare: manifest.csv, prepare_summary.json, volumes/, rois/
+      vae/                 train-vae: checkpoints/, metrics.csv, train_summary.json, model.safetensors,
+                           reconstruction/ (metrics.json, reconstruction.png, volumes/)
+      latents/             encode: volumes/<key>.safetensors, index.csv, latents.json (scale factor)
+      diffusion/           train-diffusion: checkpoints/, metrics.csv, train_summary.json, model.safetensors
+      samples/             sample: one NIfTI + JSON sidecar per volume, manifest.csv, samples.json
+      classifier/          classify: model.safetensors, result.json, predictions.csv, training_set.csv, ...
+      classify-grid/       classify-grid: <regime>/seed-<s>[/fold-<k>]/ (each a classifier folder), runs.csv,
+                           predictions.csv, summary.json / .md / .html
+      evaluation/          evaluate: metrics.json and figures
+      saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
 
-Later stages find their inputs here, so ``neuroldm encode --run RUN`` needs nothing else.
+Each folder has a small view class (`ModelDir`, `SampleDir`, ...) that names the files inside it. A view works on
+any folder, inside a run or not (``neuroldm sample --out DIR`` writes a `SampleDir` anywhere), so a stage writes
+and a reader reads through the same names; no other module spells a run sub-folder or an output file name.
+
+This module sits low in the package: it imports nothing of neuroldm but the config, errors and io.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import time
+from dataclasses import dataclass
 from pathlib import Path
+
+from safetensors import safe_open
 
 from neuroldm.config import Config, save_config
 from neuroldm.errors import InputError
 from neuroldm.io import write_json_atomic
 
-RUN_FILE = "run.json"
+CONFIG_NAME = "config.yaml"
+MODEL_NAME = "model.safetensors"
+
+# The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
+# order); the report and the summary read the order from here, or from the run's pipeline.json.
+STAGE_ORDER = ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample", "classify-grid",
+               "evaluate", "saliency", "report")
 
 
-def read_run(run_dir: str | Path) -> dict:
-    path = Path(run_dir) / RUN_FILE
+def read_json(path: str | Path) -> dict | None:
+    """A stage's JSON output, or None when the file is absent (a stage that has not run)."""
+    path = Path(path)
     if not path.exists():
-        return {}
-    return json.loads(path.read_text())
+        return None
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
-def record_stage(run_dir: str | Path, stage: str, cfg: Config, **fields) -> None:
-    """Save the resolved config in the run directory and note the stage (and e.g. the prepared dir) in run.json."""
-    run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    info = read_run(run_dir)
-    info.update({k: str(v) for k, v in fields.items() if v is not None})
-    info.setdefault("stages", {})[stage] = time.strftime("%Y-%m-%dT%H:%M:%S")
-    write_json_atomic(run_dir / RUN_FILE, info)
-    save_config(cfg, run_dir)
+@dataclass(frozen=True)
+class Folder:
+    """A folder of known layout; ``str()`` and ``/`` behave like its path."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "root", Path(self.root))
+
+    def __truediv__(self, other: str) -> Path:
+        return self.root / other
+
+    def __fspath__(self) -> str:
+        return str(self.root)
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def exists(self) -> bool:
+        return self.root.is_dir()
 
 
-def prepared_dir(run_dir: str | Path, given: str | Path | None = None) -> Path:
-    """The prepared cohort of a run: `given`, else the one recorded in run.json."""
-    if given is not None:
-        return Path(given)
-    recorded = read_run(run_dir).get("prepared")
-    if not recorded:
-        raise InputError(Path(run_dir) / RUN_FILE, "no prepared cohort recorded for this run; pass --prepared DIR")
-    return Path(recorded)
+@dataclass(frozen=True)
+class PreparedDir(Folder):
+    """``neuroldm prepare``: volumes on the model grid, their ROI masks and the manifest."""
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "prepare_summary.json"
+
+    @property
+    def config(self) -> Path:
+        """The configuration the cohort was prepared with."""
+        return self.root / CONFIG_NAME
+
+    def volume(self, stem: str) -> Path:
+        """Relative path of a prepared volume (stored relative in the manifest)."""
+        return Path("volumes") / f"{stem}.nii"
+
+    def roi(self, stem: str) -> Path:
+        return Path("rois") / f"{stem}_roi.nii.gz"
+
+    def cached_files(self) -> list[Path]:
+        """Every prepared volume and ROI file in the folder (those the manifest lists and stale ones)."""
+        return [f for folder in ("volumes", "rois") for f in sorted((self.root / folder).glob("*.nii*"))]
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary)
+
+
+@dataclass(frozen=True)
+class CheckpointDir(Folder):
+    """The training engine's checkpoints: ``last`` (resumable) and ``best`` (by the monitored metric)."""
+
+    def named(self, name: str) -> Path:
+        return self.root / f"{name}.safetensors"
+
+    @property
+    def last(self) -> Path:
+        return self.named("last")
+
+    @property
+    def best(self) -> Path:
+        return self.named("best")
+
+
+@dataclass(frozen=True)
+class ModelDir(Folder):
+    """A trained model's folder (autoencoder, diffusion model, one classifier): the engine's files and the export."""
+
+    @property
+    def model(self) -> Path:
+        return self.root / MODEL_NAME
+
+    @property
+    def checkpoints(self) -> CheckpointDir:
+        return CheckpointDir(self.root / "checkpoints")
+
+    @property
+    def train_log(self) -> Path:
+        return self.root / "metrics.csv"
+
+    @property
+    def train_summary(self) -> Path:
+        return self.root / "train_summary.json"
+
+    def read_train_summary(self) -> dict | None:
+        return read_json(self.train_summary)
+
+    def read_model_header(self) -> tuple[dict[str, str], int] | None:
+        """``(metadata, parameter count)`` of the exported model from its safetensors header (no weights are
+        read), or None when there is no export."""
+        if not self.model.exists():
+            return None
+        with safe_open(str(self.model), framework="np") as f:
+            metadata = f.metadata() or {}
+            n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (a handle)
+        return metadata, n_params
+
+
+@dataclass(frozen=True)
+class ReconstructionDir(Folder):
+    """``neuroldm reconstruct``: per-split metrics, the comparison figure, optionally the volumes."""
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def figure(self) -> Path:
+        return self.root / "reconstruction.png"
+
+    def volume(self, stem: str) -> Path:
+        return self.root / "volumes" / f"{stem}_recon.nii.gz"
+
+    def read_metrics(self) -> dict | None:
+        return read_json(self.metrics)
+
+
+@dataclass(frozen=True)
+class VaeDir(ModelDir):
+    @property
+    def reconstruction(self) -> ReconstructionDir:
+        return ReconstructionDir(self.root / "reconstruction")
+
+
+@dataclass(frozen=True)
+class LatentsDir(Folder):
+    """``neuroldm encode``: one safetensors file per volume, the index and latents.json (scale factor)."""
+
+    @property
+    def index(self) -> Path:
+        return self.root / "index.csv"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "latents.json"
+
+    def volume(self, key: str) -> Path:
+        """Relative path (as stored in the index) of one volume's posterior."""
+        return Path("volumes") / f"{key}.safetensors"
+
+    def read_info(self) -> dict:
+        info = read_json(self.info)
+        if info is None:
+            raise InputError(self.info, "no encoded latents; run `neuroldm encode` first")
+        return info
+
+
+@dataclass(frozen=True)
+class SampleDir(Folder):
+    """A sample folder (`neuroldm.samples`): a NIfTI and a JSON sidecar per volume, manifest.csv, samples.json."""
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / "manifest.csv"
+
+    @property
+    def info(self) -> Path:
+        return self.root / "samples.json"
+
+    def volume(self, stem: str) -> Path:
+        return self.root / f"{stem}.nii.gz"
+
+    def sidecar(self, stem: str) -> Path:
+        return self.root / f"{stem}.json"
+
+    def sidecars(self) -> list[Path]:
+        """Every per-volume sidecar, sorted (samples.json excluded)."""
+        return [p for p in sorted(self.root.glob("*.json")) if p.name != self.info.name]
+
+    @property
+    def prior_info(self) -> Path:
+        """``neuroldm vae-sample``'s record of how its volumes were drawn."""
+        return self.root / "vae_prior.json"
+
+    def prior_volume(self, seed: int, i: int) -> Path:
+        return self.root / f"vae-prior_seed{seed}_{i:04d}.nii.gz"
+
+
+@dataclass(frozen=True)
+class ClassifierDir(ModelDir):
+    """``neuroldm classify`` (one classifier): the model, result.json, predictions and the training set."""
+
+    @property
+    def result(self) -> Path:
+        return self.root / "result.json"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def training_set(self) -> Path:
+        return self.root / "training_set.csv"
+
+    def read_result(self) -> dict | None:
+        return read_json(self.result)
+
+
+@dataclass(frozen=True)
+class GridDir(Folder):
+    """``neuroldm classify-grid``: one classifier folder per regime, seed and fold, and the tables."""
+
+    def run(self, regime: str, seed: int, fold: int | None) -> ClassifierDir:
+        out = self.root / regime / f"seed-{seed}"
+        return ClassifierDir(out / f"fold-{fold}" if fold is not None else out)
+
+    def regime_of(self, path: Path) -> str:
+        """The regime name of a folder directly inside the grid (e.g. ``synthetic-1``)."""
+        return Path(path).relative_to(self.root).parts[0]
+
+    @property
+    def runs_table(self) -> Path:
+        return self.root / "runs.csv"
+
+    @property
+    def predictions(self) -> Path:
+        return self.root / "predictions.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def summary_md(self) -> Path:
+        return self.root / "summary.md"
+
+    @property
+    def summary_html(self) -> Path:
+        return self.root / "summary.html"
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary)
+
+
+@dataclass(frozen=True)
+class EvaluationDir(Folder):
+    """``neuroldm evaluate``: metrics.json and its figures."""
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    def slice_fid_figure(self, group: str) -> Path:
+        return self.root / f"slice_fid_{group}.png"
+
+    @property
+    def closest_pairs_figure(self) -> Path:
+        return self.root / "closest_pairs.png"
+
+    def figure_kind(self, name: str) -> tuple[str, str | None]:
+        """What a figure file of this folder shows: ``("slice_fid", group)``, ``("closest_pairs", None)`` or
+        ``("other", None)``."""
+        if name.startswith("slice_fid_") and name.endswith(".png"):
+            return "slice_fid", name[len("slice_fid_"):-len(".png")]
+        if name == self.closest_pairs_figure.name:
+            return "closest_pairs", None
+        return "other", None
+
+    def read_metrics(self) -> dict | None:
+        return read_json(self.metrics)
+
+
+@dataclass(frozen=True)
+class SaliencyDir(Folder):
+    """``neuroldm saliency``: summary.json, attributions.csv, per method the maps and their figures."""
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    @property
+    def attributions(self) -> Path:
+        return self.root / "attributions.csv"
+
+    def map(self, method: str, name: str) -> Path:
+        return self.root / method / f"{name}.nii.gz"
+
+    MEAN_PREFIX = "mean_"
+
+    @classmethod
+    def mean_name(cls, class_name: str) -> str:
+        """Name of a class-mean map (and its figure); subject maps are named by `neuroldm.classify.saliency`."""
+        return f"{cls.MEAN_PREFIX}{class_name}"
+
+    @classmethod
+    def mean_class(cls, path: Path) -> str | None:
+        """The class of a class-mean map or figure, None for a subject's."""
+        stem = Path(path).name.split(".")[0]
+        return stem[len(cls.MEAN_PREFIX):] if stem.startswith(cls.MEAN_PREFIX) else None
+
+    def figures(self, method: str) -> Path:
+        return self.root / method / "figures"
+
+    def figure(self, method: str, name: str) -> Path:
+        return self.figures(method) / f"{name}.png"
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary)
+
+
+@dataclass(frozen=True)
+class RunDir(Folder):
+    """One run directory: every stage's folder and the run's own files."""
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def record(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def pipeline(self) -> Path:
+        return self.root / "pipeline.json"
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / "metrics.json"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report.html"
+
+    @property
+    def cohort(self) -> Path:
+        return self.root / "cohort"
+
+    @property
+    def cohort_participants(self) -> Path:
+        """The demo cohort's BIDS participants table: written last, so its presence means the cohort is whole."""
+        return self.cohort / "participants.tsv"
+
+    @property
+    def prepared(self) -> PreparedDir:
+        return PreparedDir(self.root / "prepared")
+
+    @property
+    def vae(self) -> VaeDir:
+        return VaeDir(self.root / "vae")
+
+    @property
+    def latents(self) -> LatentsDir:
+        return LatentsDir(self.root / "latents")
+
+    @property
+    def diffusion(self) -> ModelDir:
+        return ModelDir(self.root / "diffusion")
+
+    @property
+    def samples(self) -> SampleDir:
+        return SampleDir(self.root / "samples")
+
+    @property
+    def classifier(self) -> ClassifierDir:
+        return ClassifierDir(self.root / "classifier")
+
+    @property
+    def grid(self) -> GridDir:
+        return GridDir(self.root / "classify-grid")
+
+    @property
+    def evaluation(self) -> EvaluationDir:
+        return EvaluationDir(self.root / "evaluation")
+
+    @property
+    def saliency(self) -> SaliencyDir:
+        return SaliencyDir(self.root / "saliency")
+
+    def stage_paths(self, names: tuple[str, ...]) -> list[Path]:
+        """Paths of a stage's outputs by attribute path, e.g. ``("vae.model", "latents.info")``."""
+        out = []
+        for name in names:
+            node: object = self
+            for part in name.split("."):
+                node = getattr(node, part)
+            out.append(Path(node))
+        return out
+
+    # ---- readers -------------------------------------------------------------------------------------------
+
+    def read_record(self) -> dict:
+        return read_json(self.record) or {}
+
+    def read_pipeline(self) -> dict:
+        return read_json(self.pipeline) or {"stages": {}}
+
+    def read_metrics(self) -> dict | None:
+        return read_json(self.metrics)
+
+    def stage_order(self) -> tuple[str, ...]:
+        """The stage order recorded in pipeline.json by the run that wrote it, else today's `STAGE_ORDER`."""
+        return tuple(self.read_pipeline().get("order") or STAGE_ORDER)
+
+    def prepared_cohort(self, given: str | Path | None = None) -> PreparedDir:
+        """The prepared cohort of a run: `given`, else the one recorded in run.json."""
+        if given is not None:
+            return PreparedDir(Path(given))
+        recorded = self.read_record().get("prepared")
+        if not recorded:
+            raise InputError(self.record, "no prepared cohort recorded for this run; pass --prepared DIR")
+        return PreparedDir(Path(recorded))
+
+    def find_prepared(self) -> PreparedDir | None:
+        """``RUN/prepared`` when it holds a manifest, else the cohort recorded in run.json, else None."""
+        if self.prepared.manifest.exists():
+            return self.prepared
+        recorded = self.read_record().get("prepared")
+        return PreparedDir(Path(recorded)) if recorded and PreparedDir(Path(recorded)).manifest.exists() else None
+
+    # ---- writers -------------------------------------------------------------------------------------------
+
+    def save_config(self, cfg: Config) -> Path:
+        return save_config(cfg, self.config)
+
+    def record_stage(self, stage: str, cfg: Config, **fields) -> None:
+        """Save the resolved config in the run directory and note the stage (and e.g. the prepared dir) in run.json."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        info = self.read_record()
+        info.update({k: str(v) for k, v in fields.items() if v is not None})
+        info.setdefault("stages", {})[stage] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        write_json_atomic(self.record, info)
+        self.save_config(cfg)
+

@@ -24,9 +24,8 @@ import pandas as pd
 
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.runs import SampleDir
 
-SAMPLE_MANIFEST = "manifest.csv"
-SAMPLE_INFO = "samples.json"
 SAMPLE_COLUMNS = ["sample", "path", "label", "label_name", "seed", "sampler", "steps", "guidance"]
 
 
@@ -55,8 +54,9 @@ def write_sample_manifest(folder: str | Path, rows: pd.DataFrame, info: dict) ->
     out["path"] = [str(Path(p).resolve().relative_to(folder.resolve())) if Path(p).is_absolute() else str(p)
                    for p in out["path"]]
     extra = [c for c in out.columns if c not in SAMPLE_COLUMNS]
-    write_json_atomic(folder / SAMPLE_INFO, info)
-    with atomic_path(folder / SAMPLE_MANIFEST) as tmp:
+    layout = SampleDir(folder)
+    write_json_atomic(layout.info, info)
+    with atomic_path(layout.manifest) as tmp:
         out[SAMPLE_COLUMNS + extra].to_csv(tmp, index=False)
 
 
@@ -64,7 +64,8 @@ def read_sample_manifest(path: str | Path) -> SampleSet:
     """Read a sample folder (or its ``manifest.csv``); paths become absolute and every file must exist."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    csv = folder / SAMPLE_MANIFEST
+    layout = SampleDir(folder)
+    csv = layout.manifest
     if not csv.exists():
         raise InputError(csv, "sample manifest not found; run `neuroldm sample` first")
     rows = pd.read_csv(csv, dtype={"sample": str, "label_name": str, "sampler": str}, keep_default_na=False)
@@ -76,7 +77,7 @@ def read_sample_manifest(path: str | Path) -> SampleSet:
     absent = [p for p in rows["path"] if not Path(p).exists()]
     if absent:
         raise InputError(absent[0], f"listed in {csv} but missing ({len(absent)} missing in all)")
-    info_path = folder / SAMPLE_INFO
+    info_path = layout.info
     if not info_path.exists():
         raise InputError(info_path, "missing: the sample folder does not say which subjects trained its generator")
     return SampleSet(folder=folder, rows=rows, info=json.loads(info_path.read_text()))

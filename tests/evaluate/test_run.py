@@ -124,7 +124,8 @@ def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatc
     from neuroldm.vae import decode, encode
     from neuroldm.vae.network import build_vae
     from neuroldm.vae.perceptual import MedicalNetResNet10
-    from neuroldm.vae.weights import MODEL_FILE, export_vae
+    from neuroldm.runs import RunDir
+    from neuroldm.vae.weights import export_vae
 
     def pooled_encoder(model, x, cfg):  # a cheap deterministic stand-in for the autoencoder's posterior
         mu = torch.nn.functional.avg_pool3d(x, 4)
@@ -133,7 +134,7 @@ def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatc
     monkeypatch.setattr(encode, "encode_volume", pooled_encoder)  # encode_cohort's reference
     monkeypatch.setattr(decode, "encode_volume", pooled_encoder)  # the one evaluate imports
     vae_cfg = VAEConfig(arch="demo", latent_channels=1)
-    export_vae(build_vae(vae_cfg).eval(), vae_cfg, tmp_path / "run" / MODEL_FILE)
+    export_vae(build_vae(vae_cfg).eval(), vae_cfg, RunDir(tmp_path / "run").vae.model)
     encode.encode_cohort(tmp_path / "run", cohort, progress=False)
     train = read_manifest(cohort).query("split == 'train'")
     volumes = [(_volume(train["path"].iloc[2]), 0)] + [(brain(600 + s, s % 2), s % 2) for s in range(5)]

@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from neuroldm.errors import NeuroLDMError
+from neuroldm.runs import SampleDir
 from neuroldm.samples import SampleSet
 
 REGIME_COLUMNS = ["subject", "path", "label", "source"]
@@ -93,14 +94,14 @@ def check_leak(samples: SampleSet, val: pd.DataFrame, test: pd.DataFrame) -> Non
     """Stop if any subject the generator was trained on is in `val` or `test`."""
     trained = set(samples.train_subjects)
     if not trained:
-        raise LeakError(f"{samples.folder / 'samples.json'}: lists no train_subjects, so the leak guard cannot "
+        raise LeakError(f"{SampleDir(samples.folder).info}: lists no train_subjects, so the leak guard cannot "
                         f"check the generator against the classifier's validation and test subjects")
     for split, rows in (("validation", val), ("test", test)):
         leaked = sorted(trained & set(rows["subject"]))
         if leaked:
             shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
-            raise LeakError(f"{samples.folder / 'samples.json'}: the generator was trained on {len(leaked)} subject(s) "
-                            f"of the classifier's {split} split ({shown}); synthetic data would leak them. Train the "
+            raise LeakError(f"{SampleDir(samples.folder).info}: the generator was trained on {len(leaked)} "
+                            f"subject(s) of the classifier's {split} split ({shown}); synthetic data would leak them. Train the "
                             f"generator without them or classify on a split that holds them out")
 
 

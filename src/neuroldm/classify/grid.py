@@ -20,7 +20,6 @@ generator trained on the manifest's train split has seen the other folds' valida
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from pathlib import Path
@@ -29,25 +28,20 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from neuroldm.classify.data import Regime, check_leak, fold_split, grid_regimes
-from neuroldm.classify.train import RESULT_NAME, train_classifier
+from neuroldm.classify.data import check_leak, fold_split, grid_regimes
+from neuroldm.classify.train import train_classifier
 from neuroldm.config import Config
 from neuroldm.data.manifest import read_manifest
 from neuroldm.io import atomic_path, write_json_atomic, write_text_atomic
 from neuroldm.metrics.classification import METRICS, delong_ci, paired_delong
+from neuroldm.runs import RunDir
 from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
 
-GRID_DIR = "classify-grid"
 LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "sensitivity": "Sensitivity",
           "specificity": "Specificity", "ppv": "PPV", "npv": "NPV", "f1": "F1", "auc_roc": "AUC-ROC",
           "auc_pr": "AUC-PR"}
-
-
-def run_dir_of(root: Path, regime: Regime, seed: int, fold: int | None) -> Path:
-    out = root / regime.name / f"seed-{seed}"
-    return out / f"fold-{fold}" if fold is not None else out
 
 
 def _run_row(result: dict) -> dict:
@@ -149,7 +143,7 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
              resume: bool = True, progress: bool = True) -> dict:
     """Train every run of the grid (reusing finished ones) and write the tables; returns ``summary.json``."""
     ccfg = cfg.classifier
-    root = Path(run_dir) / GRID_DIR
+    root = RunDir(run_dir).grid
     rows = read_manifest(prepared)
     sample_set = read_sample_manifest(samples) if samples is not None else None
     regimes = grid_regimes(ccfg.regimes, ccfg.mix_ratios, ccfg.subset_fractions, ccfg.synthetic_ratio)
@@ -168,26 +162,26 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
     results, predictions = [], []
     plan = [(r, s, f) for r in regimes for s in ccfg.seeds for f in folds]
     for k, (regime, seed, fold) in enumerate(plan, 1):
-        out = run_dir_of(root, regime, seed, fold)
-        if resume and (out / RESULT_NAME).exists():
-            result = json.loads((out / RESULT_NAME).read_text())
+        out = root.run(regime.name, seed, fold)
+        if resume and out.result.exists():
+            result = out.read_result()
         else:
             log.info("grid run %d/%d: %s seed %d%s", k, len(plan), regime.name, seed,
                      f" fold {fold}" if fold is not None else "")
-            result = train_classifier(prepared, out, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
+            result = train_classifier(prepared, out.root, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
                                       resume=resume, progress=progress)
             if not result:  # a non-main torchrun process: rank 0 keeps the books
                 continue
         results.append(_run_row(result))
-        pred = pd.read_csv(out / "predictions.csv", dtype={"subject": str, "session": str}, keep_default_na=False)
+        pred = pd.read_csv(out.predictions, dtype={"subject": str, "session": str}, keep_default_na=False)
         predictions.append(pred.assign(regime=regime.name, seed=seed, fold=-1 if fold is None else fold))
 
     if not results:
         return {}
     runs = pd.DataFrame(results)
     preds = pd.concat(predictions, ignore_index=True)
-    for name, df in (("runs.csv", runs), ("predictions.csv", preds)):
-        with atomic_path(root / name) as tmp:
+    for path, df in ((root.runs_table, runs), (root.predictions, preds)):
+        with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
     order = [r.name for r in regimes]
     summary = summary_table(runs, order)
@@ -200,11 +194,11 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
     note = ("Per-run table: mean ± std over runs [95% t-interval over runs]; threshold "
             f"{ccfg.threshold} on P({cfg.data.classes[1]}). Pooled table: each subject's score averaged over the "
             "regime's runs; AUC with DeLong's 95% CI; paired DeLong test against real-only on the same subjects.")
-    write_text_atomic(root / "summary.md", f"# {title}\n\n{note}\n\n{_markdown(per_run)}\n\n{_markdown(tests)}\n")
-    write_text_atomic(root / "summary.html",
+    write_text_atomic(root.summary_md, f"# {title}\n\n{note}\n\n{_markdown(per_run)}\n\n{_markdown(tests)}\n")
+    write_text_atomic(root.summary_html,
                       f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><p>{note}</p>"
                       + per_run.to_html(index=False, border=0) + tests.to_html(index=False, border=0))
     out = {"runs": len(runs), "regimes": order, "skipped_regimes": skipped, "folds": folds, "seeds": ccfg.seeds,
            "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records")}
-    write_json_atomic(root / "summary.json", out)
+    write_json_atomic(root.summary, out)
     return out

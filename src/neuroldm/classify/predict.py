@@ -22,8 +22,7 @@ from neuroldm.classify.network import build_classifier
 from neuroldm.config import ClassifierConfig
 from neuroldm.errors import InputError
 from neuroldm.io import load_weights, save_weights_atomic, sha256_file
-
-MODEL_NAME = "model.safetensors"
+from neuroldm.runs import ClassifierDir, RunDir
 
 
 def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path, info: dict) -> Path:
@@ -39,7 +38,8 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
     directory (its ``classifier/model.safetensors``)."""
     path = Path(path)
     if path.is_dir():
-        path = path / MODEL_NAME if not (path / "classifier" / MODEL_NAME).exists() else path / "classifier" / MODEL_NAME
+        in_run = RunDir(path).classifier.model
+        path = in_run if in_run.exists() else ClassifierDir(path).model
     if not path.exists():
         raise InputError(path, "no trained classifier; run `neuroldm classify` first")
     state, metadata = load_weights(path, device, required_key="classifier_config", what="classifier")

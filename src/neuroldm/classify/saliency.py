@@ -70,11 +70,10 @@ from neuroldm.data.manifest import read_manifest, reference_affine
 from neuroldm.errors import InputError, NeuroLDMError
 from neuroldm.io import atomic_path, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import bootstrap_ci
+from neuroldm.runs import SaliencyDir
+from neuroldm.viz.overlay import overlay_figure
 
 log = logging.getLogger(__name__)
-
-SALIENCY_DIR = "saliency"
-
 
 def border_value(volume: torch.Tensor) -> float:
     """Median of the voxels on the six faces of a (D, H, W) volume: the scan's background intensity."""
@@ -141,33 +140,6 @@ def roi_enrichment(attribution: np.ndarray, roi: np.ndarray, top_fraction: float
     return {"enrichment": in_roi / roi_fraction, "mass_in_roi": in_roi, "roi_fraction": roi_fraction}
 
 
-def overlay_figure(attribution: np.ndarray, background: np.ndarray, affine: np.ndarray, path: Path, title: str,
-                   roi: np.ndarray | None = None) -> Path:
-    """|attribution| above its 99th percentile over the scan (nilearn), with the ROI outlined, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; never needs a display
-    from nilearn import plotting
-
-    a = np.abs(attribution).astype(np.float32)
-    thr = float(np.percentile(a, 99))
-    cut = None
-    if roi is not None and (roi > 0).any():  # through the ROI label (e.g. hippocampus side) with the most mass
-        labels = [v for v in np.unique(roi) if v > 0]
-        best = max(labels, key=lambda v: float(a[roi == v].sum()))
-        cut = nib.affines.apply_affine(affine, np.argwhere(roi == best).mean(0))
-    display = plotting.plot_stat_map(nib.Nifti1Image(a, affine), bg_img=nib.Nifti1Image(background, affine),
-                                     threshold=thr, display_mode="ortho", cut_coords=cut, cmap="hot",
-                                     symmetric_cbar=False, draw_cross=False, title=title, annotate=True)
-    if roi is not None and (roi > 0).any():
-        display.add_contours(nib.Nifti1Image((roi > 0).astype(np.float32), affine), levels=[0.5], colors="c",
-                             linewidths=0.8)
-    with atomic_path(path) as tmp:
-        display.savefig(str(tmp), dpi=100)
-    display.close()
-    return path
-
-
 def _volume_name(row: pd.Series) -> str:
     session = str(row.get("session", "") or "")
     return f"{row['subject']}_{session}" if session else str(row["subject"])
@@ -194,7 +166,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
     """Attribute every volume of a split with every configured method; write maps, figures and numbers."""
     scfg = cfg.classifier.saliency
     split = split or scfg.split
-    out = Path(out_dir)
+    out = SaliencyDir(out_dir)
     model, info = load_classifier(model_path)
     for p in model.parameters():
         p.requires_grad_(False)  # gradients are needed for the input only
@@ -232,7 +204,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
                 attr, delta = attribute(model, x, target, method, scfg, seed=cfg.classifier.train.seed + i)
                 seconds = time.perf_counter() - start
                 a = attr[0, 0].numpy().astype(np.float32)
-                save_nifti_atomic(a, affine, out / method / f"{name}.nii.gz")
+                save_nifti_atomic(a, affine, out.map(method, name))
                 absolute = np.abs(a, dtype=np.float64)
                 total = absolute.sum()
                 key = (method, label)
@@ -246,7 +218,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
                 records.append(rec)
                 if shown.get(key, 0) < scfg.figures:
                     shown[key] = shown.get(key, 0) + 1
-                    overlay_figure(a, volume, affine, out / method / "figures" / f"{name}.png",
+                    overlay_figure(a, volume, affine, out.figure(method, name),
                                    f"{method} | {name} ({classes[label]}), target {classes[target]}", roi)
                 bar.update()
     finally:
@@ -255,14 +227,14 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
     ref = reference_affine(rows)
     for (method, label), total in sums.items():
         mean = (total / counts[(method, label)]).astype(np.float32)
-        save_nifti_atomic(mean, ref, out / method / f"mean_{classes[label]}.nii.gz")
+        save_nifti_atomic(mean, ref, out.map(method, out.mean_name(classes[label])))
         if scfg.figures:
             bg = (background_sum[label] / int((rows["label"] == label).sum())).astype(np.float32)
-            overlay_figure(mean, bg, ref, out / method / "figures" / f"mean_{classes[label]}.png",
+            overlay_figure(mean, bg, ref, out.figure(method, out.mean_name(classes[label])),
                            f"{method} | mean over {counts[(method, label)]} {classes[label]}")
 
     table = pd.DataFrame(records)
-    with atomic_path(out / "attributions.csv") as tmp:
+    with atomic_path(out.attributions) as tmp:
         table.to_csv(tmp, index=False)
     summary: dict = {"model": info.get("path"), "model_sha256": info.get("sha256"), "split": split,
                      "n_volumes": len(rows), "grid": info["grid"], "baseline": scfg.baseline,
@@ -277,5 +249,5 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
             for label, sub in part.groupby("label"):
                 entry["enrichment"][classes[int(label)]] = _mean_ci(sub["enrichment"].to_numpy(float), 0)
         summary["methods"][method] = entry
-    write_json_atomic(out / "summary.json", summary)
+    write_json_atomic(out.summary, summary)
     return summary

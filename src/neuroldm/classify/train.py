@@ -29,21 +29,20 @@ from torch import nn
 
 from neuroldm.classify.data import Regime, fold_split, regime_rows
 from neuroldm.classify.network import build_classifier, count_parameters
-from neuroldm.classify.predict import MODEL_NAME, export_classifier, predict_proba
+from neuroldm.classify.predict import export_classifier, predict_proba
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import ConfigError, InputError, NeuroLDMError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.metrics.classification import auc_roc, classification_report
+from neuroldm.runs import ClassifierDir
 from neuroldm.samples import SampleSet, read_sample_manifest
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import StepContext, Trainer
 
 log = logging.getLogger(__name__)
 
-CLASSIFIER_DIR = "classifier"
-RESULT_NAME = "result.json"
 
 
 def cross_entropy(ctx: StepContext, batch: dict) -> dict[str, torch.Tensor]:
@@ -123,7 +122,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     regime = Regime.parse(regime) if isinstance(regime, str) else regime
     seed = ccfg.train.seed if seed is None else seed
     tcfg = ccfg.train.model_copy(update={"seed": seed})
-    out = Path(out_dir)
+    out = ClassifierDir(out_dir)
 
     rows = read_manifest(prepared)
     train, val, test = fold_split(rows, fold)
@@ -133,7 +132,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
                                 f"and test subjects (split.val_fraction, split.test_fraction)")
     sample_set = read_sample_manifest(samples) if isinstance(samples, (str, Path)) else samples
     training = regime_rows(regime, train, val, test, sample_set, len(classes), seed)
-    with atomic_path(out / "training_set.csv") as tmp:
+    with atomic_path(out.training_set) as tmp:
         training.to_csv(tmp, index=False)
 
     train_set = VolumeDataset(training, ccfg.augment, seed=seed)
@@ -150,7 +149,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
 
     torch.manual_seed(seed)
     model = build_classifier(ccfg, len(classes))
-    trainer = Trainer(model, tcfg, out, dataset=train_set, loss_fn=cross_entropy,
+    trainer = Trainer(model, tcfg, out.root, dataset=train_set, loss_fn=cross_entropy,
                       validate=_validation(val_set, tcfg.batch_size), monitor="selection", mode="max",
                       sample_weights=weights, patience=ccfg.patience, progress=progress,
                       desc=f"classify {regime.name}" + (f" fold {fold}" if fold is not None else ""),
@@ -159,8 +158,8 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     if not trainer.world.is_main:
         return {}
 
-    best = out / "checkpoints" / "best.safetensors"
-    checkpoint = best if best.exists() else out / "checkpoints" / "last.safetensors"
+    best = out.checkpoints.best
+    checkpoint = best if best.exists() else out.checkpoints.last
     state = load_state(checkpoint)
     final = build_classifier(ccfg, len(classes))
     final.load_state_dict(eval_weights(state))
@@ -175,8 +174,8 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     info = {"classes": classes, "grid": list(val_set.shape), "spacing": _spacing(rows), "regime": regime.name,
             "fold": fold, "seed": seed, "step": state["step"], "val_auc": val_auc,
             "checkpoint": str(checkpoint), "parameters": count_parameters(final)}
-    export_classifier(final, ccfg, out / MODEL_NAME, info)
-    with atomic_path(out / "predictions.csv") as tmp:
+    export_classifier(final, ccfg, out.model, info)
+    with atomic_path(out.predictions) as tmp:
         predictions.to_csv(tmp, index=False)
     t = predictions[predictions["split"] == "test"]
     result = {"regime": regime.name, "fold": fold, "seed": seed, "arch": ccfg.arch, "classes": classes,
@@ -186,5 +185,5 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
               "val_auc": val_auc, "test": classification_report(t["label"], t["score"], ccfg.threshold,
                                                                        ccfg.bootstrap, seed=seed),
               "train_summary": summary, "samples": str(sample_set.folder) if sample_set else None}
-    write_json_atomic(out / RESULT_NAME, result)
+    write_json_atomic(out.result, result)
     return result

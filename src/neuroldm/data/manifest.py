@@ -24,8 +24,8 @@ import pandas as pd
 from neuroldm.data.splits import check_split_leakage
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path
+from neuroldm.runs import PreparedDir
 
-MANIFEST_NAME = "manifest.csv"
 MANIFEST_COLUMNS = ["subject", "session", "label", "label_name", "raw_label", "split", "fold", "path", "roi_path",
                     "shape", "spacing", "source", "source_sha256", "prep_hash", "data_sha256", "cropped_vox",
                     "status", "reason"]
@@ -59,7 +59,7 @@ def read_manifest(path: str | Path, *, usable_only: bool = True) -> pd.DataFrame
     """
     path = Path(path)
     if path.is_dir():
-        path = path / MANIFEST_NAME
+        path = PreparedDir(path).manifest
     if not path.exists():
         raise InputError(path, "manifest not found; run `neuroldm prepare` first")
     df = pd.read_csv(path, dtype=str, keep_default_na=False)

@@ -26,12 +26,13 @@ from tqdm.auto import tqdm
 
 from neuroldm.config import Config, PrepareConfig, save_config
 from neuroldm.data.cohort import read_cohort
-from neuroldm.data.manifest import MANIFEST_COLUMNS, MANIFEST_NAME, write_manifest
+from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
 from neuroldm.data.preprocess import prepare_volume
 from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_groups, find_duplicates
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError, InputErrors
 from neuroldm.io import save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
+from neuroldm.runs import PreparedDir
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ def _process(task: dict) -> dict:
         return {"reason": f"cannot prepare: {e}", "reason_path": source}
     key = hashlib.sha256(f"{task['source_sha256']}{task['prep_hash']}".encode()).hexdigest()[:10]
     stem = _safe("_".join(p for p in (task["subject"], task["session"]) if p))
-    rel = Path("volumes") / f"{stem}_{key}.nii"
+    layout = PreparedDir(out_dir)
+    rel = layout.volume(f"{stem}_{key}")
     save_nifti_atomic(result["image"], result["affine"], out_dir / rel)
     fields = {"path": str(rel), "data_sha256": sha256_array(result["image"]), "cropped_vox": str(result["cropped_vox"])}
     if task.get("roi_source"):
@@ -102,7 +104,7 @@ def _process(task: dict) -> dict:
             roi = _roi_on_grid(Path(task["roi_source"]), result["affine"], cfg.grid)
         except InputError as e:
             return {"reason": f"ROI mask: {e.problem}", "reason_path": e.path}
-        roi_rel = Path("rois") / f"{stem}_{key}_roi.nii.gz"
+        roi_rel = layout.roi(f"{stem}_{key}")
         save_nifti_atomic(roi, result["affine"], out_dir / roi_rel)
         fields["roi_path"] = str(roi_rel)
     return fields
@@ -110,10 +112,11 @@ def _process(task: dict) -> dict:
 
 def _previous(out_dir: Path) -> dict[str, dict]:
     """Rows of an existing manifest, by source path, for the up-to-date check."""
-    if not (out_dir / MANIFEST_NAME).exists():
+    manifest = PreparedDir(out_dir).manifest
+    if not manifest.exists():
         return {}
     try:
-        df = pd.read_csv(out_dir / MANIFEST_NAME, dtype=str, keep_default_na=False)
+        df = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     except (pd.errors.ParserError, pd.errors.EmptyDataError):
         return {}
     if not set(MANIFEST_COLUMNS) <= set(df.columns):
@@ -196,13 +199,14 @@ def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip
     df["spacing"] = np.where(ok, _fmt(list(cfg.prepare.spacing)), "")
     check_split_leakage(df[ok])
 
-    write_manifest(df.drop(columns=["reason_path"]), out_dir / MANIFEST_NAME)
-    save_config(cfg, out_dir)
+    layout = PreparedDir(out_dir)
+    write_manifest(df.drop(columns=["reason_path"]), layout.manifest)
+    save_config(cfg, layout.config)
     _remove_unused(out_dir, set(df.loc[ok, "path"]) | set(df.loc[ok, "roi_path"]))
     summary = _summary(df, reused, len(tasks), time.perf_counter() - t0)
-    write_json_atomic(out_dir / "prepare_summary.json", summary)
+    write_json_atomic(layout.summary, summary)
     log.info("prepared %d images (%d reused, %d invalid) in %.1f s -> %s", summary["usable"], reused,
-             summary["invalid"], summary["seconds"], out_dir / MANIFEST_NAME)
+             summary["invalid"], summary["seconds"], layout.manifest)
     return df.drop(columns=["reason_path"])
 
 
@@ -212,10 +216,9 @@ def _apply(df: pd.DataFrame, i, fields: dict) -> None:
 
 
 def _remove_unused(out_dir: Path, used: set[str]) -> None:
-    for folder in ("volumes", "rois"):
-        for f in (out_dir / folder).glob("*.nii*"):
-            if str(f.relative_to(out_dir)) not in used:
-                f.unlink()
+    for f in PreparedDir(out_dir).cached_files():
+        if str(f.relative_to(out_dir)) not in used:
+            f.unlink()
 
 
 def _summary(df: pd.DataFrame, reused: int, computed: int, seconds: float) -> dict:

@@ -58,6 +58,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from nilearn import datasets
 from scipy import ndimage
 from tqdm import tqdm
 
@@ -103,8 +104,6 @@ def psf_sigma_mm(spacing: float) -> float:
 @lru_cache(maxsize=2)
 def load_template(spacing: float) -> Template:
     """Load nilearn's offline template once per spacing (it is blurred for that spacing's partial volume)."""
-    from nilearn import datasets  # slow import, only needed here
-
     img = datasets.load_mni152_template(resolution=None)
     t1 = np.asarray(img.get_fdata(), dtype=np.float32)
     gm = np.asarray(datasets.load_mni152_gm_template(resolution=None).get_fdata(), dtype=np.float32)

@@ -26,9 +26,9 @@ from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
-from neuroldm.samples import SAMPLE_COLUMNS, SAMPLE_INFO, write_sample_manifest
+from neuroldm.runs import RunDir, SampleDir
+from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
-from neuroldm.vae.encode import LATENT_DIR
 from neuroldm.vae.weights import load_vae
 
 
@@ -39,12 +39,12 @@ class Generator:
         self.run_dir, self.device = Path(run_dir), torch.device(device)
         self.dit, self.cfg, self.meta = load_dit(run_dir, self.device)
         self.vae, self.vae_cfg, self.vae_meta = load_vae(run_dir, self.device)
-        latents_json = self.run_dir / LATENT_DIR / "latents.json"
-        if not latents_json.exists():
-            raise InputError(latents_json, "missing: the run has no encoded latents (reference affine, grid)")
-        self.latent_info = json.loads(latents_json.read_text())
+        layout = RunDir(run_dir)
+        if not layout.latents.info.exists():
+            raise InputError(layout.latents.info, "missing: the run has no encoded latents (reference affine, grid)")
+        self.latent_info = layout.latents.read_info()
         if self.latent_info.get("vae_sha256") != self.vae_meta["sha256"]:
-            raise InputError(self.run_dir / "vae" / "model.safetensors",
+            raise InputError(layout.vae.model,
                              "the autoencoder changed after the latents were encoded; re-run encode and "
                              "train-diffusion")
         self.classes: list[str] = list(self.meta["classes"])
@@ -106,7 +106,7 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
                      eta: float = 0.0, seed: int = 0, batch_size: int = 4, device: str = "cpu",
                      progress: bool = True) -> dict:
     """Write `n` volumes of class `label` to `out` (skipping finished ones); returns a summary."""
-    out = Path(out)
+    out = SampleDir(out)
     gen = Generator(run_dir, device)
     idx = gen.label_index(label)
     name = gen.classes[idx]
@@ -142,35 +142,33 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
                         "guidance_interval": None if interval is None else list(interval), "eta": eta,
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
-                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out / f"{stem}.nii.gz")
-                write_json_atomic(out / f"{stem}.json", meta)
+                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem))
+                write_json_atomic(out.sidecar(stem), meta)
     finally:
         bar.close()
         _write_manifest(out, info)
     return {"n": n, "written": len(todo), "skipped": n - len(todo), "label": name,
-            "seconds": round(time.perf_counter() - start, 2), "folder": str(out)}
+            "seconds": round(time.perf_counter() - start, 2), "folder": str(out.root)}
 
 
-def _done(out: Path, stem: str) -> bool:
-    return (out / f"{stem}.nii.gz").exists() and (out / f"{stem}.json").exists()
+def _done(out: SampleDir, stem: str) -> bool:
+    return out.volume(stem).exists() and out.sidecar(stem).exists()
 
 
-def _check_same_generator(out: Path, info: dict) -> None:
-    path = out / SAMPLE_INFO
+def _check_same_generator(out: SampleDir, info: dict) -> None:
+    path = out.info
     if path.exists():
         old = json.loads(path.read_text())
         if old.get("checkpoint_sha256") != info["checkpoint_sha256"]:
             raise InputError(path, "this folder holds samples of another diffusion model; use a new --out folder")
 
 
-def _write_manifest(out: Path, info: dict) -> None:
+def _write_manifest(out: SampleDir, info: dict) -> None:
     rows = []
-    for sidecar in sorted(out.glob("*.json")):
-        if sidecar.name == SAMPLE_INFO:
-            continue
+    for sidecar in out.sidecars():
         meta = json.loads(sidecar.read_text())
-        if (out / f"{meta.get('sample')}.nii.gz").exists():
-            rows.append({**{k: meta[k] for k in SAMPLE_COLUMNS if k != "path"},
-                         "path": f"{meta['sample']}.nii.gz"})
+        volume = out.volume(meta.get("sample"))
+        if volume.exists():
+            rows.append({**{k: meta[k] for k in SAMPLE_COLUMNS if k != "path"}, "path": volume.name})
     if rows:
-        write_sample_manifest(out, pd.DataFrame(rows)[SAMPLE_COLUMNS], info)
+        write_sample_manifest(out.root, pd.DataFrame(rows)[SAMPLE_COLUMNS], info)

@@ -17,14 +17,14 @@ from torch.utils.data import Dataset
 
 from neuroldm.config import Config, DiffusionConfig
 from neuroldm.diffusion.process import diffusion_loss, prediction_error, training_scheduler
-from neuroldm.diffusion.weights import MODEL_FILE, dit_from_config, export_dit
+from neuroldm.diffusion.weights import dit_from_config, export_dit
 from neuroldm.errors import InputError
+from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import StepContext, Trainer
 from neuroldm.vae.encode import LatentSet, load_latents
 
 log = logging.getLogger(__name__)
-DIFFUSION_DIR = "diffusion"
 
 
 class LatentDataset(Dataset):
@@ -82,15 +82,17 @@ def class_names(latents: LatentSet, cfg: Config) -> list[str]:
     seen = dict(zip(latents.index["label"].astype(int), latents.index["label_name"]))
     for label, name in seen.items():
         if label >= len(names) or names[label] != name:
-            raise InputError("latents/index.csv", f"label {label} is '{name}' in the latents but data.classes is "
-                                                  f"{names}; train with the classes the cohort was prepared with")
+            raise InputError(RunDir(".").latents.index, f"label {label} is '{name}' in the latents but "
+                                                        f"data.classes is {names}; train with the classes the "
+                                                        f"cohort was prepared with")
     return names
 
 
 def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, progress: bool = True) -> dict:
     """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary."""
     run_dir = Path(run_dir)
-    out = run_dir / DIFFUSION_DIR
+    layout = RunDir(run_dir)
+    out = layout.diffusion.root
     dcfg, tcfg = cfg.diffusion, cfg.diffusion.train
     train = load_latents(run_dir, ("train",))
     try:
@@ -118,16 +120,16 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, pr
              ", ".join(f"{n} {c}" for c, n in zip(classes, counts.int().tolist())), train.scale_factor)
     summary = trainer.fit(resume=resume)
     if trainer.world.is_main:
-        state = load_state(out / "checkpoints" / "last.safetensors")
+        state = load_state(layout.diffusion.checkpoints.last)
         weights = state["modules"]["model"]
         if state.get("ema") is not None:
             weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         final = dit_from_config(dcfg, latent_shape, len(classes))
         final.load_state_dict(weights)
-        export_dit(final, dcfg, run_dir / MODEL_FILE,
+        export_dit(final, dcfg, layout.diffusion.model,
                    meta={"latent_shape": list(latent_shape), "classes": classes, "scale_factor": train.scale_factor,
                          "step": state["step"], "ema": state.get("ema") is not None,
                          "train_subjects": sorted(set(train.index["subject"])),
                          "vae_sha256": train.info.get("vae_sha256", "")})
-        summary["exported"] = str(run_dir / MODEL_FILE)
+        summary["exported"] = str(layout.diffusion.model)
     return summary

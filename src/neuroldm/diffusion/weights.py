@@ -15,8 +15,7 @@ from neuroldm.config import DiffusionConfig
 from neuroldm.diffusion.dit import DiT3D, build_dit
 from neuroldm.errors import InputError
 from neuroldm.io import load_weights, save_weights_atomic, sha256_file
-
-MODEL_FILE = Path("diffusion") / "model.safetensors"
+from neuroldm.runs import RunDir
 
 
 def dit_from_config(cfg: DiffusionConfig, latent_shape, num_classes: int) -> DiT3D:
@@ -36,7 +35,7 @@ def export_dit(model: torch.nn.Module, cfg: DiffusionConfig, path: str | Path, m
 
 def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DiT3D, DiffusionConfig, dict]:
     """``(model in eval mode, its DiffusionConfig, meta)`` from ``RUN/diffusion/model.safetensors``."""
-    path = Path(run_dir) / MODEL_FILE
+    path = RunDir(run_dir).diffusion.model
     if not path.exists():
         raise InputError(path, "no trained diffusion model; run `neuroldm train-diffusion` first")
     state, metadata = load_weights(path, device, required_key="diffusion_config", what="diffusion model")

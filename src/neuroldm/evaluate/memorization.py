@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.evaluate.stats import wilson_interval
+from neuroldm.viz.slices import comparison_figure
 
 
 def standardised_vector(volume: np.ndarray, downsample: int = 1) -> np.ndarray:
@@ -116,8 +117,6 @@ def audit(d_synthetic: np.ndarray, nn_synthetic: np.ndarray, d_heldout: np.ndarr
 def closest_pairs_figure(pairs: list[tuple[str, str, str, str, float]], path: str | Path) -> Path:
     """Rows of (synthetic, nearest training) volumes: ``pairs = [(sample_id, sample_path, train_id, train_path,
     distance), ...]``, closest first."""
-    from neuroldm.viz.slices import comparison_figure
-
     rows = []
     for sample, sample_path, train, train_path, d in pairs:
         rows.append((f"{sample}\nd={d:.4f}", [("synthetic", load_prepared_volume(sample_path), {}),

@@ -37,6 +37,7 @@ from neuroldm.evaluate.inception import resolve_feature_network
 from neuroldm.evaluate.slice_fid import AXES, extract_slice_features, intensity_window, per_slice_fid, slice_positions
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.metrics.frechet import frechet_distance
+from neuroldm.runs import EvaluationDir, PreparedDir, RunDir, SampleDir
 from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
@@ -103,7 +104,7 @@ def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[s
     by_id = dict(zip(_ids(latents.index), latents.mu, strict=True))
     missing = [i for i in train_ids + heldout_ids if i not in by_id]
     if missing:
-        raise InputError(Path(vae_run) / "latents", f"no latents for {len(missing)} real volume(s), e.g. "
+        raise InputError(RunDir(vae_run).latents, f"no latents for {len(missing)} real volume(s), e.g. "
                                                     f"{missing[0]}; run `neuroldm encode` on this cohort")
     model, vae_cfg, _ = load_vae(vae_run, device)
     with torch.no_grad():
@@ -147,19 +148,19 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
     - ``figures``: written file names.
     """
     t0 = time.time()
-    out = Path(out)
+    out = EvaluationDir(out)
     rng = np.random.default_rng(cfg.seed)
     rows = read_manifest(real)
     ref = _subsample(rows[rows["split"] == reference_split], cfg.max_volumes, rng)
     held = _subsample(rows[rows["split"] == heldout_split], cfg.max_volumes, rng)
     for name, part, split in (("reference", ref, reference_split), ("held-out", held, heldout_split)):
         if len(part) < 2:
-            raise InputError(Path(real) / "manifest.csv", f"the {name} split '{split}' has {len(part)} usable "
+            raise InputError(PreparedDir(real).manifest, f"the {name} split '{split}' has {len(part)} usable "
                                                           f"volume(s); the evaluation needs at least 2")
     samples = read_sample_manifest(synthetic)
     syn_all = _subsample(samples.rows, cfg.max_volumes, rng)
     if len(syn_all) < 2:
-        raise InputError(samples.folder / "manifest.csv", "the evaluation needs at least 2 synthetic volumes")
+        raise InputError(SampleDir(samples.folder).manifest, "the evaluation needs at least 2 synthetic volumes")
     grid = load_prepared_volume(ref["path"].iloc[0]).shape
     syn_grid = load_prepared_volume(syn_all["path"].iloc[0]).shape
     if syn_grid != grid:
@@ -237,12 +238,12 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
     figures = []
     for group in groups if cfg.figures else []:
         if net.metric in groups[group]["synthetic"] or net.metric in groups[group]["real_baseline"]:
-            figures.append(_fid_figure(groups, net.metric, group, out / f"slice_fid_{group}.png").name)
+            figures.append(_fid_figure(groups, net.metric, group, out.slice_fid_figure(group)).name)
     if cfg.figures and cfg.closest_pairs > 0:
         order = np.argsort(d[:len(q_syn)])[:cfg.closest_pairs]
         pairs = [(syn_ids[i], syn_all["path"].iloc[i], train_ids[nn_idx[i]], train["path"].iloc[nn_idx[i]],
                   float(d[i])) for i in order]
-        figures.append(memorization.closest_pairs_figure(pairs, out / "closest_pairs.png").name)
+        figures.append(memorization.closest_pairs_figure(pairs, out.closest_pairs_figure).name)
 
     class_diff = class_difference((list(train["path"]), list(train["label"])),
                                   (list(held["path"]), list(held["label"])),
@@ -266,5 +267,5 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
         "figures": figures,
         "seconds": round(time.time() - t0, 1),
     }
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out.metrics, metrics)
     return metrics

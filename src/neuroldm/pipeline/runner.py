@@ -30,15 +30,13 @@ from pathlib import Path
 import torch.distributed as dist
 
 from neuroldm import __version__
-from neuroldm.config import Config, save_config
+from neuroldm.config import Config
 from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.io import write_json_atomic
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
+from neuroldm.runs import RunDir
 
 log = logging.getLogger(__name__)
-
-PIPELINE_FILE = "pipeline.json"
-
 
 def _section(cfg: dict, dotted: str):
     node = cfg
@@ -56,11 +54,6 @@ def _output_digest(run: Path, stage: Stage) -> str:
     h = hashlib.sha256()
     h.update((run / stage.outputs[0]).read_bytes())
     return h.hexdigest()[:16]
-
-
-def read_pipeline(run: Path) -> dict:
-    path = Path(run) / PIPELINE_FILE
-    return json.loads(path.read_text()) if path.exists() else {"stages": {}}
 
 
 def _check_stage(name: str | None, option: str) -> None:
@@ -102,19 +95,21 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     if from_stage and only:
         raise ConfigError("--from and --only exclude each other")
     run = Path(run_dir)
+    layout = RunDir(run)
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
     _preflight(cfg)
     main = _join_torchrun(device) == 0
     if main:
         run.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, run)
+        layout.save_config(cfg)
     _barrier()
-    state = read_pipeline(run)
+    state = layout.read_pipeline()
+    state["order"] = [s.name for s in STAGES]  # the report and the summary read the stage order from the run
 
     def save() -> None:
         if main:
-            write_json_atomic(run / PIPELINE_FILE, state)
+            write_json_atomic(layout.pipeline, state)
 
     records: dict = state.setdefault("stages", {})
     cfg_dict = cfg.to_dict()

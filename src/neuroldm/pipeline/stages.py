@@ -1,18 +1,7 @@
 """The stages of `neuroldm run`, in order: what each reads from the config and the run, and how it is run.
 
 Every stage is a thin call of the stage function its own command uses (``neuroldm prepare``, ``train-vae``, ...),
-with the run directory's fixed layout::
-
-    RUN/cohort/          demo-cohort   (only with pipeline.input = demo-cohort)
-    RUN/prepared/        prepare
-    RUN/vae/             train-vae     (+ reconstruction/ of the validation split)
-    RUN/latents/         encode
-    RUN/diffusion/       train-diffusion
-    RUN/samples/         sample        (both classes, one folder, with manifest.csv and samples.json)
-    RUN/classify-grid/   classify-grid (real-only, synthetic, mixed, subset regimes; seeds)
-    RUN/evaluation/      evaluate      (FID, diversity, memorization, fidelity by the real-only classifier)
-    RUN/saliency/        saliency      (of the real-only classifier, first seed)
-    RUN/report.html      report
+writing into the run directory's fixed layout (`neuroldm.runs.RunDir`, which names every folder and file).
 
 A stage's *fingerprint* hashes the config sections it reads and the fingerprints of the stages it reads from, so a
 change anywhere upstream makes every stage below it out of date, as in make.
@@ -28,10 +17,28 @@ from pathlib import Path
 
 import torch.distributed as dist
 
+from neuroldm.classify.data import Regime
+from neuroldm.classify.grid import run_grid
+from neuroldm.classify.predict import load_classifier, predict_proba
+from neuroldm.classify.saliency import explain_cohort
 from neuroldm.config import Config
+from neuroldm.data.manifest import read_manifest
+from neuroldm.data.prepare import prepare_cohort
+from neuroldm.demo.cohort import make_demo_cohort
+from neuroldm.diffusion.sample import sample_to_folder
+from neuroldm.diffusion.train import train_diffusion
 from neuroldm.errors import ConfigError
+from neuroldm.evaluate.run import evaluate
+from neuroldm.report import write_report
+from neuroldm.report.headline import write_metrics
+from neuroldm.runs import STAGE_ORDER, ClassifierDir, RunDir
+from neuroldm.vae.encode import encode_cohort
+from neuroldm.vae.reconstruct import reconstruct
+from neuroldm.vae.train import train_vae
 
 DEMO_INPUT = "demo-cohort"
+
+_LAYOUT = RunDir(".")  # relative paths of the stages' outputs, for `Stage.outputs` and `Stage.clean`
 
 
 @dataclass(frozen=True)
@@ -44,19 +51,15 @@ class Context:
     progress: bool = True
 
     @property
-    def prepared(self) -> Path:
-        return self.run / "prepared"
-
-    @property
-    def samples(self) -> Path:
-        return self.run / "samples"
+    def layout(self) -> RunDir:
+        return RunDir(self.run)
 
     def cohort(self) -> Path:
         source = self.cfg.pipeline.input
         if source is None:
             raise ConfigError("pipeline.input is not set: name the cohort (a BIDS folder or a CSV) with "
                               "--set pipeline.input=PATH, or run `neuroldm demo`")
-        return self.run / "cohort" if source == DEMO_INPUT else Path(source)
+        return self.layout.cohort if source == DEMO_INPUT else Path(source)
 
 
 @dataclass(frozen=True)
@@ -83,6 +86,10 @@ class Stage:
     enabled: Callable[[Config], bool] = field(default=lambda cfg: True)
 
 
+def _rel(*paths) -> tuple[str, ...]:
+    return tuple(str(p) for p in paths)
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Stage functions: each returns a small JSON-able summary for pipeline.json
 # --------------------------------------------------------------------------------------------------------------
@@ -93,49 +100,37 @@ def _is_main() -> bool:
 
 
 def _demo_cohort(ctx: Context) -> dict:
-    from neuroldm.demo.cohort import make_demo_cohort
-
-    table = make_demo_cohort(ctx.run / "cohort", ctx.cfg.demo_cohort, progress=ctx.progress)
+    table = make_demo_cohort(ctx.layout.cohort, ctx.cfg.demo_cohort, progress=ctx.progress)
     return {"subjects": len(table), "tle": int((table["group"] == "TLE").sum())}
 
 
 def _prepare(ctx: Context) -> dict:
-    import json
-
-    from neuroldm.data.prepare import prepare_cohort
-
-    df = prepare_cohort(ctx.cohort(), ctx.prepared, ctx.cfg, progress=ctx.progress)
-    summary = json.loads((ctx.prepared / "prepare_summary.json").read_text())
+    prepared = ctx.layout.prepared
+    df = prepare_cohort(ctx.cohort(), prepared.root, ctx.cfg, progress=ctx.progress)
+    summary = prepared.read_summary() or {}
     return {"usable": int((df["status"] == "ok").sum()), "computed": summary.get("computed"),
             "reused": summary.get("reused")}
 
 
 def _train_vae(ctx: Context) -> dict:
-    from neuroldm.runs import record_stage
-    from neuroldm.vae.reconstruct import reconstruct
-    from neuroldm.vae.train import train_vae
-
+    prepared = ctx.layout.prepared.root
     main = _is_main()
     if main:
-        record_stage(ctx.run, "train-vae", ctx.cfg, prepared=ctx.prepared.resolve())
-    summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
+        ctx.layout.record_stage("train-vae", ctx.cfg, prepared=prepared.resolve())
+    summary = train_vae(prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
     if not main:
         return {}
-    recon = reconstruct(ctx.run, ctx.prepared, split="val", device=ctx.device, progress=ctx.progress)
+    recon = reconstruct(ctx.run, prepared, split="val", device=ctx.device, progress=ctx.progress)
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "val_n": recon["n"],
             **{f"val_{k}": round(v, 4) for k, v in recon["mean"].items()}}
 
 
 def _encode(ctx: Context) -> dict:
-    from neuroldm.vae.encode import encode_cohort
-
-    info = encode_cohort(ctx.run, ctx.prepared, device=ctx.device, progress=ctx.progress)
+    info = encode_cohort(ctx.run, ctx.layout.prepared.root, device=ctx.device, progress=ctx.progress)
     return {"n": info["n"], "scale_factor": info["scale_factor"]}
 
 
 def _train_diffusion(ctx: Context) -> dict:
-    from neuroldm.diffusion.train import train_diffusion
-
     summary = train_diffusion(ctx.run, ctx.cfg, progress=ctx.progress)
     if not _is_main():
         return {}
@@ -148,8 +143,6 @@ def samples_per_class(cfg: Config, prepared: Path) -> dict[str, int]:
     The grid's synthetic and mixed regimes take up to ``max(ratio) x`` the real training count, in the real class
     proportions; the evaluation compares with the held-out split at equal N per class.
     """
-    from neuroldm.data.manifest import read_manifest
-
     classes = list(cfg.data.classes)
     if cfg.pipeline.samples_per_class is not None:
         return {c: cfg.pipeline.samples_per_class for c in classes}
@@ -167,14 +160,12 @@ def samples_per_class(cfg: Config, prepared: Path) -> dict[str, int]:
 
 
 def _sample(ctx: Context) -> dict:
-    from neuroldm.diffusion.sample import sample_to_folder
-
     scfg = ctx.cfg.sample
-    counts = samples_per_class(ctx.cfg, ctx.prepared)
+    counts = samples_per_class(ctx.cfg, ctx.layout.prepared.root)
     seconds, written = 0.0, 0
     for k, (name, n) in enumerate(counts.items()):
         # seeds of different classes never overlap: class k starts at seed + k * 1e6
-        r = sample_to_folder(ctx.run, ctx.samples, n, name, sampler=scfg.sampler, steps=scfg.steps,
+        r = sample_to_folder(ctx.run, ctx.layout.samples.root, n, name, sampler=scfg.sampler, steps=scfg.steps,
                              guidance=scfg.guidance, guidance_interval=scfg.guidance_interval, eta=scfg.eta,
                              seed=ctx.cfg.seed + k * 1_000_000,
                              batch_size=scfg.batch_size, device=ctx.device, progress=ctx.progress)
@@ -183,90 +174,81 @@ def _sample(ctx: Context) -> dict:
     return {"per_class": counts, "written": written, "seconds_per_volume": round(seconds / max(written, 1), 3)}
 
 
-def headline_classifier(ctx: Context) -> Path:
+def headline_classifier(ctx: Context) -> ClassifierDir:
     """The grid's real-only classifier with the first seed: it labels synthetic volumes and is explained."""
-    from neuroldm.classify.data import Regime
-    from neuroldm.classify.grid import GRID_DIR, run_dir_of
-
     fold = None if ctx.cfg.classifier.folds == "split" else 0
-    return run_dir_of(ctx.run / GRID_DIR, Regime("real"), ctx.cfg.classifier.seeds[0], fold)
+    return ctx.layout.grid.run(Regime("real").name, ctx.cfg.classifier.seeds[0], fold)
 
 
 def _classify_grid(ctx: Context) -> dict:
-    from neuroldm.classify.grid import run_grid
-
-    summary = run_grid(ctx.prepared, ctx.run, ctx.cfg, samples=ctx.samples, progress=ctx.progress)
+    summary = run_grid(ctx.layout.prepared.root, ctx.run, ctx.cfg, samples=ctx.layout.samples.root,
+                       progress=ctx.progress)
     return {"runs": summary.get("runs"), "regimes": summary.get("regimes")}
 
 
 def _clean_synthetic_runs(run: Path) -> None:
     """New samples: only the grid's runs that trained on synthetic volumes (and the tables) are stale; real-only
     and subset runs are reused by `run_grid` from their result.json."""
-    from neuroldm.classify.grid import GRID_DIR
-
-    root = run / GRID_DIR
-    if not root.is_dir():
+    grid = RunDir(run).grid
+    if not grid.exists():
         return
-    for path in root.iterdir():
-        if path.is_dir() and path.name.split("-")[0] in ("synthetic", "mixed"):
+    for path in grid.root.iterdir():
+        if path.is_dir() and Regime(grid.regime_of(path).partition("-")[0]).needs_synthetic:
             shutil.rmtree(path)
         elif path.is_file():
             path.unlink()
 
 
 def _evaluate(ctx: Context) -> dict:
-    from neuroldm.classify.predict import load_classifier, predict_proba
-    from neuroldm.evaluate.run import evaluate
-
-    model, _ = load_classifier(headline_classifier(ctx), ctx.device)
-    m = evaluate(ctx.prepared, ctx.samples, ctx.run / "evaluation", ctx.cfg.evaluate, ctx.cfg.data.classes,
-                 predict=lambda volumes: predict_proba(model, volumes),
+    model, _ = load_classifier(headline_classifier(ctx).root, ctx.device)
+    layout = ctx.layout
+    m = evaluate(layout.prepared.root, layout.samples.root, layout.evaluation.root, ctx.cfg.evaluate,
+                 ctx.cfg.data.classes, predict=lambda volumes: predict_proba(model, volumes),
                  vae_run=ctx.run if ctx.cfg.pipeline.latent_memorization else None, device=ctx.device,
                  progress=ctx.progress)
     return {"seconds": m.get("seconds"), "metric": m["feature_network"]["metric"]}
 
 
 def _saliency(ctx: Context) -> dict:
-    from neuroldm.classify.saliency import explain_cohort
-
-    summary = explain_cohort(headline_classifier(ctx), ctx.prepared, ctx.run / "saliency", ctx.cfg,
-                             limit=ctx.cfg.pipeline.saliency_limit, progress=ctx.progress)
+    summary = explain_cohort(headline_classifier(ctx).root, ctx.layout.prepared.root, ctx.layout.saliency.root,
+                             ctx.cfg, limit=ctx.cfg.pipeline.saliency_limit, progress=ctx.progress)
     return {m: round(e["seconds_per_volume"], 2) for m, e in summary["methods"].items()}
 
 
 def _report(ctx: Context) -> dict:
-    from neuroldm.pipeline.summary import write_metrics
-    from neuroldm.report import write_report
-
     metrics = write_metrics(ctx.run)  # the report shows it, so it is written first
     return {"file": str(write_report(ctx.run)), "metrics": len(metrics)}
 
 
+L = _LAYOUT
 STAGES: tuple[Stage, ...] = (
-    Stage("demo-cohort", _demo_cohort, ("demo_cohort",), (), ("cohort/participants.tsv",), clean=("cohort",),
-          enabled=lambda cfg: cfg.pipeline.input == DEMO_INPUT),
+    Stage("demo-cohort", _demo_cohort, ("demo_cohort",), (), _rel(L.cohort_participants),
+          clean=_rel(L.cohort), enabled=lambda cfg: cfg.pipeline.input == DEMO_INPUT),
     Stage("prepare", _prepare, ("data", "prepare", "split", "pipeline.input"), ("demo-cohort",),
-          ("prepared/manifest.csv",), always=True),
+          _rel(L.prepared.manifest), always=True),
     Stage("train-vae", _train_vae, ("vae", "data.classes"), ("prepare",),
-          ("vae/model.safetensors", "vae/reconstruction/metrics.json"), clean=("vae",), distributed=True),
-    Stage("encode", _encode, (), ("train-vae",), ("latents/latents.json",), clean=("latents",)),
-    Stage("train-diffusion", _train_diffusion, ("diffusion",), ("encode",), ("diffusion/model.safetensors",),
-          clean=("diffusion",), distributed=True),
+          _rel(L.vae.model, L.vae.reconstruction.metrics), clean=_rel(L.vae), distributed=True),
+    Stage("encode", _encode, (), ("train-vae",), _rel(L.latents.info), clean=_rel(L.latents)),
+    Stage("train-diffusion", _train_diffusion, ("diffusion",), ("encode",), _rel(L.diffusion.model),
+          clean=_rel(L.diffusion), distributed=True),
     Stage("sample", _sample, ("sample", "seed", "pipeline.samples_per_class", "classifier.regimes",
                               "classifier.mix_ratios", "classifier.synthetic_ratio"),
-          ("train-diffusion",), ("samples/manifest.csv",), clean=("samples",)),
+          ("train-diffusion",), _rel(L.samples.manifest), clean=_rel(L.samples)),
     Stage("classify-grid", _classify_grid, ("classifier", "data.classes"), ("prepare", "sample"),
-          ("classify-grid/summary.json",), clean=("classify-grid",), partial=("sample",),
+          _rel(L.grid.summary), clean=_rel(L.grid), partial=("sample",),
           partial_clean=_clean_synthetic_runs, distributed=True),
     Stage("evaluate", _evaluate, ("evaluate", "data.classes", "pipeline.latent_memorization"),
-          ("prepare", "sample", "classify-grid", "encode"), ("evaluation/metrics.json",), clean=("evaluation",)),
+          ("prepare", "sample", "classify-grid", "encode"), _rel(L.evaluation.metrics), clean=_rel(L.evaluation)),
     Stage("saliency", _saliency, ("classifier.saliency", "pipeline.saliency_limit"), ("classify-grid",),
-          ("saliency/summary.json",), clean=("saliency",)),
-    Stage("report", _report, (), ("train-vae", "evaluate", "classify-grid", "saliency"), ("report.html",),
+          _rel(L.saliency.summary), clean=_rel(L.saliency)),
+    Stage("report", _report, (), ("train-vae", "evaluate", "classify-grid", "saliency"), _rel(L.report),
           always=True),
 )
+del L
 
 STAGE_NAMES = tuple(s.name for s in STAGES)
+if STAGE_NAMES != STAGE_ORDER:  # the run layout's order is what the report and the summary read
+    raise ImportError(f"pipeline stages {STAGE_NAMES} differ from neuroldm.runs.STAGE_ORDER {STAGE_ORDER}")
 
 
 def remove_outputs(run: Path, stage: Stage) -> None:

@@ -13,8 +13,7 @@ from neuroldm.errors import InputError
 from neuroldm.io import write_text_atomic
 from neuroldm.report.html import render_page
 from neuroldm.report.sections import build_sections
-
-REPORT_NAME = "report.html"
+from neuroldm.runs import RunDir
 
 
 def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
@@ -22,14 +21,14 @@ def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
 
     Missing stages get a "Not run" note; only a missing run directory is an error.
     """
-    run = Path(run_dir)
-    if not run.is_dir():
-        raise InputError(run, "run directory not found")
-    path = Path(out) if out is not None else run / REPORT_NAME
-    page = render_page(f"neuroldm run report: {run.resolve().name}",
-                       f"{run.resolve()} — generated {time.strftime('%Y-%m-%d %H:%M')}", build_sections(run))
+    run = RunDir(run_dir)
+    if not run.exists():
+        raise InputError(run.root, "run directory not found")
+    path = Path(out) if out is not None else run.report
+    page = render_page(f"neuroldm run report: {run.root.resolve().name}",
+                       f"{run.root.resolve()} — generated {time.strftime('%Y-%m-%d %H:%M')}", build_sections(run))
     write_text_atomic(path, page)
     return path
 
 
-__all__ = ["REPORT_NAME", "write_report"]
+__all__ = ["write_report"]

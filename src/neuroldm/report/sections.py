@@ -1,17 +1,11 @@
 """Each stage's outputs in a run directory, read into report blocks (`neuroldm.report.html`).
 
-One function per section, each taking the run directory and returning its blocks. A stage whose files are
-missing gives a "Not run" note; a file that exists but cannot be read gives a note naming it, so a partial or
-damaged run still yields a page. The file formats are the stages' own:
-
-- ``metrics.json`` / ``pipeline.json`` — the flat metrics and the stage timings of ``neuroldm run``;
-- ``prepared/manifest.csv`` (`neuroldm.data.manifest`) and ``samples/manifest.csv`` (`neuroldm.samples`);
-- ``vae/`` — the engine's ``metrics.csv`` and ``train_summary.json`` (`neuroldm.train.engine`),
-  ``reconstruction/metrics.json`` and ``reconstruction.png`` (`neuroldm.vae.reconstruct`);
-- ``diffusion/`` — the engine's files and ``model.safetensors`` (`neuroldm.diffusion.weights`);
-- ``evaluation/metrics.json`` and figures (`neuroldm.evaluate.run.evaluate`);
-- ``classify-grid/summary.json`` (`neuroldm.classify.grid`), ``classifier/result.json`` (`neuroldm.classify.train`);
-- ``saliency/summary.json`` and ``saliency/<method>/figures/*.png`` (`neuroldm.classify.saliency`).
+One function per section, each taking the run directory (a `neuroldm.runs.RunDir`) and returning its blocks.
+Every file is found and read through the run directory object, in the stages' own formats: the flat metrics
+(`neuroldm.report.headline`) and pipeline.json, the prepared and sample manifests, the training engine's logs, the
+reconstruction, evaluation, classifier grid and saliency outputs. A stage whose files are missing gives a "Not
+run" note; a file that exists but cannot be read gives a note naming it, so a partial or damaged run still yields
+a page.
 """
 
 from __future__ import annotations
@@ -28,9 +22,14 @@ import numpy as np
 import pandas as pd
 
 from neuroldm import __version__
+from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import NeuroLDMError
 from neuroldm.report.figures import real_vs_synthetic, training_curves
+from neuroldm.report.headline import KEYS
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
+from neuroldm.runs import ModelDir, RunDir, SaliencyDir
+from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
 
@@ -74,12 +73,6 @@ def fmt_pct(value: object) -> str:
     return "–" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.1f}%"
 
 
-def _read_json(path: Path) -> dict | None:
-    if not path.exists():
-        return None
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
 def _png(path: Path, caption: str) -> Block:
     data = path.read_bytes()
     if not data.startswith(PNG_SIGNATURE):
@@ -87,7 +80,8 @@ def _png(path: Path, caption: str) -> Block:
     return Figure(data, caption)
 
 
-def _curves(csv: Path, title: str) -> list[Block]:
+def _curves(folder: ModelDir, title: str) -> list[Block]:
+    csv = folder.train_log
     if not csv.exists():
         return [not_run(f"no training log ({csv.parent.name}/{csv.name})")]
     table = pd.read_csv(csv)
@@ -97,8 +91,8 @@ def _curves(csv: Path, title: str) -> list[Block]:
                                                   f"optimiser step (from {csv.parent.name}/{csv.name}).")]
 
 
-def _train_summary(folder: Path) -> list[str]:
-    s = _read_json(folder / "train_summary.json")
+def _train_summary(folder: ModelDir) -> list[str]:
+    s = folder.read_train_summary()
     if not s:
         return []
     return [f"{s.get('steps', '–')} steps in {fmt(s.get('seconds'))} s",
@@ -110,19 +104,12 @@ def _train_summary(folder: Path) -> list[str]:
 # 1. Summary
 # --------------------------------------------------------------------------------------------------------------
 
-def _summary_meanings() -> dict[str, str]:
-    from neuroldm.pipeline.summary import KEYS
-
-    return KEYS
-
-
 _SUFFIXES = (".low", ".high", ".n")
 
 
 def summary_meaning(key: str) -> str:
-    meanings = _summary_meanings()
-    if key in meanings:
-        return meanings[key]
+    if key in KEYS:
+        return KEYS[key]
     last = key.rsplit(".", 1)[-1]
     for token, meaning in (("auc", "area under the ROC curve (0.5 = chance, 1 = perfect)"),
                            ("ms_ssim", "multi-scale structural similarity"), ("ssim", "structural similarity"),
@@ -133,9 +120,9 @@ def summary_meaning(key: str) -> str:
     return last.replace("_", " ")
 
 
-def summary_blocks(run: Path) -> list[Block]:
+def summary_blocks(run: RunDir) -> list[Block]:
     blocks: list[Block] = []
-    metrics = _read_json(run / "metrics.json")
+    metrics = run.read_metrics()
     if metrics is None:
         blocks.append(not_run("no metrics.json (written by `neuroldm run` at the end of a full pipeline)"))
     else:
@@ -145,16 +132,14 @@ def summary_blocks(run: Path) -> list[Block]:
                          fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
         blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
                             "Headline numbers of the run (metrics.json)"))
-    pipeline = _read_json(run / "pipeline.json")
-    if pipeline is None:
+    if not run.pipeline.exists():
         blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
     else:
         # pipeline.json (neuroldm.pipeline.runner): per stage the record of its last build, and the last invocation
+        pipeline = run.read_pipeline()
         records = pipeline.get("stages", {})
         last = {s["name"]: s["status"] for s in (pipeline.get("last_invocation") or {}).get("stages", [])}
-        from neuroldm.pipeline.stages import STAGE_NAMES
-
-        order = {name: i for i, name in enumerate(STAGE_NAMES)}
+        order = {name: i for i, name in enumerate(run.stage_order())}
         rows, total = [], 0.0
         for name, rec in sorted(records.items(), key=lambda item: order.get(item[0], len(order))):
             if name == "report" and rec.get("state") == "running":
@@ -172,36 +157,24 @@ def summary_blocks(run: Path) -> list[Block]:
 # 2. Real vs synthetic
 # --------------------------------------------------------------------------------------------------------------
 
-def prepared_folder(run: Path) -> Path | None:
-    """``RUN/prepared`` when it holds a manifest, else the cohort recorded in ``run.json``."""
-    if (run / "prepared" / "manifest.csv").exists():
-        return run / "prepared"
-    recorded = (_read_json(run / "run.json") or {}).get("prepared")
-    return Path(recorded) if recorded and (Path(recorded) / "manifest.csv").exists() else None
-
-
-def real_vs_synthetic_blocks(run: Path, per_class: int = VOLUMES_PER_CLASS) -> list[Block]:
-    from neuroldm.data.dataset import load_prepared_volume
-    from neuroldm.data.manifest import read_manifest
-    from neuroldm.samples import read_sample_manifest
-
+def real_vs_synthetic_blocks(run: RunDir, per_class: int = VOLUMES_PER_CLASS) -> list[Block]:
     blocks: list[Block] = []
     classes: dict[int, str] = {}
     real: dict[int, list[tuple[str, str]]] = {}
-    prepared = prepared_folder(run)
+    prepared = run.find_prepared()
     if prepared is None:
         blocks.append(not_run("no prepared cohort (prepared/manifest.csv)"))
     else:
-        rows = read_manifest(prepared)
+        rows = read_manifest(prepared.manifest)
         rows = rows[rows["split"] == "train"].sort_values(["label", "subject", "session"])
         for label, part in rows.groupby("label"):
             classes[int(label)] = str(part["label_name"].iloc[0])
             real[int(label)] = [(f"real {r.subject}", r.path) for r in part.head(per_class).itertuples()]
     synthetic: dict[int, list[tuple[str, str]]] = {}
-    if not (run / "samples" / "manifest.csv").exists():
+    if not run.samples.manifest.exists():
         blocks.append(not_run("no synthetic volumes (samples/manifest.csv)"))
     else:
-        samples = read_sample_manifest(run / "samples")
+        samples = read_sample_manifest(run.samples.root)
         for label, part in samples.rows.sort_values(["label", "sample"]).groupby("label"):
             classes.setdefault(int(label), str(part["label_name"].iloc[0]))
             synthetic[int(label)] = [(f"synthetic {r.sample}", r.path) for r in part.head(per_class).itertuples()]
@@ -228,15 +201,15 @@ def real_vs_synthetic_blocks(run: Path, per_class: int = VOLUMES_PER_CLASS) -> l
 # 3. Autoencoder
 # --------------------------------------------------------------------------------------------------------------
 
-def autoencoder_blocks(run: Path) -> list[Block]:
-    folder = run / "vae"
+def autoencoder_blocks(run: RunDir) -> list[Block]:
+    folder = run.vae
     if not folder.exists():
         return [not_run("no vae/ folder (`neuroldm train-vae`)")]
     blocks: list[Block] = []
     facts = _train_summary(folder)
     if facts:
         blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
-    rec = _read_json(folder / "reconstruction" / "metrics.json")
+    rec = folder.reconstruction.read_metrics()
     if rec is None:
         blocks.append(not_run("no reconstruction metrics (`neuroldm reconstruct`)"))
     else:
@@ -248,11 +221,11 @@ def autoencoder_blocks(run: Path) -> list[Block]:
                 for k, (label, meaning) in meanings.items() if k in rec["mean"]]
         blocks.append(Table(["metric", "mean", "std", "N volumes", "what it means"], rows,
                             f"Reconstruction of the {rec.get('split', '?')} split (posterior mean, decoded)"))
-        png = folder / "reconstruction" / "reconstruction.png"
+        png = folder.reconstruction.figure
         if png.exists():
             blocks.append(_png(png, "Real volumes, their reconstructions and the absolute errors (first subjects "
                                     "of the split)."))
-    blocks += _curves(folder / "metrics.csv", "Autoencoder")
+    blocks += _curves(folder, "Autoencoder")
     return blocks
 
 
@@ -260,13 +233,8 @@ def autoencoder_blocks(run: Path) -> list[Block]:
 # 4. Diffusion
 # --------------------------------------------------------------------------------------------------------------
 
-def diffusion_model_facts(path: Path) -> list[list[str]]:
-    """Rows of facts from ``diffusion/model.safetensors``' header (its metadata and tensor shapes; no weights)."""
-    from safetensors import safe_open
-
-    with safe_open(str(path), framework="np") as f:
-        meta = f.metadata() or {}
-        n_params = sum(int(np.prod(f.get_slice(k).get_shape())) for k in f.keys())  # noqa: SIM118
+def diffusion_model_facts(meta: dict[str, str], n_params: int) -> list[list[str]]:
+    """Rows of facts from the diffusion model file's header: its metadata and parameter count."""
     cfg = json.loads(meta.get("diffusion_config", "{}"))
     info = json.loads(meta.get("meta", "{}"))
     rows = [["network", str(cfg.get("model", "?")), "DiT preset"],
@@ -285,20 +253,20 @@ def diffusion_model_facts(path: Path) -> list[list[str]]:
     return rows
 
 
-def diffusion_blocks(run: Path) -> list[Block]:
-    folder = run / "diffusion"
+def diffusion_blocks(run: RunDir) -> list[Block]:
+    folder = run.diffusion
     if not folder.exists():
         return [not_run("no diffusion/ folder (`neuroldm train-diffusion`)")]
     blocks: list[Block] = []
     facts = _train_summary(folder)
     if facts:
         blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
-    model = folder / "model.safetensors"
-    if model.exists():
-        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(model), "The exported model"))
+    header = folder.read_model_header()
+    if header is not None:
+        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(*header), "The exported model"))
     else:
         blocks.append(not_run("no exported model (diffusion/model.safetensors)"))
-    blocks += _curves(folder / "metrics.csv", "Diffusion model")
+    blocks += _curves(folder, "Diffusion model")
     return blocks
 
 
@@ -374,9 +342,9 @@ def _class_difference_rows(cd: dict) -> list[list[str]]:
     return rows
 
 
-def evaluation_blocks(run: Path) -> list[Block]:
-    folder = run / "evaluation"
-    m = _read_json(folder / "metrics.json")
+def evaluation_blocks(run: RunDir) -> list[Block]:
+    folder = run.evaluation
+    m = folder.read_metrics()
     if m is None:
         return [not_run("no evaluation/metrics.json (`neuroldm evaluate`)")]
     net = m.get("feature_network", {})
@@ -444,15 +412,15 @@ def evaluation_blocks(run: Path) -> list[Block]:
                                   "the training subjects do (real column); one that agrees with its training "
                                   "subjects far better than with held-out ones learned their chance differences, "
                                   "and a classifier trained on its samples will not transfer"))
-    names = list(m.get("figures") or []) or sorted(p.name for p in folder.glob("*.png"))
+    names = list(m.get("figures") or []) or sorted(p.name for p in folder.root.glob("*.png"))
     for name in names:
         path = folder / name
         if not path.exists():
             blocks.append(Note(f"Figure {name} is listed in metrics.json but missing."))
-        elif name.startswith("slice_fid_"):
+        elif folder.figure_kind(name)[0] == "slice_fid":
             blocks.append(_png(path, f"{metric} against slice position per axis, group "
-                                     f"'{name[len('slice_fid_'):-4]}': synthetic vs the real baseline."))
-        elif name == "closest_pairs.png":
+                                     f"'{folder.figure_kind(name)[1]}': synthetic vs the real baseline."))
+        elif folder.figure_kind(name)[0] == "closest_pairs":
             blocks.append(_png(path, "The synthetic volumes closest to a training volume, beside that volume."))
         else:
             blocks.append(_png(path, name))
@@ -477,9 +445,9 @@ def _mean_std_ci(row: dict, name: str) -> str:
     return text
 
 
-def classifier_blocks(run: Path) -> list[Block]:
+def classifier_blocks(run: RunDir) -> list[Block]:
     blocks: list[Block] = []
-    grid = _read_json(run / "classify-grid" / "summary.json")
+    grid = run.grid.read_summary()
     if grid is None:
         blocks.append(not_run("no classifier grid (classify-grid/summary.json, `neuroldm classify-grid`)"))
     else:
@@ -507,7 +475,7 @@ def classifier_blocks(run: Path) -> list[Block]:
                              "p (paired DeLong)"], rows,
                             "Pooled: each subject's score averaged over the regime's runs; p < 0.05 means the AUC "
                             "differs from the real-only classifier's on the same subjects"))
-    result = _read_json(run / "classifier" / "result.json")
+    result = run.classifier.read_result()
     if result is None:
         blocks.append(not_run("no single classifier (classifier/result.json, `neuroldm classify`)"))
     else:
@@ -522,7 +490,7 @@ def classifier_blocks(run: Path) -> list[Block]:
         blocks.append(Table(["metric", "value", "95% CI"], rows,
                             f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC CI by DeLong, "
                             f"the others by bootstrap"))
-        blocks += _curves(run / "classifier" / "metrics.csv", "Classifier")
+        blocks += _curves(run.classifier, "Classifier")
     return blocks
 
 
@@ -536,16 +504,16 @@ def _enrichment_text(e: dict | None) -> str:
     return f"{fmt(e['mean'])}x {fmt_ci(e.get('low'), e.get('high'))} (N={e['n']})"
 
 
-def saliency_figures(method_dir: Path, subjects: int = SUBJECT_FIGURES_PER_METHOD) -> list[Path]:
+def saliency_figures(figures: Path, subjects: int = SUBJECT_FIGURES_PER_METHOD) -> list[Path]:
     """A method's class-mean overlays, then at most `subjects` subject overlays."""
-    pngs = sorted((method_dir / "figures").glob("*.png"))
-    means = [p for p in pngs if p.name.startswith("mean_")]
-    return means + [p for p in pngs if not p.name.startswith("mean_")][:subjects]
+    pngs = sorted(figures.glob("*.png"))
+    means = [p for p in pngs if SaliencyDir.mean_class(p) is not None]
+    return means + [p for p in pngs if SaliencyDir.mean_class(p) is None][:subjects]
 
 
-def saliency_blocks(run: Path) -> list[Block]:
-    folder = run / "saliency"
-    s = _read_json(folder / "summary.json")
+def saliency_blocks(run: RunDir) -> list[Block]:
+    folder = run.saliency
+    s = folder.read_summary()
     if s is None:
         return [not_run("no saliency/summary.json (`neuroldm saliency`)")]
     blocks: list[Block] = [Paragraph(
@@ -561,12 +529,12 @@ def saliency_blocks(run: Path) -> list[Block]:
     blocks.append(Table(["method", "ROI enrichment, all [95% CI]", *[f"… {c}" for c in classes], "s / volume",
                          "IG max |delta|"], rows, "Attribution methods (bootstrap CI over subjects)"))
     for method in methods:
-        figures = saliency_figures(folder / method)
+        figures = saliency_figures(folder.figures(method))
         if not figures:
             blocks.append(Note(f"{method}: no figures (classifier.saliency.figures = 0)."))
         for path in figures:
-            what = (f"mean |attribution| of class {path.stem[len('mean_'):]}" if path.name.startswith("mean_")
-                    else f"subject {path.stem}")
+            mean_of = SaliencyDir.mean_class(path)
+            what = f"mean |attribution| of class {mean_of}" if mean_of is not None else f"subject {path.stem}"
             blocks.append(_png(path, f"{method}: {what} (top 1% overlaid on the scan)."))
     return blocks
 
@@ -589,15 +557,15 @@ def software_versions() -> list[list[str]]:
     return rows
 
 
-def configuration_blocks(run: Path) -> list[Block]:
+def configuration_blocks(run: RunDir) -> list[Block]:
     blocks: list[Block] = []
-    cfg = run / "config.yaml"
+    cfg = run.config
     if cfg.exists():
         blocks.append(Details("config.yaml (the resolved configuration of the last stage run here)",
                               cfg.read_text(encoding="utf-8")))
     else:
         blocks.append(not_run("no config.yaml in the run directory"))
-    info = _read_json(run / "run.json") or {}
+    info = run.read_record()
     if info.get("stages"):
         blocks.append(Table(["stage", "last run"], [[k, v] for k, v in info["stages"].items()],
                             f"Stages recorded in run.json (prepared cohort: {info.get('prepared', '–')})"))
@@ -607,7 +575,7 @@ def configuration_blocks(run: Path) -> list[Block]:
 
 # --------------------------------------------------------------------------------------------------------------
 
-SECTIONS: list[tuple[str, str, str, Callable[[Path], list[Block]]]] = [
+SECTIONS: list[tuple[str, str, str, Callable[[RunDir], list[Block]]]] = [
     ("summary", "Summary", "The run's headline numbers and how long each stage took.", summary_blocks),
     ("real-vs-synthetic", "Real vs synthetic",
      "A few real training volumes of each class beside synthetic volumes of the same class.", real_vs_synthetic_blocks),
@@ -629,8 +597,9 @@ SECTIONS: list[tuple[str, str, str, Callable[[Path], list[Block]]]] = [
 ]
 
 
-def build_sections(run: Path) -> list[Section]:
+def build_sections(run: str | Path | RunDir) -> list[Section]:
     """Every section of the report; a section whose files cannot be read says so instead of failing."""
+    run = run if isinstance(run, RunDir) else RunDir(run)
     sections = []
     for anchor, title, intro, blocks_of in SECTIONS:
         try:

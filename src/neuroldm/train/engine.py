@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 from neuroldm.config import TrainConfig
 from neuroldm.errors import NeuroLDMError
 from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.runs import ModelDir
 from neuroldm.train import distributed
 from neuroldm.train.batches import BatchPlan
 from neuroldm.train.checkpoint import load_state, save_state
@@ -152,8 +153,9 @@ class Trainer:
         self.best: float | None = None
         self.patience = patience
         self.since_best = 0  # validations since the monitored value last improved
-        self.ckpt_dir = self.run_dir / "checkpoints"
-        self.metrics_path = self.run_dir / "metrics.csv"
+        self.layout = ModelDir(self.run_dir)
+        self.checkpoints = self.layout.checkpoints
+        self.metrics_path = self.layout.train_log
 
         seed_everything(cfg.seed)
         for p in parts:
@@ -222,13 +224,13 @@ class Trainer:
         _set_rng_state(state["rng"])
 
     def save_checkpoint(self, name: str) -> Path:
-        path = self.ckpt_dir / f"{name}.safetensors"
+        path = self.checkpoints.named(name)
         if self.world.is_main:
             save_state(self.state_dict(), path)
         return path
 
     def _resume(self) -> bool:
-        last = self.ckpt_dir / "last.safetensors"
+        last = self.checkpoints.last
         if not last.exists():
             return False
         self.load_state_dict(load_state(last, device="cpu"))
@@ -329,7 +331,7 @@ class Trainer:
         return terms
 
     def _diverged(self, part: str, out: dict[str, torch.Tensor]) -> None:
-        last = self.ckpt_dir / "last.safetensors"
+        last = self.checkpoints.last
         kept = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint was written yet"
         detail = ", ".join(f"{k}={float(v.detach() if isinstance(v, torch.Tensor) else v):.4g}"
                            for k, v in out.items())
@@ -410,5 +412,5 @@ class Trainer:
                    "stopped_early": stopped_early, "early_stopped": patience_out, "best": self.best, "monitor": f"val_{self.monitor}",
                    "last_terms": terms, "last_validation": val, "world_size": self.world.size}
         if self.world.is_main:
-            write_json_atomic(self.run_dir / "train_summary.json", summary)
+            write_json_atomic(self.layout.train_summary, summary)
         return summary

@@ -16,7 +16,6 @@ keyed by the volume's content and the autoencoder's file hash so a re-run skips 
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,10 +29,10 @@ from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest, reference_affine
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
+from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.vae.decode import encode_volume
 from neuroldm.vae.weights import load_vae
 
-LATENT_DIR = "latents"
 INDEX_COLUMNS = ["subject", "session", "label", "label_name", "split", "fold", "data_sha256", "file"]
 
 
@@ -44,13 +43,13 @@ def _key(data_sha256: str, vae_sha256: str) -> str:
 def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "cpu",
                   progress: bool = True) -> dict:
     """Encode every usable volume of `prepared` with the run's autoencoder; returns the ``latents.json`` dict."""
-    run_dir, out = Path(run_dir), Path(run_dir) / LATENT_DIR
+    run_dir, out = Path(run_dir), RunDir(run_dir).latents
     model, vae_cfg, meta = load_vae(run_dir, device)
     rows = read_manifest(prepared)
     files, done = [], 0
     with torch.no_grad():
         for row in tqdm(rows.itertuples(), total=len(rows), desc="encode", unit="vol", disable=not progress):
-            rel = Path("volumes") / f"{_key(row.data_sha256, meta['sha256'])}.safetensors"
+            rel = out.volume(_key(row.data_sha256, meta['sha256']))
             files.append(str(rel))
             if (out / rel).exists():
                 done += 1
@@ -61,11 +60,11 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
                 save_file({"mu": mu[0].float().cpu().contiguous(), "sigma": sigma[0].float().cpu().contiguous()},
                           str(tmp))
     index = rows.assign(file=files)[INDEX_COLUMNS]
-    with atomic_path(out / "index.csv") as tmp:
+    with atomic_path(out.index) as tmp:
         index.to_csv(tmp, index=False)
     train = index[index["split"] == "train"]
     if train.empty:
-        raise InputError(Path(prepared) / "manifest.csv", "no training-split volumes to compute the scale factor")
+        raise InputError(PreparedDir(prepared).manifest, "no training-split volumes to compute the scale factor")
     stats = _latent_stats([out / f for f in train["file"]])
     info = {"scale_factor": 1.0 / stats["std"], "latent_shape": stats["shape"], "n": len(index),
             "n_train": len(train), "train_mean": stats["mean"], "train_std": stats["std"],
@@ -73,7 +72,7 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
             "vae_sha256": meta["sha256"], "vae_arch": vae_cfg.arch, "prepared": str(Path(prepared).resolve()),
             "reference_affine": reference_affine(rows[rows["split"] == "train"]).tolist(),
             "reused": done}
-    write_json_atomic(out / "latents.json", info)
+    write_json_atomic(out.info, info)
     return info
 
 
@@ -113,15 +112,13 @@ class LatentSet:
 
 def load_latents(run_dir: str | Path, splits: tuple[str, ...] | None = None) -> LatentSet:
     """The latents of `splits` (all when None), with the stored scale factor."""
-    out = Path(run_dir) / LATENT_DIR
-    if not (out / "latents.json").exists():
-        raise InputError(out / "latents.json", "no encoded latents; run `neuroldm encode` first")
-    info = json.loads((out / "latents.json").read_text())
-    index = pd.read_csv(out / "index.csv", dtype={"session": str}, keep_default_na=False)
+    out = RunDir(run_dir).latents
+    info = out.read_info()
+    index = pd.read_csv(out.index, dtype={"session": str}, keep_default_na=False)
     if splits is not None:
         index = index[index["split"].isin(splits)].reset_index(drop=True)
     if index.empty:
-        raise InputError(out / "index.csv", f"no latents in splits {splits}")
+        raise InputError(out.index, f"no latents in splits {splits}")
     tensors = [load_file(str(out / f)) for f in index["file"]]
     return LatentSet(mu=torch.stack([t["mu"] for t in tensors]), sigma=torch.stack([t["sigma"] for t in tensors]),
                      labels=torch.tensor(index["label"].to_numpy(dtype=np.int64)), index=index,

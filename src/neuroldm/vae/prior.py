@@ -18,17 +18,17 @@ from tqdm.auto import tqdm
 from neuroldm.data.manifest import read_manifest, reference_affine
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.runs import RunDir, SampleDir
 from neuroldm.vae.decode import decode_volume
-from neuroldm.vae.encode import LATENT_DIR
 from neuroldm.vae.network import latent_shape
 from neuroldm.vae.weights import load_vae
 
 
 def sample_prior(run_dir: str | Path, n: int, out: str | Path, *, seed: int = 0, raw: bool = False,
                  prepared: str | Path | None = None, device: str = "cpu", progress: bool = True) -> list[Path]:
-    run_dir, out = Path(run_dir), Path(out)
+    run_dir, out = Path(run_dir), SampleDir(out)
     model, vae_cfg, meta = load_vae(run_dir, device)
-    info_path = run_dir / LATENT_DIR / "latents.json"
+    info_path = RunDir(run_dir).latents.info
     info = json.loads(info_path.read_text()) if info_path.exists() else None
     if info is None and not raw:
         raise InputError(info_path, "matched-prior sampling needs the latent statistics; run `neuroldm encode` "
@@ -50,9 +50,9 @@ def sample_prior(run_dir: str | Path, n: int, out: str | Path, *, seed: int = 0,
         for i in tqdm(range(n), desc="vae-sample", unit="vol", disable=not progress):
             z = torch.randn(shape, generator=g) * std[:, None, None, None] + mean[:, None, None, None]
             vol = decode_volume(model, z[None].to(device), vae_cfg)[0, 0].cpu().numpy().astype(np.float32)
-            path = out / f"vae-prior_seed{seed}_{i:04d}.nii.gz"
+            path = out.prior_volume(seed, i)
             save_nifti_atomic(vol, affine, path)
             paths.append(path)
-    write_json_atomic(out / "vae_prior.json", {"n": n, "seed": seed, "raw": raw, "vae_sha256": meta["sha256"],
+    write_json_atomic(out.prior_info, {"n": n, "seed": seed, "raw": raw, "vae_sha256": meta["sha256"],
                                                "files": [p.name for p in paths]})
     return paths

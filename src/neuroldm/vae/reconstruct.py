@@ -19,6 +19,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.image import ms_ssim, psnr, ssim
+from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.vae.decode import decode_volume, encode_volume
 from neuroldm.vae.weights import load_vae
 from neuroldm.viz.slices import comparison_figure
@@ -33,12 +34,12 @@ def volume_metrics(recon: torch.Tensor, x: torch.Tensor) -> dict[str, float]:
 def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val", figure_subjects: int = 3,
                 save_volumes: bool = False, device: str = "cpu", progress: bool = True) -> dict:
     run_dir = Path(run_dir)
-    out = run_dir / "vae" / "reconstruction"
+    out = RunDir(run_dir).vae.reconstruction
     model, vae_cfg, meta = load_vae(run_dir, device)
     rows = read_manifest(prepared)
     rows = rows[rows["split"] == split]
     if rows.empty:
-        raise InputError(Path(prepared) / "manifest.csv", f"no volumes in split '{split}'")
+        raise InputError(PreparedDir(prepared).manifest, f"no volumes in split '{split}'")
     per_volume, figure_rows = [], []
     with torch.no_grad():
         for row in tqdm(rows.itertuples(), total=len(rows), desc="reconstruct", unit="vol", disable=not progress):
@@ -50,7 +51,7 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
             if save_volumes:
                 affine = nib.load(row.path).affine
                 stem = "_".join(p for p in (row.subject, row.session) if p)
-                save_nifti_atomic(rec.astype(np.float32), affine, out / "volumes" / f"{stem}_recon.nii.gz")
+                save_nifti_atomic(rec.astype(np.float32), affine, out.volume(stem))
             if len(figure_rows) < figure_subjects:
                 lo, hi = np.percentile(real, [0.5, 99.5])
                 err_max = float(np.percentile(np.abs(rec - real), 99.5)) or 1.0
@@ -63,8 +64,8 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
               "std": {k: float(np.std([v[k] for v in per_volume], ddof=1)) if len(per_volume) > 1 else 0.0
                       for k in keys},
               "per_volume": per_volume}
-    write_json_atomic(out / "metrics.json", result)
-    comparison_figure(figure_rows, out / "reconstruction.png",
+    write_json_atomic(out.metrics, result)
+    comparison_figure(figure_rows, out.figure,
                       title=f"{split} split: SSIM {result['mean']['ssim']:.3f}, PSNR {result['mean']['psnr']:.1f} dB "
                             f"(N={result['n']})")
     return result

@@ -15,18 +15,16 @@ import torch
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
+from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import Part, StepContext, Trainer
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
 from neuroldm.vae.network import build_vae, check_grid
 from neuroldm.vae.perceptual import build_perceptual
 from neuroldm.vae.reconstruct import volume_metrics
-from neuroldm.vae.weights import MODEL_FILE, export_vae
+from neuroldm.vae.weights import export_vae
 
 log = logging.getLogger(__name__)
-
-VAE_DIR = "vae"
-
 
 class VAEObjective:
     """The engine's loss function for the autoencoder (and its discriminator, when adversarial training is on)."""
@@ -72,7 +70,8 @@ def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, devic
 def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume: bool = True,
               progress: bool = True) -> dict:
     """Train, select on validation SSIM, export the best weights; returns the training summary."""
-    out = Path(run_dir) / VAE_DIR
+    layout = RunDir(run_dir).vae
+    out = layout.root
     check_grid(cfg.prepare.grid)
     rows = read_manifest(prepared)
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
@@ -103,11 +102,11 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
         perceptual.to(trainer.world.device)
     summary = trainer.fit(resume=resume)
     if trainer.world.is_main:
-        best = out / "checkpoints" / ("best.safetensors" if val_set is not None else "last.safetensors")
+        best = layout.checkpoints.best if val_set is not None else layout.checkpoints.last
         if not best.exists():
-            best = out / "checkpoints" / "last.safetensors"
-        export_best(best, cfg, Path(run_dir) / MODEL_FILE)
-        summary["exported"] = str(Path(run_dir) / MODEL_FILE)
+            best = layout.checkpoints.last
+        export_best(best, cfg, layout.model)
+        summary["exported"] = str(layout.model)
     return summary
 
 

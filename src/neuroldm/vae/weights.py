@@ -14,9 +14,8 @@ import torch
 from neuroldm.config import VAEConfig
 from neuroldm.errors import InputError
 from neuroldm.io import load_weights, save_weights_atomic, sha256_file
+from neuroldm.runs import RunDir
 from neuroldm.vae.network import build_vae
-
-MODEL_FILE = Path("vae") / "model.safetensors"
 
 
 def export_vae(model: torch.nn.Module, cfg: VAEConfig, path: str | Path, meta: dict | None = None) -> Path:
@@ -25,7 +24,7 @@ def export_vae(model: torch.nn.Module, cfg: VAEConfig, path: str | Path, meta: d
 
 def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, VAEConfig, dict]:
     """``(model in eval mode, its VAEConfig, meta)`` from ``RUN/vae/model.safetensors``."""
-    path = Path(run_dir) / MODEL_FILE
+    path = RunDir(run_dir).vae.model
     if not path.exists():
         raise InputError(path, "no trained autoencoder; run `neuroldm train-vae` first")
     state, metadata = load_weights(path, device, required_key="vae_config", what="autoencoder")

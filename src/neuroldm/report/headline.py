@@ -1,16 +1,18 @@
 """``RUN/metrics.json``: the run's headline numbers as flat keys, gathered from the stages' own outputs.
 
+The report stage writes it (then the page that shows it); every stage output is read through `neuroldm.runs`.
+
 Every key is documented in `KEYS` (and in the README); a number whose stage has not run is absent, never 0.
 Confidence intervals sit beside their value as ``<key>.low`` / ``<key>.high`` and sample sizes as ``<key>.n``.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
 from neuroldm.io import write_json_atomic
+from neuroldm.runs import RunDir
 
 KEYS: dict[str, str] = {
     "wall_seconds": "sum of the wall times of the stages that produced this run directory (pipeline.json)",
@@ -47,10 +49,6 @@ KEYS: dict[str, str] = {
 }
 
 
-def _load(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
-
-
 def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return
@@ -62,20 +60,20 @@ def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
 
 def collect_metrics(run: str | Path) -> dict:
     """The flat metrics of a run directory (whatever stages have finished)."""
-    run = Path(run)
+    run = RunDir(run)
     out: dict = {}
-    pipeline = _load(run / "pipeline.json") or {}
+    pipeline = run.read_pipeline()
     seconds = [s.get("seconds", 0.0) for name, s in pipeline.get("stages", {}).items()
                if s.get("state") == "done" and name != "report"]
     if seconds:
         out["wall_seconds"] = round(float(sum(seconds)), 1)
 
-    recon = _load(run / "vae" / "reconstruction" / "metrics.json")
+    recon = run.vae.reconstruction.read_metrics()
     if recon:
         for k in ("ssim", "psnr", "ms_ssim"):
             _put(out, f"vae.val.{k}", recon["mean"][k], n=recon["n"])
 
-    grid = _load(run / "classify-grid" / "summary.json")
+    grid = run.grid.read_summary()
     if grid:
         pooled = {r["regime"]: r for r in grid.get("pooled", []) if r.get("split") == "test"}
         per_run = {r["regime"]: r for r in grid.get("summary", [])}
@@ -90,7 +88,7 @@ def collect_metrics(run: str | Path) -> dict:
         if "classifier.real.auc" in out and "classifier.synthetic.auc" in out and out["classifier.real.auc"] > 0:
             out["classifier.synthetic.auc_ratio"] = out["classifier.synthetic.auc"] / out["classifier.real.auc"]
 
-    ev = _load(run / "evaluation" / "metrics.json")
+    ev = run.evaluation.read_metrics()
     if ev:
         fid = ev.get("fidelity", {})
         if "accuracy" in fid:
@@ -119,7 +117,7 @@ def collect_metrics(run: str | Path) -> dict:
         if mem.get("image", {}).get("z_u") is not None:
             _put(out, "memorization.z_u", mem["image"]["z_u"])
 
-    sal = _load(run / "saliency" / "summary.json")
+    sal = run.saliency.read_summary()
     if sal:
         for method, short in (("integrated_gradients", "ig"), ("input_x_gradient", "ixg"),
                               ("gradient_shap", "gradient_shap")):
@@ -131,5 +129,5 @@ def collect_metrics(run: str | Path) -> dict:
 
 def write_metrics(run: str | Path) -> dict:
     metrics = collect_metrics(run)
-    write_json_atomic(Path(run) / "metrics.json", metrics)
+    write_json_atomic(RunDir(run).metrics, metrics)
     return metrics

@@ -5,7 +5,7 @@ import json
 import pytest
 from report_run import ENRICHMENT, RECON, make_fake_run
 
-from neuroldm.pipeline.summary import KEYS, collect_metrics, write_metrics
+from neuroldm.report.headline import KEYS, collect_metrics, write_metrics
 
 
 @pytest.fixture(scope="module")
