@@ -166,14 +166,14 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from test_engine import Regression, _model, _cfg, mse
 from neuroldm.train.engine import Trainer
-from neuroldm.train import distributed
-world = distributed.setup("cpu")
+from neuroldm import runtime
+world = runtime.setup("cpu")
 cfg = _cfg(steps=4, batch_size={bs}, ema_decay=None, grad_clip=None)
 t = Trainer(_model(), cfg, {out!r} + "/rank" + str(world.rank), dataset=Regression(), loss_fn=mse,
             progress=False, world=world)
 t.fit()
 torch.save({{k: v for k, v in t.model.state_dict().items()}}, {out!r} + f"/w{{world.rank}}.pt")
-distributed.teardown()
+runtime.teardown()
 '''
 
 

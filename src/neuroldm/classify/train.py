@@ -115,8 +115,12 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, split: str, classes:
 
 def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, regime: Regime | str = "real",
                      samples: str | Path | SampleSet | None = None, fold: int | None = None,
-                     seed: int | None = None, resume: bool = True, progress: bool = True) -> dict:
-    """Train one classifier (regime, fold, seed) and score the test split; returns the ``result.json`` content."""
+                     seed: int | None = None, resume: bool = True, device: str | torch.device | None = None,
+                     progress: bool = True) -> dict:
+    """Train one classifier (regime, fold, seed) and score the test split; returns the ``result.json`` content.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     ccfg, classes = cfg.classifier, list(cfg.data.classes)
     if len(classes) != 2:
         raise ConfigError(f"the classifier's metrics are binary; data.classes has {len(classes)} classes")
@@ -154,7 +158,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
                       validate=_validation(val_set, tcfg.batch_size), monitor="selection", mode="max",
                       sample_weights=weights, patience=ccfg.patience, progress=progress,
                       desc=f"classify {regime.name}" + (f" fold {fold}" if fold is not None else ""),
-                      meta={"stage": "classify", "regime": regime.name, "fold": fold, "seed": seed})
+                      meta={"stage": "classify", "regime": regime.name, "fold": fold, "seed": seed}, device=device)
     summary = trainer.fit(resume=resume)
     if not trainer.world.is_main:
         return {}

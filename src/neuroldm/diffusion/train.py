@@ -87,8 +87,12 @@ def class_names(latents: LatentSet, cfg: Config) -> list[str]:
     return names
 
 
-def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, progress: bool = True) -> dict:
-    """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary."""
+def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
+                    device: str | torch.device | None = None, progress: bool = True) -> dict:
+    """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     run_dir = Path(run_dir)
     out = run_dir / DIFFUSION_DIR
     dcfg, tcfg = cfg.diffusion, cfg.diffusion.train
@@ -111,7 +115,7 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, pr
                       if val_set is not None else None,
                       monitor="loss", mode="min",
                       meta={"stage": "train-diffusion", "config": cfg.to_dict()}, progress=progress,
-                      desc="train-diffusion")
+                      desc="train-diffusion", device=device)
     log.info("train-diffusion: %s (%.2f M parameters) on %d latents %s (%s), scale factor %.4f",
              dcfg.model, sum(p.numel() for p in model.parameters()) / 1e6, len(train.labels),
              "x".join(map(str, latent_shape)),

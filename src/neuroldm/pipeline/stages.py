@@ -26,8 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
-
+from neuroldm import runtime
 from neuroldm.config import Config
 from neuroldm.errors import ConfigError
 
@@ -87,11 +86,6 @@ class Stage:
 # Stage functions: each returns a small JSON-able summary for pipeline.json
 # --------------------------------------------------------------------------------------------------------------
 
-def _is_main() -> bool:
-    """Rank 0 of a torchrun group, or the only process."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _demo_cohort(ctx: Context) -> dict:
     from neuroldm.demo.cohort import make_demo_cohort
 
@@ -115,10 +109,10 @@ def _train_vae(ctx: Context) -> dict:
     from neuroldm.vae.reconstruct import reconstruct
     from neuroldm.vae.train import train_vae
 
-    main = _is_main()
+    main = runtime.is_main()
     if main:
         record_stage(ctx.run, "train-vae", ctx.cfg, prepared=ctx.prepared.resolve())
-    summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
+    summary = train_vae(ctx.prepared, ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress and main)
     if not main:
         return {}
     recon = reconstruct(ctx.run, ctx.prepared, split="val", device=ctx.device, progress=ctx.progress)
@@ -136,8 +130,8 @@ def _encode(ctx: Context) -> dict:
 def _train_diffusion(ctx: Context) -> dict:
     from neuroldm.diffusion.train import train_diffusion
 
-    summary = train_diffusion(ctx.run, ctx.cfg, progress=ctx.progress)
-    if not _is_main():
+    summary = train_diffusion(ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress)
+    if not runtime.is_main():
         return {}
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"]}
 
@@ -195,7 +189,8 @@ def headline_classifier(ctx: Context) -> Path:
 def _classify_grid(ctx: Context) -> dict:
     from neuroldm.classify.grid import run_grid
 
-    summary = run_grid(ctx.prepared, ctx.run, ctx.cfg, samples=ctx.samples, progress=ctx.progress)
+    summary = run_grid(ctx.prepared, ctx.run, ctx.cfg, samples=ctx.samples, device=ctx.device,
+                       progress=ctx.progress)
     return {"runs": summary.get("runs"), "regimes": summary.get("regimes")}
 
 
@@ -230,7 +225,7 @@ def _saliency(ctx: Context) -> dict:
     from neuroldm.classify.saliency import explain_cohort
 
     summary = explain_cohort(headline_classifier(ctx), ctx.prepared, ctx.run / "saliency", ctx.cfg,
-                             limit=ctx.cfg.pipeline.saliency_limit, progress=ctx.progress)
+                             limit=ctx.cfg.pipeline.saliency_limit, device=ctx.device, progress=ctx.progress)
     return {m: round(e["seconds_per_volume"], 2) for m, e in summary["methods"].items()}
 
 

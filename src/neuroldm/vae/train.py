@@ -70,8 +70,11 @@ def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, devic
 
 
 def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume: bool = True,
-              progress: bool = True) -> dict:
-    """Train, select on validation SSIM, export the best weights; returns the training summary."""
+              device: str | torch.device | None = None, progress: bool = True) -> dict:
+    """Train, select on validation SSIM, export the best weights; returns the training summary.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     out = Path(run_dir) / VAE_DIR
     check_grid(cfg.prepare.grid)
     rows = read_manifest(prepared)
@@ -98,7 +101,7 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
                       validate=(lambda t: reconstruction_metrics(t.eval_module(), val_set, t.world.device))
                       if val_set is not None else None,
                       monitor="ssim", mode="max", meta={"stage": "train-vae", "config": cfg.to_dict()},
-                      progress=progress, desc="train-vae")
+                      progress=progress, desc="train-vae", device=device)
     if perceptual is not None:
         perceptual.to(trainer.world.device)
     summary = trainer.fit(resume=resume)
