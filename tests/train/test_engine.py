@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from neuroldm.config import TrainConfig
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import Part, Trainer, TrainingDiverged, lr_factor
+from neuroldm.train.engine import Part, Trainer, TrainingDiverged, eval_weights, lr_factor
 
 
 class Regression(Dataset):
@@ -130,6 +130,20 @@ def test_ema_follows_the_recursion(tmp_path):
     t.fit(resume=False)
     for e, b, w in zip(t.ema.module.parameters(), before, t.model.parameters(), strict=True):
         torch.testing.assert_close(e, 0.5 * b + 0.5 * w)
+
+
+def test_eval_weights_of_a_checkpoint_are_the_ema_or_else_the_model(tmp_path):
+    for name, decay in (("ema", 0.5), ("raw", None)):
+        t = _trainer(tmp_path / name, _cfg(steps=3, ema_decay=decay), loss=mse)
+        t.fit()
+        bare = _model()
+        # strict loading: no wrapper prefix and no EMA counter left in the keys
+        bare.load_state_dict(eval_weights(load_state(tmp_path / name / "checkpoints" / "last.safetensors")))
+        expected = t.ema.module if decay else t.model
+        assert t.eval_module() is expected
+        assert all(torch.equal(bare.state_dict()[k], v) for k, v in expected.state_dict().items())
+        if decay:  # the EMA really is other weights than the model's
+            assert not all(torch.equal(a, b) for a, b in zip(t.ema.module.parameters(), t.model.parameters()))
 
 
 def test_best_checkpoint_follows_the_monitored_metric(tmp_path):

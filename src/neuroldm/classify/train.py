@@ -38,7 +38,7 @@ from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.metrics.classification import auc_roc, classification_report
 from neuroldm.samples import SampleSet, read_sample_manifest
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import StepContext, Trainer
+from neuroldm.train.engine import StepContext, Trainer, eval_weights
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +80,6 @@ def selection_score(auc: float, loss: float) -> float:
     sets saturate at AUC 1 early, and without the tie-break the first (often badly calibrated) such model wins.
     """
     return auc - 1e-7 * min(loss, 10.0)
-
-
-def eval_weights(state: dict) -> dict[str, torch.Tensor]:
-    """The weights to evaluate from a training checkpoint: the EMA's when it has one, else the model's."""
-    if state.get("ema") is not None:
-        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    return state["modules"]["model"]
 
 
 def _check_shapes(rows: pd.DataFrame, shape: tuple[int, ...]) -> None:

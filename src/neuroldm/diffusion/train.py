@@ -20,7 +20,7 @@ from neuroldm.diffusion.process import diffusion_loss, prediction_error, trainin
 from neuroldm.diffusion.weights import MODEL_FILE, dit_from_config, export_dit
 from neuroldm.errors import InputError
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import StepContext, Trainer
+from neuroldm.train.engine import StepContext, Trainer, eval_weights
 from neuroldm.vae.encode import LatentSet, load_latents
 
 log = logging.getLogger(__name__)
@@ -123,11 +123,8 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
     summary = trainer.fit(resume=resume)
     if trainer.world.is_main:
         state = load_state(out / "checkpoints" / "last.safetensors")
-        weights = state["modules"]["model"]
-        if state.get("ema") is not None:
-            weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         final = dit_from_config(dcfg, latent_shape, len(classes))
-        final.load_state_dict(weights)
+        final.load_state_dict(eval_weights(state))
         export_dit(final, dcfg, run_dir / MODEL_FILE,
                    meta={"latent_shape": list(latent_shape), "classes": classes, "scale_factor": train.scale_factor,
                          "step": state["step"], "ema": state.get("ema") is not None,

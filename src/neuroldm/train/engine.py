@@ -112,6 +112,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def eval_weights(state: dict[str, Any], model: str = "model") -> dict[str, torch.Tensor]:
+    """The weights to evaluate from a training checkpoint (`Trainer.state_dict`): the EMA's when the run kept one,
+    else `model`'s. Both are saved unwrapped (no DDP ``module.`` prefix); the EMA's keys lose the ``module.`` of
+    its `AveragedModel` wrapper and its ``n_averaged`` counter, so they load into a bare network."""
+    if state.get("ema") is not None:
+        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["modules"][model]
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)

@@ -16,7 +16,7 @@ from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import Part, StepContext, Trainer
+from neuroldm.train.engine import Part, StepContext, Trainer, eval_weights
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
 from neuroldm.vae.network import build_vae, check_grid
 from neuroldm.vae.perceptual import build_perceptual
@@ -118,11 +118,7 @@ def export_best(checkpoint: Path, cfg: Config, path: Path) -> None:
     """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder."""
     state = load_state(checkpoint)
     model = build_vae(cfg.vae)
-    if state.get("ema") is not None:
-        weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    else:
-        weights = state["modules"]["model"]
-    model.load_state_dict(weights)
+    model.load_state_dict(eval_weights(state))
     export_vae(model, cfg.vae, path, meta={"step": state["step"], "best": state["best"],
                                            "checkpoint": str(checkpoint), "grid": list(cfg.prepare.grid),
                                            "spacing": list(cfg.prepare.spacing)})
