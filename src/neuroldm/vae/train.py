@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
+from neuroldm.errors import InputError
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import Part, StepContext, Trainer, eval_weights
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
@@ -109,16 +111,27 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
         best = out / "checkpoints" / ("best.safetensors" if val_set is not None else "last.safetensors")
         if not best.exists():
             best = out / "checkpoints" / "last.safetensors"
-        export_best(best, cfg, Path(run_dir) / MODEL_FILE)
+        export_best(best, cfg, Path(run_dir) / MODEL_FILE, grid=train_set.shape,
+                    spacing=prepared_spacing(train_rows))
         summary["exported"] = str(Path(run_dir) / MODEL_FILE)
     return summary
 
 
-def export_best(checkpoint: Path, cfg: Config, path: Path) -> None:
-    """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder."""
+def prepared_spacing(rows: pd.DataFrame) -> list[float]:
+    """The voxel size (mm) of the prepared volumes, from their manifest rows (``spacing`` like ``1.5x1.5x1.5``)."""
+    spacings = set(rows["spacing"])
+    if len(spacings) != 1:
+        raise InputError("manifest.csv", f"the prepared volumes have {len(spacings)} voxel sizes "
+                                          f"({', '.join(sorted(spacings))}); prepare the cohort again")
+    return [float(v) for v in spacings.pop().split("x")]
+
+
+def export_best(checkpoint: Path, cfg: Config, path: Path, *, grid: tuple[int, ...], spacing: list[float]) -> None:
+    """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder, with the
+    `grid` and `spacing` of the prepared volumes it was trained on (not the ``prepare`` settings now in force)."""
     state = load_state(checkpoint)
     model = build_vae(cfg.vae)
     model.load_state_dict(eval_weights(state))
     export_vae(model, cfg.vae, path, meta={"step": state["step"], "best": state["best"],
-                                           "checkpoint": str(checkpoint), "grid": list(cfg.prepare.grid),
-                                           "spacing": list(cfg.prepare.spacing)})
+                                           "checkpoint": str(checkpoint), "grid": [int(g) for g in grid],
+                                           "spacing": [float(s) for s in spacing]})
