@@ -42,6 +42,7 @@ def test_device_with_cuda_is_this_ranks_gpu(alone, monkeypatch):
     assert runtime.resolve_device("cuda:0") == torch.device("cuda:0")  # an explicit index is taken as given
     assert runtime.resolve_device("cpu") == torch.device("cpu")
     assert runtime.resolve_device(torch.device("cuda:3")) == torch.device("cuda:3")
+    assert runtime.resolve_device(torch.device("cuda")) == torch.device("cuda:1")
 
 
 def test_a_bad_device_name_is_a_one_line_error():

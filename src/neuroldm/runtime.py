@@ -54,7 +54,7 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     """The device to run on: ``None`` or ``auto`` is this rank's GPU (``cuda:LOCAL_RANK``) when CUDA is available,
     else the CPU; ``cuda`` is this rank's GPU; ``cuda:N``, ``cpu`` (or another torch device) are taken as given."""
     if isinstance(name, torch.device):
-        return name
+        name = str(name)
     if name is None or name == "auto":
         return torch.device(f"cuda:{local_rank()}") if torch.cuda.is_available() else torch.device("cpu")
     try:
