@@ -22,8 +22,8 @@ import torch.distributed as dist
 
 from neuroldm.errors import ConfigError
 
-# one timeout for every collective: under `neuroldm run` rank 0 evaluates alone (an hour or more) while the other
-# ranks wait at a barrier, which NCCL's default of 10 minutes would end with an error
+# one timeout for every collective: under `neuroldm run` rank 0 samples and evaluates alone while the other ranks
+# wait at a barrier, and NCCL's default of 10 minutes would end that wait with an error
 BARRIER_TIMEOUT = timedelta(hours=12)
 
 
