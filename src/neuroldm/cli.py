@@ -98,10 +98,12 @@ def cmd_demo_cohort(args: argparse.Namespace) -> int:
 
 
 def cmd_train_vae(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.vae.train import train_vae
 
     cfg, prepared = _start_stage(args, "train-vae")
-    summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
+    summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
+                        progress=not args.no_progress)
     val = summary.get("last_validation") or {}
     print(f"trained the autoencoder for {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
           f"SSIM {summary['best'] if summary['best'] is not None else float('nan'):.4f}"
@@ -111,11 +113,13 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
 
 
 def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.vae.reconstruct import reconstruct
 
     run = RunDir(args.run)
     result = reconstruct(args.run, run.prepared_cohort(args.prepared).root, split=args.split,
-                         save_volumes=args.save_volumes, progress=not args.no_progress)
+                         save_volumes=args.save_volumes, device=runtime.resolve_device(args.device),
+                         progress=not args.no_progress)
     m = result["mean"]
     print(f"{result['split']} split, N={result['n']}: PSNR {m['psnr']:.2f} dB, SSIM {m['ssim']:.4f}, "
           f"MS-SSIM {m['ms_ssim']:.4f}, L1 {m['l1']:.4f}")
@@ -124,10 +128,11 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.vae.encode import encode_cohort
 
     cfg, prepared = _start_stage(args, "encode")
-    info = encode_cohort(args.run, prepared, progress=not args.no_progress)
+    info = encode_cohort(args.run, prepared, device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"encoded {info['n']} volumes ({info['reused']} reused) to latents of shape "
           f"{'x'.join(map(str, info['latent_shape']))}; scale factor {info['scale_factor']:.4f} "
           f"(1/std of {info['n_train']} training latents)")
@@ -135,20 +140,24 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def cmd_vae_sample(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.vae.prior import sample_prior
 
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
-                         prepared=RunDir(args.run).read_record().get("prepared"), progress=not args.no_progress)
+                         prepared=RunDir(args.run).read_record().get("prepared"),
+                         device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"wrote {len(paths)} volumes to {args.out}")
     return 0
 
 
 def cmd_train_diffusion(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.diffusion.train import train_diffusion
 
     cfg = _resolve(args)
     RunDir(args.run).record_stage("train-diffusion", cfg)
-    summary = train_diffusion(args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
+    summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
+                              progress=not args.no_progress)
     best = summary["best"]
     print(f"trained the diffusion model for {summary['steps']} steps in {summary['seconds']:.0f} s; last loss "
           f"{summary['last_terms'].get('loss', float('nan')):.4f}"
@@ -158,6 +167,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.diffusion.sample import sample_to_folder
 
     cfg = _resolve(args).sample
@@ -167,7 +177,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               guidance_interval=(args.guidance_interval if args.guidance_interval is not None
                                                  else cfg.guidance_interval),
                               eta=cfg.eta, seed=args.seed, batch_size=args.batch_size or cfg.batch_size,
-                              device=_device(args.device), progress=not args.no_progress)
+                              device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
@@ -176,12 +186,14 @@ def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivi
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.classify.train import train_classifier
 
     cfg, prepared = _start_stage(args, "classify")
     out = Path(args.out) if args.out else RunDir(args.run).classifier.root
     result = train_classifier(prepared, out, cfg, regime=args.regime, samples=args.samples, fold=args.fold,
-                              seed=args.seed, resume=not args.no_resume, progress=not args.no_progress)
+                              seed=args.seed, resume=not args.no_resume, device=runtime.resolve_device(args.device),
+                              progress=not args.no_progress)
     if not result:  # a non-main torchrun process
         return 0
     print(f"{cfg.classifier.arch} on {result['regime']} ({result['n_train_real']} real + "
@@ -193,11 +205,12 @@ def cmd_classify(args: argparse.Namespace) -> int:
 
 
 def cmd_classify_grid(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.classify.grid import run_grid
 
     cfg, prepared = _start_stage(args, "classify-grid")
     summary = run_grid(prepared, args.run, cfg, samples=args.samples, resume=not args.no_resume,
-                       progress=not args.no_progress)
+                       device=runtime.resolve_device(args.device), progress=not args.no_progress)
     if not summary:  # a non-main torchrun process
         return 0
     for row in summary["pooled"]:
@@ -209,13 +222,15 @@ def cmd_classify_grid(args: argparse.Namespace) -> int:
 
 
 def cmd_saliency(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.classify.saliency import explain_cohort
 
     cfg, prepared = _start_stage(args, "saliency")
     run = RunDir(args.run)
     out = Path(args.out) if args.out else run.saliency.root
     summary = explain_cohort(args.model or run.classifier.root, prepared, out, cfg, split=args.split,
-                             limit=args.limit, progress=not args.no_progress)
+                             limit=args.limit, device=runtime.resolve_device(args.device),
+                             progress=not args.no_progress)
     for method, entry in summary["methods"].items():
         line = f"{method}: {entry['seconds_per_volume']:.1f} s/volume"
         enr = (entry.get("enrichment") or {}).get("all")
@@ -227,6 +242,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from neuroldm import runtime
     from neuroldm.evaluate.run import evaluate
 
     overrides = list(args.overrides)
@@ -235,11 +251,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     if args.random_features:
         overrides.append("evaluate.random_features=true")
     cfg = load_config(args.preset, args.config, overrides)
+    device = runtime.resolve_device(args.device)
     predict = None
     if args.classifier is not None:
         from neuroldm.classify.predict import load_classifier, predict_proba
 
-        model, info = load_classifier(args.classifier, _device(args.device))
+        model, info = load_classifier(args.classifier, device)
         if list(info.get("classes", cfg.data.classes)) != list(cfg.data.classes):
             raise NeuroLDMError(f"{args.classifier}: classifier classes {info.get('classes')} differ from "
                                 f"data.classes {cfg.data.classes}")
@@ -248,7 +265,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             return predict_proba(model, volumes)
     m = evaluate(args.real, args.synthetic, args.out, cfg.evaluate, cfg.data.classes,
                  reference_split=args.split, heldout_split=args.baseline_split, vae_run=args.vae_run,
-                 predict=predict, device=_device(args.device), progress=not args.no_progress)
+                 predict=predict, device=device, progress=not args.no_progress)
     key = m["feature_network"]["metric"]
     for group, res in m["groups"].items():
         line = [f"{group}:"]
@@ -298,12 +315,13 @@ def _print_pipeline(state: dict, run: Path) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
+    from neuroldm import runtime
     from neuroldm.pipeline.runner import run_pipeline
 
     out = Path(args.out)
-    state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only, device=_device(args.device),
-                         progress=not args.no_progress)
-    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 speaks
+    state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only,
+                         device=runtime.resolve_device(args.device), progress=not args.no_progress)
+    if runtime.is_main():  # under torchrun, rank 0 speaks
         _print_pipeline(state, out)
     return 0
 
@@ -419,6 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output folder for the NIfTI volumes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="decode N(0, I) latents")
+    _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_vae_sample)
 
@@ -431,6 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
                     "--no-resume. Launch with torchrun for several processes.")
     p.add_argument("--run", required=True, help="run directory holding vae/ and latents/")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
+    _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_train_diffusion)
 
@@ -561,16 +581,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _device(name: str | None) -> str:
-    import torch
-
-    return name or ("cuda" if torch.cuda.is_available() else "cpu")
+def _device_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device: cpu, cuda or cuda:N (default: cuda when available, "
+                                                  "else cpu; under torchrun, each rank's own GPU)")
 
 
 def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--run", required=True, help="run directory (created if needed)")
     p.add_argument("--prepared", default=None,
                    help="prepared cohort folder (default: the one this run used before)")
+    _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

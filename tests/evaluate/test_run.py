@@ -121,7 +121,8 @@ def test_cli_random_features_runs_and_names_its_metric(cohort, tmp_path, monkeyp
 
 def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatch):
     from neuroldm.config import VAEConfig
-    from neuroldm.vae import decode, encode
+    from neuroldm.evaluate import run as evaluate_run
+    from neuroldm.vae import encode
     from neuroldm.vae.network import build_vae
     from neuroldm.vae.perceptual import MedicalNetResNet10
     from neuroldm.runs import RunDir
@@ -132,7 +133,7 @@ def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatc
         return mu, torch.ones_like(mu)
 
     monkeypatch.setattr(encode, "encode_volume", pooled_encoder)  # encode_cohort's reference
-    monkeypatch.setattr(decode, "encode_volume", pooled_encoder)  # the one evaluate imports
+    monkeypatch.setattr(evaluate_run, "encode_volume", pooled_encoder)  # the one evaluate imports
     vae_cfg = VAEConfig(arch="demo", latent_channels=1)
     export_vae(build_vae(vae_cfg).eval(), vae_cfg, RunDir(tmp_path / "run").vae.model)
     encode.encode_cohort(tmp_path / "run", cohort, progress=False)

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from neuroldm.config import TrainConfig
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import Part, Trainer, TrainingDiverged, lr_factor
+from neuroldm.train.engine import Part, Trainer, TrainingDiverged, eval_weights, lr_factor
 
 
 class Regression(Dataset):
@@ -132,6 +132,20 @@ def test_ema_follows_the_recursion(tmp_path):
         torch.testing.assert_close(e, 0.5 * b + 0.5 * w)
 
 
+def test_eval_weights_of_a_checkpoint_are_the_ema_or_else_the_model(tmp_path):
+    for name, decay in (("ema", 0.5), ("raw", None)):
+        t = _trainer(tmp_path / name, _cfg(steps=3, ema_decay=decay), loss=mse)
+        t.fit()
+        bare = _model()
+        # strict loading: no wrapper prefix and no EMA counter left in the keys
+        bare.load_state_dict(eval_weights(load_state(tmp_path / name / "checkpoints" / "last.safetensors")))
+        expected = t.ema.module if decay else t.model
+        assert t.eval_module() is expected
+        assert all(torch.equal(bare.state_dict()[k], v) for k, v in expected.state_dict().items())
+        if decay:  # the EMA really is other weights than the model's
+            assert not all(torch.equal(a, b) for a, b in zip(t.ema.module.parameters(), t.model.parameters()))
+
+
 def test_best_checkpoint_follows_the_monitored_metric(tmp_path):
     t = _trainer(tmp_path, _cfg(steps=8, val_every=4))
     summary = t.fit()
@@ -166,14 +180,14 @@ import sys, torch
 sys.path.insert(0, {tests!r})
 from test_engine import Regression, _model, _cfg, mse
 from neuroldm.train.engine import Trainer
-from neuroldm.train import distributed
-world = distributed.setup("cpu")
+from neuroldm import runtime
+world = runtime.setup("cpu")
 cfg = _cfg(steps=4, batch_size={bs}, ema_decay=None, grad_clip=None)
 t = Trainer(_model(), cfg, {out!r} + "/rank" + str(world.rank), dataset=Regression(), loss_fn=mse,
             progress=False, world=world)
 t.fit()
 torch.save({{k: v for k, v in t.model.state_dict().items()}}, {out!r} + f"/w{{world.rank}}.pt")
-distributed.teardown()
+runtime.teardown()
 '''
 
 

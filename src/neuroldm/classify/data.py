@@ -101,8 +101,8 @@ def check_leak(samples: SampleSet, val: pd.DataFrame, test: pd.DataFrame) -> Non
         if leaked:
             shown = ", ".join(leaked[:5]) + (f" and {len(leaked) - 5} more" if len(leaked) > 5 else "")
             raise LeakError(f"{SampleDir(samples.folder).info}: the generator was trained on {len(leaked)} "
-                            f"subject(s) of the classifier's {split} split ({shown}); synthetic data would leak them. Train the "
-                            f"generator without them or classify on a split that holds them out")
+                            f"subject(s) of the classifier's {split} split ({shown}); synthetic data would leak "
+                            f"them. Train the generator without them or classify on a split that holds them out")
 
 
 def class_counts(total: int, proportions: np.ndarray) -> np.ndarray:

@@ -140,7 +140,7 @@ def _markdown(df: pd.DataFrame) -> str:
 
 
 def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples: str | Path | None = None,
-             resume: bool = True, progress: bool = True) -> dict:
+             resume: bool = True, device: str | None = None, progress: bool = True) -> dict:
     """Train every run of the grid (reusing finished ones) and write the tables; returns ``summary.json``."""
     ccfg = cfg.classifier
     root = RunDir(run_dir).grid
@@ -169,7 +169,7 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
             log.info("grid run %d/%d: %s seed %d%s", k, len(plan), regime.name, seed,
                      f" fold {fold}" if fold is not None else "")
             result = train_classifier(prepared, out.root, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
-                                      resume=resume, progress=progress)
+                                      resume=resume, device=device, progress=progress)
             if not result:  # a non-main torchrun process: rank 0 keeps the books
                 continue
         results.append(_run_row(result))

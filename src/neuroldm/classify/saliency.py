@@ -111,7 +111,8 @@ def attribute(model: nn.Module, x: torch.Tensor, target: int, method: str, cfg: 
         return Saliency(model).attribute(x, target=target, abs=True).detach(), None
     if method == "gradient_shap":
         base = make_baseline(x, cfg.baseline)
-        baselines = base + cfg.noise_std * torch.randn((cfg.shap_samples,) + tuple(x.shape[1:]), dtype=x.dtype)
+        baselines = base + cfg.noise_std * torch.randn((cfg.shap_samples,) + tuple(x.shape[1:]), dtype=x.dtype,
+                                                       device=x.device)
         return GradientShap(model).attribute(x, baselines=baselines, n_samples=cfg.shap_samples,
                                              stdevs=cfg.noise_std, target=target).detach(), None
     if method == "smoothgrad":
@@ -162,12 +163,13 @@ def _mean_ci(values: np.ndarray, seed: int) -> dict:
 
 
 def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | Path, cfg: Config, *,
-                   split: str | None = None, limit: int | None = None, progress: bool = True) -> dict:
+                   split: str | None = None, limit: int | None = None, device: str | torch.device = "cpu",
+                   progress: bool = True) -> dict:
     """Attribute every volume of a split with every configured method; write maps, figures and numbers."""
     scfg = cfg.classifier.saliency
     split = split or scfg.split
     out = SaliencyDir(out_dir)
-    model, info = load_classifier(model_path)
+    model, info = load_classifier(model_path, device)
     for p in model.parameters():
         p.requires_grad_(False)  # gradients are needed for the input only
     classes = info["classes"]
@@ -193,7 +195,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
                                               f"{tuple(info['grid'])}")
             affine = nib.load(row["path"]).affine
             roi = load_prepared_volume(row["roi_path"]) if row.get("roi_path") else None
-            x = torch.from_numpy(volume)[None, None]
+            x = torch.from_numpy(volume)[None, None].to(device)
             probs = predict_proba(model, x)[0]
             target = int(row["label"]) if scfg.target == "label" else int(probs.argmax())
             label = int(row["label"])
@@ -203,7 +205,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
                 start = time.perf_counter()
                 attr, delta = attribute(model, x, target, method, scfg, seed=cfg.classifier.train.seed + i)
                 seconds = time.perf_counter() - start
-                a = attr[0, 0].numpy().astype(np.float32)
+                a = attr[0, 0].cpu().numpy().astype(np.float32)
                 save_nifti_atomic(a, affine, out.map(method, name))
                 absolute = np.abs(a, dtype=np.float64)
                 total = absolute.sum()

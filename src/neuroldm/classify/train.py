@@ -39,7 +39,7 @@ from neuroldm.metrics.classification import auc_roc, classification_report
 from neuroldm.runs import ClassifierDir
 from neuroldm.samples import SampleSet, read_sample_manifest
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import StepContext, Trainer
+from neuroldm.train.engine import StepContext, Trainer, eval_weights
 
 log = logging.getLogger(__name__)
 
@@ -81,13 +81,6 @@ def selection_score(auc: float, loss: float) -> float:
     return auc - 1e-7 * min(loss, 10.0)
 
 
-def eval_weights(state: dict) -> dict[str, torch.Tensor]:
-    """The weights to evaluate from a training checkpoint: the EMA's when it has one, else the model's."""
-    if state.get("ema") is not None:
-        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    return state["modules"]["model"]
-
-
 def _check_shapes(rows: pd.DataFrame, shape: tuple[int, ...]) -> None:
     for path in rows["path"]:
         got = tuple(nib.load(path).shape)
@@ -114,8 +107,12 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, split: str, classes:
 
 def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, regime: Regime | str = "real",
                      samples: str | Path | SampleSet | None = None, fold: int | None = None,
-                     seed: int | None = None, resume: bool = True, progress: bool = True) -> dict:
-    """Train one classifier (regime, fold, seed) and score the test split; returns the ``result.json`` content."""
+                     seed: int | None = None, resume: bool = True, device: str | torch.device | None = None,
+                     progress: bool = True) -> dict:
+    """Train one classifier (regime, fold, seed) and score the test split; returns the ``result.json`` content.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     ccfg, classes = cfg.classifier, list(cfg.data.classes)
     if len(classes) != 2:
         raise ConfigError(f"the classifier's metrics are binary; data.classes has {len(classes)} classes")
@@ -153,7 +150,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
                       validate=_validation(val_set, tcfg.batch_size), monitor="selection", mode="max",
                       sample_weights=weights, patience=ccfg.patience, progress=progress,
                       desc=f"classify {regime.name}" + (f" fold {fold}" if fold is not None else ""),
-                      meta={"stage": "classify", "regime": regime.name, "fold": fold, "seed": seed})
+                      meta={"stage": "classify", "regime": regime.name, "fold": fold, "seed": seed}, device=device)
     summary = trainer.fit(resume=resume)
     if not trainer.world.is_main:
         return {}

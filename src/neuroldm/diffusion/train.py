@@ -21,7 +21,7 @@ from neuroldm.diffusion.weights import dit_from_config, export_dit
 from neuroldm.errors import InputError
 from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import StepContext, Trainer
+from neuroldm.train.engine import StepContext, Trainer, eval_weights
 from neuroldm.vae.encode import LatentSet, load_latents
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,12 @@ def class_names(latents: LatentSet, cfg: Config) -> list[str]:
     return names
 
 
-def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, progress: bool = True) -> dict:
-    """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary."""
+def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
+                    device: str | torch.device | None = None, progress: bool = True) -> dict:
+    """Train on the train-split latents, validate on the val split, export the EMA weights; returns the summary.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     run_dir = Path(run_dir)
     layout = RunDir(run_dir)
     out = layout.diffusion.root
@@ -113,7 +117,7 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, pr
                       if val_set is not None else None,
                       monitor="loss", mode="min",
                       meta={"stage": "train-diffusion", "config": cfg.to_dict()}, progress=progress,
-                      desc="train-diffusion")
+                      desc="train-diffusion", device=device)
     log.info("train-diffusion: %s (%.2f M parameters) on %d latents %s (%s), scale factor %.4f",
              dcfg.model, sum(p.numel() for p in model.parameters()) / 1e6, len(train.labels),
              "x".join(map(str, latent_shape)),
@@ -121,11 +125,8 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True, pr
     summary = trainer.fit(resume=resume)
     if trainer.world.is_main:
         state = load_state(layout.diffusion.checkpoints.last)
-        weights = state["modules"]["model"]
-        if state.get("ema") is not None:
-            weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
         final = dit_from_config(dcfg, latent_shape, len(classes))
-        final.load_state_dict(weights)
+        final.load_state_dict(eval_weights(state))
         export_dit(final, dcfg, layout.diffusion.model,
                    meta={"latent_shape": list(latent_shape), "classes": classes, "scale_factor": train.scale_factor,
                          "step": state["step"], "ema": state.get("ema") is not None,

@@ -19,11 +19,13 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
+from matplotlib.figure import Figure
 
 from neuroldm import __version__
 from neuroldm.config import EvaluateConfig
@@ -32,13 +34,24 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
 from neuroldm.evaluate import diversity, memorization
 from neuroldm.evaluate.class_difference import class_difference
+from neuroldm.evaluate.features3d import load_medicalnet, volume_features
 from neuroldm.evaluate.fidelity import conditional_fidelity
-from neuroldm.evaluate.inception import resolve_feature_network
-from neuroldm.evaluate.slice_fid import AXES, extract_slice_features, intensity_window, per_slice_fid, slice_positions
+from neuroldm.evaluate.inception import FeatureNetwork, resolve_feature_network
+from neuroldm.evaluate.slice_fid import (
+    AXES,
+    SliceFeatures,
+    extract_slice_features,
+    intensity_window,
+    per_slice_fid,
+    slice_positions,
+)
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.metrics.frechet import frechet_distance
 from neuroldm.runs import EvaluationDir, PreparedDir, RunDir, SampleDir
-from neuroldm.samples import read_sample_manifest
+from neuroldm.samples import SampleSet, read_sample_manifest
+from neuroldm.vae.decode import encode_volume
+from neuroldm.vae.encode import load_latents
+from neuroldm.vae.weights import load_vae
 
 log = logging.getLogger(__name__)
 
@@ -67,39 +80,187 @@ def _counts(rows: pd.DataFrame, classes: list[str]) -> dict:
     return {"total": len(rows)} | {name: int((rows["label"] == c).sum()) for c, name in enumerate(classes)}
 
 
-def _fid_figure(groups: dict, key: str, group: str, path: Path) -> Path:
-    import matplotlib
+# --------------------------------------------------------------------------------------------------------------
+# Selection: the sets compared
+# --------------------------------------------------------------------------------------------------------------
 
-    matplotlib.use("Agg")  # files only
-    import matplotlib.pyplot as plt
+@dataclass(frozen=True)
+class EvaluationSets:
+    """The volumes an evaluation reads (manifest rows with ``path`` and ``label``).
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4), sharey=True)
-    for ax, axis in zip(axes, AXES, strict=True):
-        for comparison, style in (("synthetic", "-"), ("real_baseline", "--")):
-            res = groups[group][comparison].get(key)
-            if res and "axes" in res:
-                a = res["axes"][axis]
-                ax.plot(a["positions"], a["fid"], style, label=f"{comparison} (N {res['n_b']} vs {res['n_a']}; "
-                                                                f"mean {a['mean']:.1f})")
-        ax.set_title(axis)
-        ax.set_xlabel("slice position (voxel)")
-        ax.legend(fontsize=7)
-    axes[0].set_ylabel(key)
-    fig.suptitle(f"{key} per slice position, {group}: synthetic and held-out real vs reference real", fontsize=9)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    ``reference`` and ``heldout``: the real splits (at most ``max_volumes`` each); ``audited``: the synthetic volumes
+    (at most ``max_volumes``) that the memorization audit, the class difference and the fidelity see;
+    ``synthetic``: those the distribution metrics compare (``audited`` matched per class to the held-out counts with
+    ``match_n``); ``training``: the generator's training volumes, as ``training_set`` says.
+    """
+
+    reference: pd.DataFrame
+    heldout: pd.DataFrame
+    samples: SampleSet
+    audited: pd.DataFrame
+    synthetic: pd.DataFrame
+    grid: tuple[int, ...]
+    training: pd.DataFrame
+    training_set: str
+
+    def compared(self) -> dict[str, pd.DataFrame]:
+        """The three sets the distribution metrics compare, by the name their features go under."""
+        return {"reference": self.reference, "heldout": self.heldout, "synthetic": self.synthetic}
+
+
+def select_sets(real: str | Path, synthetic: str | Path, cfg: EvaluateConfig, reference_split: str = "train",
+                heldout_split: str = "test") -> EvaluationSets:
+    """Read the prepared cohort and the sample folder; subsample (seeded by ``evaluate.seed``) and match the sets."""
+    rng = np.random.default_rng(cfg.seed)
+    rows = read_manifest(real)
+    ref = _subsample(rows[rows["split"] == reference_split], cfg.max_volumes, rng)
+    held = _subsample(rows[rows["split"] == heldout_split], cfg.max_volumes, rng)
+    for name, part, split in (("reference", ref, reference_split), ("held-out", held, heldout_split)):
+        if len(part) < 2:
+            raise InputError(PreparedDir(real).manifest, f"the {name} split '{split}' has {len(part)} usable "
+                                                          f"volume(s); the evaluation needs at least 2")
+    samples = read_sample_manifest(synthetic)
+    syn_all = _subsample(samples.rows, cfg.max_volumes, rng)
+    if len(syn_all) < 2:
+        raise InputError(SampleDir(samples.folder).manifest, "the evaluation needs at least 2 synthetic volumes")
+    grid = load_prepared_volume(ref["path"].iloc[0]).shape
+    syn_grid = load_prepared_volume(syn_all["path"].iloc[0]).shape
+    if syn_grid != grid:
+        raise InputError(syn_all["path"].iloc[0], f"synthetic grid {syn_grid} differs from the prepared grid {grid}")
+    syn = _match_per_class(syn_all, held, rng) if cfg.match_n else syn_all
+    # memorization and class difference: against the generator's own training volumes when the sample folder
+    # names them
+    train_subjects = set(samples.train_subjects)
+    if train_subjects:
+        training = rows[rows["subject"].isin(train_subjects)].reset_index(drop=True)
+        training_set = "generator's training subjects (samples.json)"
+    else:
+        training = rows[rows["split"] == reference_split].reset_index(drop=True)
+        training_set = f"real '{reference_split}' split (samples.json lists no training subjects)"
+    return EvaluationSets(reference=ref, heldout=held, samples=samples, audited=syn_all, synthetic=syn,
+                          grid=grid, training=training, training_set=training_set)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Features
+# --------------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Features:
+    """Features of the compared sets, by set name (`EvaluationSets.compared`).
+
+    ``slices``: per-slice network features; ``volumes``: each volume's slice features averaged over positions and
+    axes ``(N, F)`` (KID, PRDC); ``volumes_3d``: MedicalNet features ``(N, 512)``, or None without its weights.
+    """
+
+    network: FeatureNetwork
+    window: tuple[float, float]
+    positions: list[np.ndarray]
+    slices: dict[str, SliceFeatures]
+    volumes: dict[str, np.ndarray]
+    volumes_3d: dict[str, np.ndarray] | None
+
+
+def extract_features(sets: EvaluationSets, cfg: EvaluateConfig, device: str | torch.device = "cpu",
+                     progress: bool = True) -> Features:
+    """Slice features of every compared volume (one intensity window, from the reference set), and 3D features
+    when ``evaluate.medicalnet_path`` is set."""
+    net = resolve_feature_network(cfg)  # fails in one line before any heavy work when there are no weights
+    window = intensity_window(list(sets.reference["path"]), cfg.window_percentiles, cfg.seed)
+    positions = slice_positions(sets.grid, cfg.slice_stride)
+    compared = sets.compared()
+    ids = {k: (_ids(v) if k != "synthetic" else list(v["sample"])) for k, v in compared.items()}
+    slices = {k: extract_slice_features(list(v["path"]), ids[k], net, window, positions, batch_size=cfg.batch_size,
+                                        device=device, progress=progress, desc=f"{net.metric} features: {k}")
+              for k, v in compared.items()}
+    volumes_3d = None
+    if cfg.medicalnet_path:
+        mn = load_medicalnet(cfg.medicalnet_path)
+        volumes_3d = {k: volume_features(mn, list(v["path"]), device, progress, f"3D features: {k}")
+                      for k, v in compared.items()}
+    return Features(network=net, window=window, positions=positions, slices=slices,
+                    volumes={k: f.volume_features() for k, f in slices.items()}, volumes_3d=volumes_3d)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Distribution metrics
+# --------------------------------------------------------------------------------------------------------------
+
+def distribution_metrics(sets: EvaluationSets, features: Features, classes: list[str], cfg: EvaluateConfig,
+                         progress: bool = True) -> dict:
+    """``groups`` of metrics.json: per group (overall, each class), the synthetic and the held-out real set each
+    against the reference set: per-slice FID, 3D FID, KID, PRDC, and the set's MS-SSIM diversity."""
+    net = features.network
+    suffix = "" if net.metric == "fid" else "_random_features"
+    compared = sets.compared()
+    feats, vfeats, feats3d = features.slices, features.volumes, features.volumes_3d
+    groups: dict = {}
+    for group, label in [("overall", None), *[(name, c) for c, name in enumerate(classes)]]:
+        def select(part: pd.DataFrame, label=label) -> np.ndarray:
+            return np.arange(len(part)) if label is None else np.flatnonzero(part["label"].to_numpy() == label)
+
+        i_ref = select(sets.reference)
+        groups[group] = {}
+        for comparison, key in (("synthetic", "synthetic"), ("real_baseline", "heldout")):
+            part = compared[key]
+            idx = select(part)
+            res: dict = {"n_reference": len(i_ref), "n_compared": len(idx)}
+            if len(i_ref) < 2 or len(idx) < 2:
+                res["skipped"] = f"needs at least 2 volumes per set, have {len(i_ref)} and {len(idx)}"
+                groups[group][comparison] = res
+                continue
+            res[net.metric] = per_slice_fid(feats["reference"], i_ref, feats[key], idx, net.metric)
+            res["fid_3d"] = ({"value": frechet_distance(feats3d["reference"][i_ref], feats3d[key][idx]),
+                              "n_a": len(i_ref), "n_b": len(idx), "network": "MedicalNet ResNet-10"}
+                             if feats3d else {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"})
+            res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[key][idx], cfg.kid_subsets,
+                                                cfg.kid_subset_size, cfg.seed)
+            res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[key][idx], cfg.prdc_k)
+            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed,
+                                                         progress, f"MS-SSIM pairs: {group}, {key}")
+            groups[group][comparison] = res
+    return groups
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Memorization
+# --------------------------------------------------------------------------------------------------------------
+
+ClosestPair = tuple[str, str, str, str, float]  # synthetic id, its path, nearest training id, its path, distance
+
+
+def memorization_audits(sets: EvaluationSets, cfg: EvaluateConfig, vae_run: str | Path | None = None,
+                        device: str | torch.device = "cpu", progress: bool = True) -> tuple[dict, list[ClosestPair]]:
+    """``memorization`` of metrics.json: the audited synthetic volumes' nearest training volumes in image space
+    (and in latent space with `vae_run`), against those of held-out real volumes the generator never saw; and the
+    ``evaluate.closest_pairs`` closest synthetic/training pairs in image space, closest first."""
+    syn_all, train = sets.audited, sets.training
+    unseen = sets.heldout[~sets.heldout["subject"].isin(set(sets.samples.train_subjects))].reset_index(drop=True)
+    train_ids = _ids(train)
+    q_syn = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
+                      for p in syn_all["path"]])
+    q_held = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
+                       for p in unseen["path"]]) if len(unseen) else np.zeros((0, q_syn.shape[1]), np.float32)
+    d, nn_idx = memorization.nearest_training(np.concatenate([q_syn, q_held]), list(train["path"]),
+                                              cfg.memorization_downsample, progress=progress)
+    syn_ids = list(syn_all["sample"])
+    mem = {"training_set": sets.training_set, "n_training": len(train),
+           "image": memorization.audit(d[:len(q_syn)], nn_idx[:len(q_syn)], d[len(q_syn):], syn_ids, train_ids,
+                                       cfg.memorization_percentile, cfg.memorization_copy_ratio)
+           | {"space": f"image, 1 - correlation after {cfg.memorization_downsample}x average pooling"}}
+    mem["latent"] = (_latent_audit(vae_run, train_ids, _ids(unseen), list(syn_all["path"]), syn_ids,
+                                   cfg.memorization_percentile, cfg.memorization_copy_ratio, device)
+                     if vae_run is not None else {"skipped": "no autoencoder run given"})
+    order = np.argsort(d[:len(q_syn)])[:cfg.closest_pairs]
+    pairs = [(syn_ids[i], syn_all["path"].iloc[i], train_ids[nn_idx[i]], train["path"].iloc[nn_idx[i]], float(d[i]))
+             for i in order]
+    return mem, pairs
 
 
 def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[str], synthetic_paths: list[str],
-                  synthetic_ids: list[str], percentile: float, copy_ratio: float, device: str) -> dict:
+                  synthetic_ids: list[str], percentile: float, copy_ratio: float,
+                  device: str | torch.device) -> dict:
     """Nearest training volume in latent space (posterior means, Euclidean), the synthetic volumes encoded here."""
-    from neuroldm.vae.decode import encode_volume
-    from neuroldm.vae.encode import load_latents
-    from neuroldm.vae.weights import load_vae
-
     latents = load_latents(vae_run)
     by_id = dict(zip(_ids(latents.index), latents.mu, strict=True))
     missing = [i for i in train_ids + heldout_ids if i not in by_id]
@@ -117,9 +278,73 @@ def _latent_audit(vae_run: str | Path, train_ids: list[str], heldout_ids: list[s
         "space": "latent posterior mean, Euclidean"}
 
 
+# --------------------------------------------------------------------------------------------------------------
+# Class difference and fidelity
+# --------------------------------------------------------------------------------------------------------------
+
+def class_difference_agreement(sets: EvaluationSets, classes: list[str], progress: bool = True) -> dict:
+    """``class_difference`` of metrics.json: the class-mean difference maps of the generator's training volumes,
+    the held-out and the audited synthetic volumes compared (`neuroldm.evaluate.class_difference`)."""
+    return class_difference((list(sets.training["path"]), list(sets.training["label"])),
+                            (list(sets.heldout["path"]), list(sets.heldout["label"])),
+                            (list(sets.audited["path"]), list(sets.audited["label"])), classes,
+                            progress=progress) | {"training_set": sets.training_set}
+
+
+def synthetic_fidelity(sets: EvaluationSets, classes: list[str], predict: Predict | None) -> dict:
+    """``fidelity`` of metrics.json: the share of audited synthetic volumes a real-trained classifier labels as
+    requested (`conditional_fidelity`), or why it was skipped."""
+    if predict is None:
+        return {"skipped": "no classifier given"}
+    return conditional_fidelity(predict, list(sets.audited["path"]), list(sets.audited["label"]), classes)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Figures
+# --------------------------------------------------------------------------------------------------------------
+
+def _fid_figure(groups: dict, key: str, group: str, path: Path) -> Path:
+    fig = Figure(figsize=(13, 3.4))  # matplotlib's object API: no pyplot state, no display backend
+    axes = fig.subplots(1, 3, sharey=True)
+    for ax, axis in zip(axes, AXES, strict=True):
+        for comparison, style in (("synthetic", "-"), ("real_baseline", "--")):
+            res = groups[group][comparison].get(key)
+            if res and "axes" in res:
+                a = res["axes"][axis]
+                ax.plot(a["positions"], a["fid"], style, label=f"{comparison} (N {res['n_b']} vs {res['n_a']}; "
+                                                                f"mean {a['mean']:.1f})")
+        ax.set_title(axis)
+        ax.set_xlabel("slice position (voxel)")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel(key)
+    fig.suptitle(f"{key} per slice position, {group}: synthetic and held-out real vs reference real", fontsize=9)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110)
+    return path
+
+
+def write_figures(groups: dict, metric: str, closest: list[ClosestPair], out: EvaluationDir,
+                  cfg: EvaluateConfig) -> list[str]:
+    """FID against slice position per group, and the closest synthetic/training pairs; returns the file names."""
+    if not cfg.figures:
+        return []
+    figures = []
+    for group in groups:
+        if metric in groups[group]["synthetic"] or metric in groups[group]["real_baseline"]:
+            figures.append(_fid_figure(groups, metric, group, out.slice_fid_figure(group)).name)
+    if cfg.closest_pairs > 0:
+        figures.append(memorization.closest_pairs_figure(closest, out.closest_pairs_figure).name)
+    return figures
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The evaluation
+# --------------------------------------------------------------------------------------------------------------
+
 def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: EvaluateConfig, classes: list[str], *,
              reference_split: str = "train", heldout_split: str = "test", predict: Predict | None = None,
-             vae_run: str | Path | None = None, device: str = "cpu", progress: bool = True) -> dict:
+             vae_run: str | Path | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Evaluate a sample folder against a prepared cohort; write ``OUT/metrics.json`` and figures; return the dict.
 
     ``metrics.json``:
@@ -149,120 +374,23 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
     """
     t0 = time.time()
     out = EvaluationDir(out)
-    rng = np.random.default_rng(cfg.seed)
-    rows = read_manifest(real)
-    ref = _subsample(rows[rows["split"] == reference_split], cfg.max_volumes, rng)
-    held = _subsample(rows[rows["split"] == heldout_split], cfg.max_volumes, rng)
-    for name, part, split in (("reference", ref, reference_split), ("held-out", held, heldout_split)):
-        if len(part) < 2:
-            raise InputError(PreparedDir(real).manifest, f"the {name} split '{split}' has {len(part)} usable "
-                                                          f"volume(s); the evaluation needs at least 2")
-    samples = read_sample_manifest(synthetic)
-    syn_all = _subsample(samples.rows, cfg.max_volumes, rng)
-    if len(syn_all) < 2:
-        raise InputError(SampleDir(samples.folder).manifest, "the evaluation needs at least 2 synthetic volumes")
-    grid = load_prepared_volume(ref["path"].iloc[0]).shape
-    syn_grid = load_prepared_volume(syn_all["path"].iloc[0]).shape
-    if syn_grid != grid:
-        raise InputError(syn_all["path"].iloc[0], f"synthetic grid {syn_grid} differs from the prepared grid {grid}")
-    syn = _match_per_class(syn_all, held, rng) if cfg.match_n else syn_all
-
-    net = resolve_feature_network(cfg)  # fails in one line before any heavy work when there are no weights
-    suffix = "" if net.metric == "fid" else "_random_features"
-    window = intensity_window(list(ref["path"]), cfg.window_percentiles, cfg.seed)
-    positions = slice_positions(grid, cfg.slice_stride)
-    sets = {"reference": ref, "heldout": held, "synthetic": syn}
-    ids = {k: (_ids(v) if k != "synthetic" else list(v["sample"])) for k, v in sets.items()}
-    feats = {k: extract_slice_features(list(v["path"]), ids[k], net, window, positions, batch_size=cfg.batch_size,
-                                       device=device, progress=progress, desc=f"{net.metric} features: {k}")
-             for k, v in sets.items()}
-    vfeats = {k: f.volume_features() for k, f in feats.items()}
-    feats3d = None
-    if cfg.medicalnet_path:
-        from neuroldm.evaluate.features3d import load_medicalnet, volume_features
-        mn = load_medicalnet(cfg.medicalnet_path)
-        feats3d = {k: volume_features(mn, list(v["path"]), device, progress, f"3D features: {k}")
-                   for k, v in sets.items()}
-
-    groups: dict = {}
-    for group, label in [("overall", None), *[(name, c) for c, name in enumerate(classes)]]:
-        def select(part: pd.DataFrame, label=label) -> np.ndarray:
-            return np.arange(len(part)) if label is None else np.flatnonzero(part["label"].to_numpy() == label)
-
-        i_ref = select(ref)
-        groups[group] = {}
-        for comparison, key in (("synthetic", "synthetic"), ("real_baseline", "heldout")):
-            part = sets[key]
-            idx = select(part)
-            res: dict = {"n_reference": len(i_ref), "n_compared": len(idx)}
-            if len(i_ref) < 2 or len(idx) < 2:
-                res["skipped"] = f"needs at least 2 volumes per set, have {len(i_ref)} and {len(idx)}"
-                groups[group][comparison] = res
-                continue
-            res[net.metric] = per_slice_fid(feats["reference"], i_ref, feats[key], idx, net.metric)
-            res["fid_3d"] = ({"value": frechet_distance(feats3d["reference"][i_ref], feats3d[key][idx]),
-                              "n_a": len(i_ref), "n_b": len(idx), "network": "MedicalNet ResNet-10"}
-                             if feats3d else {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"})
-            res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[key][idx], cfg.kid_subsets,
-                                                cfg.kid_subset_size, cfg.seed)
-            res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[key][idx], cfg.prdc_k)
-            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed,
-                                                         progress, f"MS-SSIM pairs: {group}, {key}")
-            groups[group][comparison] = res
-
-    # memorization: against the generator's own training volumes when the sample folder names them
-    train_subjects = set(samples.train_subjects)
-    if train_subjects:
-        train = rows[rows["subject"].isin(train_subjects)].reset_index(drop=True)
-        training_set = "generator's training subjects (samples.json)"
-    else:
-        train = rows[rows["split"] == reference_split].reset_index(drop=True)
-        training_set = f"real '{reference_split}' split (samples.json lists no training subjects)"
-    unseen = held[~held["subject"].isin(train_subjects)].reset_index(drop=True)
-    train_ids = _ids(train)
-    q_syn = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
-                      for p in syn_all["path"]])
-    q_held = np.stack([memorization.standardised_vector(load_prepared_volume(p), cfg.memorization_downsample)
-                       for p in unseen["path"]]) if len(unseen) else np.zeros((0, q_syn.shape[1]), np.float32)
-    d, nn_idx = memorization.nearest_training(np.concatenate([q_syn, q_held]), list(train["path"]),
-                                              cfg.memorization_downsample, progress=progress)
-    syn_ids = list(syn_all["sample"])
-    mem = {"training_set": training_set, "n_training": len(train),
-           "image": memorization.audit(d[:len(q_syn)], nn_idx[:len(q_syn)], d[len(q_syn):], syn_ids, train_ids,
-                                       cfg.memorization_percentile, cfg.memorization_copy_ratio)
-           | {"space": f"image, 1 - correlation after {cfg.memorization_downsample}x average pooling"}}
-    mem["latent"] = (_latent_audit(vae_run, train_ids, _ids(unseen), list(syn_all["path"]), syn_ids,
-                                   cfg.memorization_percentile, cfg.memorization_copy_ratio, device)
-                     if vae_run is not None else {"skipped": "no autoencoder run given"})
-
-    figures = []
-    for group in groups if cfg.figures else []:
-        if net.metric in groups[group]["synthetic"] or net.metric in groups[group]["real_baseline"]:
-            figures.append(_fid_figure(groups, net.metric, group, out.slice_fid_figure(group)).name)
-    if cfg.figures and cfg.closest_pairs > 0:
-        order = np.argsort(d[:len(q_syn)])[:cfg.closest_pairs]
-        pairs = [(syn_ids[i], syn_all["path"].iloc[i], train_ids[nn_idx[i]], train["path"].iloc[nn_idx[i]],
-                  float(d[i])) for i in order]
-        figures.append(memorization.closest_pairs_figure(pairs, out.closest_pairs_figure).name)
-
-    class_diff = class_difference((list(train["path"]), list(train["label"])),
-                                  (list(held["path"]), list(held["label"])),
-                                  (list(syn_all["path"]), list(syn_all["label"])), classes,
-                                  progress=progress) | {
-        "training_set": training_set}
-
-    fidelity = (conditional_fidelity(predict, list(syn_all["path"]), list(syn_all["label"]), classes)
-                if predict is not None else {"skipped": "no classifier given"})
-
+    sets = select_sets(real, synthetic, cfg, reference_split, heldout_split)
+    features = extract_features(sets, cfg, device, progress)
+    groups = distribution_metrics(sets, features, classes, cfg, progress)
+    mem, closest = memorization_audits(sets, cfg, vae_run, device, progress)
+    figures = write_figures(groups, features.network.metric, closest, out, cfg)
+    class_diff = class_difference_agreement(sets, classes, progress)
+    fidelity = synthetic_fidelity(sets, classes, predict)
     metrics = {
         "version": __version__, "settings": cfg.model_dump(mode="json"),
         "real": {"prepared": str(Path(real).resolve()), "reference_split": reference_split,
-                 "heldout_split": heldout_split, "n_reference": _counts(ref, classes),
-                 "n_heldout": _counts(held, classes)},
-        "synthetic": {"folder": str(samples.folder.resolve()), "n_available": _counts(samples.rows, classes),
-                      "n_used": _counts(syn, classes), "n_audited": _counts(syn_all, classes)},
-        "feature_network": net.describe(), "intensity_window": list(window), "grid": list(grid),
-        "slice_positions": {a: len(p) for a, p in zip(AXES, positions, strict=True)},
+                 "heldout_split": heldout_split, "n_reference": _counts(sets.reference, classes),
+                 "n_heldout": _counts(sets.heldout, classes)},
+        "synthetic": {"folder": str(sets.samples.folder.resolve()), "n_available": _counts(sets.samples.rows, classes),
+                      "n_used": _counts(sets.synthetic, classes), "n_audited": _counts(sets.audited, classes)},
+        "feature_network": features.network.describe(), "intensity_window": list(features.window),
+        "grid": list(sets.grid),
+        "slice_positions": {a: len(p) for a, p in zip(AXES, features.positions, strict=True)},
         "groups": groups, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
         "figures": figures,
         "seconds": round(time.time() - t0, 1),

@@ -22,14 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
-from datetime import timedelta
 from pathlib import Path
 
-import torch.distributed as dist
-
-from neuroldm import __version__
+from neuroldm import __version__, runtime
 from neuroldm.config import Config
 from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.io import write_json_atomic
@@ -61,24 +57,6 @@ def _check_stage(name: str | None, option: str) -> None:
         raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
 
 
-BARRIER_TIMEOUT = timedelta(hours=12)
-
-
-def _join_torchrun(device: str) -> int:
-    """This process's rank; joins the torchrun group (with `BARRIER_TIMEOUT`) when there is more than one."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return 0
-    if not dist.is_initialized():
-        backend = "nccl" if device.startswith("cuda") else "gloo"
-        dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
-    return dist.get_rank()
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _preflight(cfg: Config) -> None:
     """Fail in one line before hours of training when the evaluation's FID weights are missing."""
     from neuroldm.evaluate.inception import find_inception, resolve_feature_network
@@ -99,11 +77,12 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
     _preflight(cfg)
-    main = _join_torchrun(device) == 0
+    runtime.init_process_group(device)
+    main = runtime.is_main()
     if main:
         run.mkdir(parents=True, exist_ok=True)
         layout.save_config(cfg)
-    _barrier()
+    runtime.barrier()
     state = layout.read_pipeline()
     state["order"] = [s.name for s in STAGES]  # the report and the summary read the stage order from the run
 
@@ -156,13 +135,13 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp, "state": "running",
                                "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
         save()
-        _barrier()  # outputs cleaned and the record written before any rank starts
+        runtime.barrier()  # outputs cleaned and the record written before any rank starts
         if main:
             log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
         t0 = time.perf_counter()
         try:
             summary = stage.run(ctx) if main or stage.distributed else {}
-            _barrier()
+            runtime.barrier()
         except BaseException:
             # the record stays "running": a re-run with the same settings re-enters (and resumes) this stage
             invocation.append({"name": stage.name, "status": "failed", "seconds": round(time.perf_counter() - t0, 1)})
@@ -188,5 +167,5 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         save()
     state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}
     save()
-    _barrier()
+    runtime.barrier()
     return state

@@ -15,8 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch.distributed as dist
-
+from neuroldm import runtime
 from neuroldm.classify.data import Regime
 from neuroldm.classify.grid import run_grid
 from neuroldm.classify.predict import load_classifier, predict_proba
@@ -94,11 +93,6 @@ def _rel(*paths) -> tuple[str, ...]:
 # Stage functions: each returns a small JSON-able summary for pipeline.json
 # --------------------------------------------------------------------------------------------------------------
 
-def _is_main() -> bool:
-    """Rank 0 of a torchrun group, or the only process."""
-    return not dist.is_initialized() or dist.get_rank() == 0
-
-
 def _demo_cohort(ctx: Context) -> dict:
     table = make_demo_cohort(ctx.layout.cohort, ctx.cfg.demo_cohort, progress=ctx.progress)
     return {"subjects": len(table), "tle": int((table["group"] == "TLE").sum())}
@@ -114,10 +108,10 @@ def _prepare(ctx: Context) -> dict:
 
 def _train_vae(ctx: Context) -> dict:
     prepared = ctx.layout.prepared.root
-    main = _is_main()
+    main = runtime.is_main()
     if main:
         ctx.layout.record_stage("train-vae", ctx.cfg, prepared=prepared.resolve())
-    summary = train_vae(prepared, ctx.run, ctx.cfg, progress=ctx.progress and main)
+    summary = train_vae(prepared, ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress and main)
     if not main:
         return {}
     recon = reconstruct(ctx.run, prepared, split="val", device=ctx.device, progress=ctx.progress)
@@ -131,8 +125,8 @@ def _encode(ctx: Context) -> dict:
 
 
 def _train_diffusion(ctx: Context) -> dict:
-    summary = train_diffusion(ctx.run, ctx.cfg, progress=ctx.progress)
-    if not _is_main():
+    summary = train_diffusion(ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress)
+    if not runtime.is_main():
         return {}
     return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"]}
 
@@ -181,7 +175,7 @@ def headline_classifier(ctx: Context) -> ClassifierDir:
 
 
 def _classify_grid(ctx: Context) -> dict:
-    summary = run_grid(ctx.layout.prepared.root, ctx.run, ctx.cfg, samples=ctx.layout.samples.root,
+    summary = run_grid(ctx.layout.prepared.root, ctx.run, ctx.cfg, samples=ctx.layout.samples.root, device=ctx.device,
                        progress=ctx.progress)
     return {"runs": summary.get("runs"), "regimes": summary.get("regimes")}
 
@@ -211,7 +205,8 @@ def _evaluate(ctx: Context) -> dict:
 
 def _saliency(ctx: Context) -> dict:
     summary = explain_cohort(headline_classifier(ctx).root, ctx.layout.prepared.root, ctx.layout.saliency.root,
-                             ctx.cfg, limit=ctx.cfg.pipeline.saliency_limit, progress=ctx.progress)
+                             ctx.cfg, limit=ctx.cfg.pipeline.saliency_limit, device=ctx.device,
+                             progress=ctx.progress)
     return {m: round(e["seconds_per_volume"], 2) for m, e in summary["methods"].items()}
 
 

@@ -36,11 +36,11 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
+from neuroldm import runtime
 from neuroldm.config import TrainConfig
 from neuroldm.errors import NeuroLDMError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import ModelDir
-from neuroldm.train import distributed
 from neuroldm.train.batches import BatchPlan
 from neuroldm.train.checkpoint import load_state, save_state
 
@@ -113,6 +113,15 @@ def _set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def eval_weights(state: dict[str, Any], model: str = "model") -> dict[str, torch.Tensor]:
+    """The weights to evaluate from a training checkpoint (`Trainer.state_dict`): the EMA's when the run kept one,
+    else `model`'s. Both are saved unwrapped (no DDP ``module.`` prefix); the EMA's keys lose the ``module.`` of
+    its `AveragedModel` wrapper and its ``n_averaged`` counter, so they load into a bare network."""
+    if state.get("ema") is not None:
+        return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
+    return state["modules"][model]
+
+
 def _to_device(batch: Any, device: torch.device) -> Any:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -136,13 +145,14 @@ class Trainer:
                  validate: Callable[[Trainer], dict[str, float]] | None = None, monitor: str = "loss",
                  mode: str = "min", sample_weights: list[float] | None = None, collate_fn=None,
                  meta: dict[str, Any] | None = None, progress: bool = True, desc: str = "train",
-                 world: distributed.World | None = None, patience: int | None = None):
+                 world: runtime.World | None = None, device: str | torch.device | None = None,
+                 patience: int | None = None):
         if isinstance(parts, nn.Module):
             parts = [Part("model", parts)]
         if mode not in ("min", "max"):
             raise ValueError("mode must be 'min' or 'max'")
         self.cfg, self.run_dir = cfg, Path(run_dir)
-        self.world = world or distributed.setup()
+        self.world = world or runtime.setup(device)
         self.parts = {p.name: p for p in parts}
         self.model_name = parts[0].name
         self.dataset, self.loss_fn, self.validate_fn = dataset, loss_fn, validate
@@ -180,14 +190,9 @@ class Trainer:
         return self.parts[self.model_name].module
 
     def eval_module(self) -> nn.Module:
-        """The weights to evaluate and sample with: the EMA when it is on, else the raw model."""
+        """The weights to evaluate and sample with (the live counterpart of `eval_weights`): the EMA when it is on,
+        else the raw model (never the DDP wrapper)."""
         return self.ema.module if self.ema is not None else self.model
-
-    def _autocast(self):
-        use = self.cfg.amp == "bf16" or (self.cfg.amp == "auto" and self.world.device.type == "cuda")
-        if not use:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.world.device.type, dtype=torch.bfloat16)
 
     def _loader(self, start_micro_step: int) -> Iterator[Any]:
         # the loader gets its own generator: iterating a DataLoader otherwise draws its base seed from the
@@ -307,10 +312,10 @@ class Trainer:
                 wrapped = self._wrapped[part.name]
                 sync = micro == cfg.grad_accum - 1 or not isinstance(wrapped, DistributedDataParallel)
                 with self._only_grads_for(part), (contextlib.nullcontext() if sync else wrapped.no_sync()):
-                    with self._autocast():
+                    with runtime.autocast(self.world.device, self.cfg.amp):
                         out = self.loss_fn(ctx, batch)
                     loss = out["loss"]
-                    finite = distributed.all_true(bool(torch.isfinite(loss.detach()).all()), self.world)
+                    finite = runtime.all_true(bool(torch.isfinite(loss.detach()).all()), self.world)
                     if not finite:
                         self._diverged(part.name, out)
                     (loss / cfg.grad_accum).backward()
@@ -381,7 +386,7 @@ class Trainer:
         stopped_early = patience_out = False
         try:
             while self.step < end:
-                terms = distributed.mean_across(self._train_step(batches), self.world)
+                terms = runtime.mean_across(self._train_step(batches), self.world)
                 lr = self.schedulers[self.model_name].get_last_lr()[0]
                 bar.update()
                 bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
@@ -391,9 +396,9 @@ class Trainer:
                                "lr": lr, **terms, **val})
                 out_of_time = (cfg.max_minutes is not None
                                and time.perf_counter() - start_time > 60 * cfg.max_minutes)
-                out_of_time = not distributed.all_true(not out_of_time, self.world)
+                out_of_time = not runtime.all_true(not out_of_time, self.world)
                 # only the main process validates, so its verdict (true on any rank) is the one every rank follows
-                patience_out = not distributed.all_true(
+                patience_out = not runtime.all_true(
                     not (self.patience is not None and self.since_best >= self.patience), self.world)
                 if self.step % cfg.ckpt_every == 0 or self.step == end or out_of_time or patience_out:
                     self.save_checkpoint("last")

@@ -10,14 +10,16 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
+from neuroldm.errors import InputError
 from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import Part, StepContext, Trainer
+from neuroldm.train.engine import Part, StepContext, Trainer, eval_weights
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
 from neuroldm.vae.network import build_vae, check_grid
 from neuroldm.vae.perceptual import build_perceptual
@@ -68,8 +70,11 @@ def reconstruction_metrics(model: torch.nn.Module, dataset: VolumeDataset, devic
 
 
 def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume: bool = True,
-              progress: bool = True) -> dict:
-    """Train, select on validation SSIM, export the best weights; returns the training summary."""
+              device: str | torch.device | None = None, progress: bool = True) -> dict:
+    """Train, select on validation SSIM, export the best weights; returns the training summary.
+
+    `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
+    """
     layout = RunDir(run_dir).vae
     out = layout.root
     check_grid(cfg.prepare.grid)
@@ -97,7 +102,7 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
                       validate=(lambda t: reconstruction_metrics(t.eval_module(), val_set, t.world.device))
                       if val_set is not None else None,
                       monitor="ssim", mode="max", meta={"stage": "train-vae", "config": cfg.to_dict()},
-                      progress=progress, desc="train-vae")
+                      progress=progress, desc="train-vae", device=device)
     if perceptual is not None:
         perceptual.to(trainer.world.device)
     summary = trainer.fit(resume=resume)
@@ -105,20 +110,26 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
         best = layout.checkpoints.best if val_set is not None else layout.checkpoints.last
         if not best.exists():
             best = layout.checkpoints.last
-        export_best(best, cfg, layout.model)
+        export_best(best, cfg, layout.model, grid=train_set.shape, spacing=prepared_spacing(train_rows))
         summary["exported"] = str(layout.model)
     return summary
 
 
-def export_best(checkpoint: Path, cfg: Config, path: Path) -> None:
-    """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder."""
+def prepared_spacing(rows: pd.DataFrame) -> list[float]:
+    """The voxel size (mm) of the prepared volumes, from their manifest rows (``spacing`` like ``1.5x1.5x1.5``)."""
+    spacings = set(rows["spacing"])
+    if len(spacings) != 1:
+        raise InputError("manifest.csv", f"the prepared volumes have {len(spacings)} voxel sizes "
+                                          f"({', '.join(sorted(spacings))}); prepare the cohort again")
+    return [float(v) for v in spacings.pop().split("x")]
+
+
+def export_best(checkpoint: Path, cfg: Config, path: Path, *, grid: tuple[int, ...], spacing: list[float]) -> None:
+    """Write the evaluation weights (EMA if present) of a training checkpoint as the run's autoencoder, with the
+    `grid` and `spacing` of the prepared volumes it was trained on (not the ``prepare`` settings now in force)."""
     state = load_state(checkpoint)
     model = build_vae(cfg.vae)
-    if state.get("ema") is not None:
-        weights = {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
-    else:
-        weights = state["modules"]["model"]
-    model.load_state_dict(weights)
+    model.load_state_dict(eval_weights(state))
     export_vae(model, cfg.vae, path, meta={"step": state["step"], "best": state["best"],
-                                           "checkpoint": str(checkpoint), "grid": list(cfg.prepare.grid),
-                                           "spacing": list(cfg.prepare.spacing)})
+                                           "checkpoint": str(checkpoint), "grid": [int(g) for g in grid],
+                                           "spacing": [float(s) for s in spacing]})
