@@ -9,7 +9,7 @@ arithmetic fails here (pyproject.toml pins the tested range).
 import pytest
 import torch
 
-from neuroldm.config import DiffusionConfig
+from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.dit import build_dit
 from neuroldm.diffusion.process import sample_latents
 
@@ -33,8 +33,8 @@ def run_case(sampler: str, steps: int, guidance: float, guidance_interval, eta: 
     cfg = DiffusionConfig(num_train_timesteps=T, beta_end=0.2, prediction=prediction)
     gens = [torch.Generator().manual_seed(s) for s in (7, 8)]
     noise = torch.stack([torch.randn(SHAPE, generator=g) for g in gens])
-    return sample_latents(tiny_model(), cfg, torch.tensor([0, 1]), noise, sampler=sampler, steps=steps,
-                          guidance=guidance, guidance_interval=guidance_interval, eta=eta, generators=gens)
+    scfg = SampleConfig(sampler=sampler, steps=steps, guidance=guidance, guidance_interval=guidance_interval, eta=eta)
+    return sample_latents(tiny_model(), cfg, torch.tensor([0, 1]), noise, scfg, generators=gens)
 
 
 def summary(x: torch.Tensor) -> list[float]:
