@@ -12,6 +12,7 @@ import torch
 from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.dit import build_dit
 from neuroldm.diffusion.process import sample_latents
+from neuroldm.diffusion.samplers import SAMPLERS, Sampler, get_sampler
 
 SHAPE = (2, 4, 4, 4)  # (C, d, h, w)
 T = 50  # training timesteps: DDPM runs all of them, so few keep it fast; beta_end 0.2 ends near pure noise
@@ -73,3 +74,77 @@ def test_full_loop_matches_golden_values(case):
     got = summary(run_case(*case))
     torch.testing.assert_close(torch.tensor(got, dtype=torch.float64), torch.tensor(GOLDEN[case], dtype=torch.float64),
                                rtol=1e-4, atol=1e-5)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The table: one entry is all a sampler needs
+# --------------------------------------------------------------------------------------------------------------
+
+def test_every_decision_about_a_sampler_reads_its_table_entry(monkeypatch):
+    from diffusers import EulerDiscreteScheduler
+
+    from neuroldm.cli import build_parser
+    from neuroldm.diffusion.process import make_sampler, schedule_kwargs
+    from neuroldm.diffusion.sample import sample_name, steps_taken
+
+    fake = Sampler("euler", lambda cfg: EulerDiscreteScheduler(**schedule_kwargs(cfg), timestep_spacing="trailing"),
+                   tag="eul", default_steps=30, every_timestep=False, step_args=frozenset({"generator"}),
+                   help="Euler (Karras et al. 2022)")
+    monkeypatch.setitem(SAMPLERS, "euler", fake)
+    cfg = DiffusionConfig(num_train_timesteps=T, beta_end=0.2)
+
+    scfg = SampleConfig(sampler="euler", steps=4)
+    assert make_sampler(cfg, "euler", 4).timesteps.tolist() == [49, 37, 24, 11]
+    assert sample_name("TLE", steps_taken(scfg, cfg), 7) == "TLE_eul4_g1_seed7"
+    assert build_parser().parse_args(["sample", "--run", "r", "--n", "1", "--label", "HC", "--out", "o",
+                                      "--sampler", "euler"]).sampler == "euler"
+    # the sampling loop scales the model input as this scheduler asks and passes only the arguments it takes
+    x = run_case("euler", 4, 3.0, None, 0.0, "epsilon")
+    assert x.shape == (2, *SHAPE) and torch.isfinite(x).all()
+
+
+def test_unknown_sampler_is_refused_with_the_known_names():
+    from pydantic import ValidationError
+
+    from neuroldm.config import load_config
+    from neuroldm.diffusion.process import make_sampler
+    from neuroldm.errors import ConfigError
+
+    with pytest.raises(ValidationError, match=r"unknown sampler 'euler'; choose from ddpm, ddim, dpm\+\+"):
+        SampleConfig(sampler="euler")
+    with pytest.raises(ConfigError, match=r"sample\.sampler.*choose from ddpm, ddim, dpm\+\+"):
+        load_config(None, None, ["sample.sampler=euler"])
+    with pytest.raises(ValueError, match="unknown sampler"):
+        make_sampler(DiffusionConfig(), "euler", 10)
+
+
+def test_ddpm_takes_every_training_timestep_whatever_steps_says():
+    from neuroldm.diffusion.sample import sample_name, steps_taken
+
+    cfg = DiffusionConfig(num_train_timesteps=T)
+    assert get_sampler("ddpm").make(cfg, 3).timesteps.tolist() == list(range(T - 1, -1, -1))
+    assert get_sampler("ddim").make(cfg, 3).timesteps.tolist() == [49, 32, 16]  # trailing: starts at T - 1
+    assert sample_name("HC", steps_taken(SampleConfig(sampler="ddpm", steps=3), cfg), 0) == f"HC_ddpm{T}_g1_seed0"
+    assert sample_name("HC", SampleConfig(sampler="dpm++", steps=25, guidance=3, guidance_interval=(0, 500)),
+                       1) == "HC_dpmpp25_g3i0-500_seed1"
+
+
+def test_sample_options_override_the_config_section_and_are_validated(monkeypatch, tmp_path, capsys):
+    import neuroldm.diffusion.sample as sample_module
+    from neuroldm.cli import main
+
+    seen = []
+
+    def fake(run_dir, out, n, label, scfg, *, seed, device, progress):
+        seen.append(scfg)
+        return {"written": n, "skipped": 0, "label": label, "seconds": 0.0}
+
+    monkeypatch.setattr(sample_module, "sample_to_folder", fake)
+    base = ["sample", "--run", str(tmp_path), "--n", "1", "--label", "HC", "--out", str(tmp_path), "--no-progress",
+            "--set", "sample.sampler=ddim", "--set", "sample.eta=0.5", "--set", "sample.steps=40"]
+    assert main(base + ["--steps", "8", "--guidance-interval", "0", "300"]) == 0
+    assert seen[-1] == SampleConfig(sampler="ddim", steps=8, eta=0.5, guidance_interval=(0, 300))
+    assert main(base + ["--steps", "0"]) == 2
+    assert "--steps: Input should be greater than or equal to 1 (got 0)" in capsys.readouterr().err
+    assert main(base + ["--guidance-interval", "600", "500"]) == 2
+    assert "--guidance-interval" in capsys.readouterr().err and len(seen) == 1
