@@ -18,6 +18,7 @@ from pathlib import Path
 
 from neuroldm import __version__
 from neuroldm.config import PRESETS, Config, load_config
+from neuroldm.diffusion.samplers import SAMPLERS
 from neuroldm.errors import NeuroLDMError
 from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
 
@@ -167,16 +168,24 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
     from neuroldm import runtime
+    from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
+    from neuroldm.errors import ConfigError
 
     cfg = _resolve(args).sample
-    result = sample_to_folder(args.run, args.out, args.n, args.label, sampler=args.sampler or cfg.sampler,
-                              steps=args.steps or cfg.steps,
-                              guidance=args.guidance if args.guidance is not None else cfg.guidance,
-                              guidance_interval=(args.guidance_interval if args.guidance_interval is not None
-                                                 else cfg.guidance_interval),
-                              eta=cfg.eta, seed=args.seed, batch_size=args.batch_size or cfg.batch_size,
+    given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
+                               "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
+             if v is not None}
+    try:  # the options override the config's sample section and are checked as it is
+        scfg = SampleConfig.model_validate({**cfg.model_dump(), **given})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") \
+            from None
+    result = sample_to_folder(args.run, args.out, args.n, args.label, scfg, seed=args.seed,
                               device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
@@ -463,8 +472,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", required=True, help="run directory holding the VAE and diffusion models")
     p.add_argument("--n", type=int, required=True, help="number of volumes")
     p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
-    p.add_argument("--sampler", choices=("ddpm", "ddim", "dpm++"), default=None,
-                   help="ddpm: all training steps (slow); ddim / dpm++: --steps steps (default: sample.sampler)")
+    p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
+                   help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + " (default: sample.sampler)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps)")
     p.add_argument("--guidance", type=float, default=None,
                    help="classifier-free guidance scale, 1 = none (default: sample.guidance)")

@@ -15,6 +15,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.errors import ConfigError
 from neuroldm.io import write_text_atomic
 
@@ -220,13 +221,18 @@ class DiffusionConfig(Section):
 class SampleConfig(Section):
     """`neuroldm sample`: sampler, steps and guidance (each also a command-line option)."""
 
-    sampler: Literal["ddpm", "ddim", "dpm++"] = "dpm++"
+    sampler: str = "dpm++"  # a name of neuroldm.diffusion.samplers.SAMPLERS
     steps: int = Field(25, ge=1)  # ignored by ddpm, which runs every training timestep
     guidance: float = Field(1.0, ge=0)  # classifier-free guidance scale; 1: none
     # guide only at training timesteps low <= t <= high (Kynkaanniemi et al. 2024); null: at every step
     guidance_interval: tuple[int, int] | None = None
     batch_size: int = Field(4, ge=1)
     eta: float = Field(0.0, ge=0)  # DDIM stochasticity (0: deterministic)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v):
+        return get_sampler(v).name  # the table is the only list of names; an unknown one lists them
 
     @field_validator("guidance_interval")
     @classmethod

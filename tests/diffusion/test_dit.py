@@ -108,7 +108,7 @@ def test_output_shape_equals_input_at_paper_and_demo_sizes(size, patch, window):
 
 
 def test_a_tiny_model_overfits_two_latents():
-    from neuroldm.config import DiffusionConfig
+    from neuroldm.config import DiffusionConfig, SampleConfig
     from neuroldm.diffusion.process import diffusion_loss, sample_latents, training_scheduler
 
     torch.manual_seed(0)
@@ -129,7 +129,7 @@ def test_a_tiny_model_overfits_two_latents():
     assert sum(losses[-20:]) / 20 < 0.1 * sum(losses[:20]) / 20
     m.eval()
     out = sample_latents(m, cfg, y, torch.randn(2, 2, 4, 4, 4, generator=torch.Generator().manual_seed(1)),
-                         sampler="ddim", steps=20)
+                         SampleConfig(sampler="ddim", steps=20))
     # each class's sample lands near its own training latent, farther from the other's
     d = torch.cdist(out.flatten(1), data.flatten(1))
     assert d[0, 0] < 0.5 * d[0, 1] and d[1, 1] < 0.5 * d[1, 0]

@@ -5,7 +5,7 @@ import torch
 from monai.networks.schedulers import DDIMScheduler as MonaiDDIM
 from monai.networks.schedulers import DDPMScheduler as MonaiDDPM
 
-from neuroldm.config import DiffusionConfig
+from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.process import diffusion_loss, make_sampler, sample_latents, snr, training_scheduler
 
 MONAI_SCHEDULES = {"linear": "linear_beta", "scaled_linear": "scaled_linear_beta"}
@@ -70,15 +70,15 @@ class Oracle(torch.nn.Module):
         return self(x, t, y)
 
 
-@pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("dpm++", 10), ("ddpm", 0)])
+@pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("dpm++", 10), ("ddpm", 1)])  # ddpm: steps ignored
 @pytest.mark.parametrize("prediction", ["epsilon", "v_prediction"])
 def test_samplers_reach_the_data_point_with_an_exact_denoiser(sampler, steps, prediction):
     cfg = DiffusionConfig(prediction=prediction)
     target = torch.randn(1, 2, 3, 4, 3)
     noise = torch.randn(2, 2, 3, 4, 3, generator=torch.Generator().manual_seed(0))
     gens = [torch.Generator().manual_seed(i) for i in range(2)]
-    x0 = sample_latents(Oracle(target, cfg), cfg, torch.tensor([0, 1]), noise, sampler=sampler, steps=steps,
-                        generators=gens)
+    x0 = sample_latents(Oracle(target, cfg), cfg, torch.tensor([0, 1]), noise,
+                        SampleConfig(sampler=sampler, steps=steps), generators=gens)
     assert (x0 - target).abs().max() < 0.05
 
 
@@ -87,9 +87,9 @@ def test_ddpm_noise_depends_only_on_each_samples_generator():
     model = Oracle(torch.zeros(1, 1, 2, 2, 2), cfg)
     noise = torch.randn(2, 1, 2, 2, 2)
     make = lambda: [torch.Generator().manual_seed(s) for s in (7, 8)]  # noqa: E731
-    pair = sample_latents(model, cfg, torch.tensor([0, 0]), noise, sampler="ddpm", steps=0, generators=make())
-    alone = sample_latents(model, cfg, torch.tensor([0]), noise[1:], sampler="ddpm", steps=0,
-                           generators=make()[1:])
+    ddpm = SampleConfig(sampler="ddpm")
+    pair = sample_latents(model, cfg, torch.tensor([0, 0]), noise, ddpm, generators=make())
+    alone = sample_latents(model, cfg, torch.tensor([0]), noise[1:], ddpm, generators=make()[1:])
     torch.testing.assert_close(pair[1:], alone)
 
 
@@ -131,16 +131,16 @@ def test_guidance_interval_guides_only_the_timesteps_inside_it():
     cfg = DiffusionConfig()
     noise = torch.randn(1, 1, 2, 2, 2, generator=torch.Generator().manual_seed(0))
     model = GuidanceRecorder(torch.zeros(1, 1, 2, 2, 2), cfg)
-    sample_latents(model, cfg, torch.tensor([1]), noise, sampler="ddim", steps=10, guidance=3.0,
-                   guidance_interval=(0, 500))
+    sample_latents(model, cfg, torch.tensor([1]), noise,
+                   SampleConfig(sampler="ddim", steps=10, guidance=3.0, guidance_interval=(0, 500)))
     timesteps = make_sampler(cfg, "ddim", 10).timesteps.tolist()
     assert [t for t, _ in model.calls] == timesteps
     assert {t: g for t, g in model.calls} == {t: (3.0 if t <= 500 else 1.0) for t in timesteps}
     assert {g for _, g in model.calls} == {1.0, 3.0}  # both sides of 500 are visited: the test can fail
 
     everywhere = GuidanceRecorder(torch.zeros(1, 1, 2, 2, 2), cfg)
-    sample_latents(everywhere, cfg, torch.tensor([1]), noise, sampler="ddim", steps=10, guidance=3.0,
-                   guidance_interval=(0, cfg.num_train_timesteps))
+    sample_latents(everywhere, cfg, torch.tensor([1]), noise,
+                   SampleConfig(sampler="ddim", steps=10, guidance=3.0, guidance_interval=(0, cfg.num_train_timesteps)))
     assert {g for _, g in everywhere.calls} == {3.0}
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from neuroldm.cli import main
-from neuroldm.config import load_config
+from neuroldm.config import SampleConfig, load_config
 from neuroldm.data.prepare import prepare_cohort
 from neuroldm.diffusion.sample import generate
 from neuroldm.diffusion.train import train_diffusion
@@ -87,7 +87,7 @@ def test_sample_writes_one_nifti_per_volume_and_resumes(run, tmp_path, capsys):
 
     # the same seed gives the same volume, whatever the batch; a re-run skips what exists
     first = np.asarray(img.dataobj)
-    again = generate(run, ["TLE"], [0], sampler="ddim", steps=4, guidance=2.0)[0, 0].numpy()
+    again = generate(run, ["TLE"], [0], SampleConfig(sampler="ddim", steps=4, guidance=2.0))[0, 0].numpy()
     np.testing.assert_allclose(again, first, atol=1e-4)
     capsys.readouterr()
     assert main(args[:4] + ["4"] + args[5:]) == 0
@@ -104,7 +104,7 @@ def test_guidance_interval_reaches_the_sampler_and_names_the_sample(run, tmp_pat
     original = sample_module.sample_latents
 
     def spy(*args, **kwargs):
-        seen.append(kwargs["guidance_interval"])
+        seen.append(next(a for a in args if isinstance(a, SampleConfig)).guidance_interval)
         return original(*args, **kwargs)
 
     monkeypatch.setattr(sample_module, "sample_latents", spy)
@@ -127,7 +127,7 @@ def test_sample_refuses_unknown_label_and_foreign_folder(run, tmp_path):
     if not (run / "diffusion" / "model.safetensors").exists():
         train_diffusion(run, load_config(None, None, TINY), progress=False)
     with pytest.raises(InputError, match="unknown label 'MCI'"):
-        generate(run, ["MCI"], [0], steps=2)
+        generate(run, ["MCI"], [0], SampleConfig(steps=2))
     out = tmp_path / "s"
     out.mkdir()
     (out / "samples.json").write_text(json.dumps({"checkpoint_sha256": "0" * 64, "train_subjects": []}))

@@ -5,8 +5,6 @@ positions, adaLN-Zero blocks conditioned on timestep + class, a zero-initialised
 in 3D, with per-axis patch sizes, padding for axes that are not a multiple of the patch (34 at the paper size)
 and cropping on output, and attention within 3D windows (`neuroldm.diffusion.attention`), shifted every other
 block, optionally interleaved with global blocks (as DiT-3D does), so window attention is used, not just offered.
-
-The output has twice the input channels when ``learn_sigma`` is on (DiT's learned variance), else as many.
 """
 
 from __future__ import annotations
@@ -78,7 +76,7 @@ class FinalLayer(nn.Module):
 
 
 class DiT3D(nn.Module):
-    """3D DiT. ``forward(x (B, C, D, H, W), t (B,), y (B,) long) -> (B, C_out, D, H, W)``.
+    """3D DiT. ``forward(x (B, C, D, H, W), t (B,), y (B,) long) -> (B, C, D, H, W)``, the epsilon or v prediction.
 
     Attention layout per block: `window` (tokens per axis) None means every block is global; otherwise block i
     uses windows, shifted when i is odd (if `shift_windows`), except that every `global_every`-th block
@@ -88,10 +86,10 @@ class DiT3D(nn.Module):
     def __init__(self, input_size: Sequence[int], in_channels: int, num_classes: int, *, depth: int, hidden: int,
                  heads: int, patch: Sequence[int], window: Sequence[int] | None = None, shift_windows: bool = True,
                  global_every: int = 0, mlp_ratio: float = 4.0, class_dropout: float = 0.1,
-                 learn_sigma: bool = False, grad_checkpointing: bool = False):
+                 grad_checkpointing: bool = False):
         super().__init__()
         self.in_channels, self.num_classes = in_channels, num_classes
-        self.out_channels = in_channels * (2 if learn_sigma else 1)
+        self.out_channels = in_channels  # the prediction (epsilon or v) only: variances are fixed by the schedule
         self.input_size = tuple(int(s) for s in input_size)
         self.patch = tuple(int(p) for p in patch)
         self.grad_checkpointing = grad_checkpointing
@@ -165,8 +163,8 @@ class DiT3D(nn.Module):
 
 def build_dit(model: str, input_size: Sequence[int], in_channels: int, num_classes: int, *,
               patch: Sequence[int] | None = None, window: Sequence[int] | None = None, shift_windows: bool = True,
-              global_every: int = 0, class_dropout: float = 0.1, learn_sigma: bool = False,
-              grad_checkpointing: bool = False, **overrides) -> DiT3D:
+              global_every: int = 0, class_dropout: float = 0.1, grad_checkpointing: bool = False,
+              **overrides) -> DiT3D:
     """A `DIT_MODELS` size (e.g. ``"DiT-S/4"``); `patch` overrides the size's cubic patch per axis."""
     if model not in DIT_MODELS:
         raise ValueError(f"unknown DiT model '{model}'; choose from {', '.join(DIT_MODELS)}")
@@ -174,4 +172,4 @@ def build_dit(model: str, input_size: Sequence[int], in_channels: int, num_class
     kw = {"depth": size.depth, "hidden": size.hidden, "heads": size.heads, **overrides}
     return DiT3D(input_size, in_channels, num_classes, patch=tuple(patch) if patch else (size.patch,) * 3,
                  window=window, shift_windows=shift_windows, global_every=global_every,
-                 class_dropout=class_dropout, learn_sigma=learn_sigma, grad_checkpointing=grad_checkpointing, **kw)
+                 class_dropout=class_dropout, grad_checkpointing=grad_checkpointing, **kw)

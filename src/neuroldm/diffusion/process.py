@@ -1,55 +1,40 @@
-"""The diffusion process: noise schedules, the training objective and the samplers, on diffusers' schedulers.
+"""The diffusion process: noise schedules, the training objective and the sampling loop, on diffusers' schedulers.
 
-Schedulers are diffusers' (`DDPMScheduler`, `DDIMScheduler`, `DPMSolverMultistepScheduler` with
-``algorithm_type="dpmsolver++"``), a maintained implementation checked against MONAI's in the tests, rather than
-a re-derivation. Only their arithmetic is used; nothing is downloaded.
+Schedulers are diffusers' (`DDPMScheduler` for training; the samplers' in `neuroldm.diffusion.samplers`), a
+maintained implementation checked against MONAI's in the tests, rather than a re-derivation. Only their arithmetic
+is used; nothing is downloaded.
 
 Schedules (``num_train_timesteps`` T, default 1000): ``linear`` betas from ``beta_start`` to ``beta_end`` (the
 seed: 1e-4 … 0.02), ``scaled_linear`` (linear in sqrt(beta); Stable Diffusion / MAISI), ``cosine`` (Nichol &
 Dhariwal 2021, diffusers' ``squaredcos_cap_v2``).
-
-Few-step samplers use "trailing" timestep spacing (Lin et al. 2024), which starts at t = T − 1 so the first step
-sees pure noise, as training's last timestep did.
 """
 
 from __future__ import annotations
 
 import torch
-from diffusers import DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler
+from diffusers import DDPMScheduler
 
-from neuroldm.config import DiffusionConfig
+from neuroldm.config import DiffusionConfig, SampleConfig
+from neuroldm.diffusion.samplers import get_sampler
 
-SAMPLERS = ("ddpm", "ddim", "dpm++")
 _BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 
 
-def _common(cfg: DiffusionConfig) -> dict:
+def schedule_kwargs(cfg: DiffusionConfig) -> dict:
+    """The schedule and parameterisation every scheduler of `cfg` shares, training's and the samplers'."""
     return {"num_train_timesteps": cfg.num_train_timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
             "beta_schedule": _BETA_SCHEDULES[cfg.schedule], "prediction_type": cfg.prediction}
 
 
 def training_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:
     """The forward process (``add_noise``, ``get_velocity``, ``alphas_cumprod``) of training."""
-    return DDPMScheduler(**_common(cfg), variance_type="fixed_small", clip_sample=False)
+    return DDPMScheduler(**schedule_kwargs(cfg), variance_type="fixed_small", clip_sample=False)
 
 
 def make_sampler(cfg: DiffusionConfig, sampler: str, steps: int):
-    """A scheduler ready to sample: ``ddpm`` runs all T steps (ancestral, fixed-small variance, as the seed did);
-    ``ddim`` and ``dpm++`` (second-order multistep DPM-Solver++) run `steps` steps."""
-    if sampler == "ddpm":
-        s = DDPMScheduler(**_common(cfg), variance_type="fixed_small", clip_sample=False)
-        s.set_timesteps(cfg.num_train_timesteps)
-    elif sampler == "ddim":
-        s = DDIMScheduler(**_common(cfg), clip_sample=False, set_alpha_to_one=False, timestep_spacing="trailing")
-        s.set_timesteps(steps)
-    elif sampler == "dpm++":
-        s = DPMSolverMultistepScheduler(**_common(cfg), algorithm_type="dpmsolver++", solver_order=2,
-                                        timestep_spacing="trailing", final_sigmas_type="zero",
-                                        lower_order_final=True)
-        s.set_timesteps(steps)
-    else:
-        raise ValueError(f"unknown sampler '{sampler}'; choose from {', '.join(SAMPLERS)}")
-    return s
+    """The scheduler of `sampler` (an entry of `neuroldm.diffusion.samplers.SAMPLERS`) with its timesteps set:
+    `steps` of them, or every training timestep for the samplers that take them all (``ddpm``)."""
+    return get_sampler(sampler).make(cfg, steps)
 
 
 def snr(scheduler: DDPMScheduler, t: torch.Tensor) -> torch.Tensor:
@@ -85,33 +70,32 @@ def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: to
 
 
 @torch.no_grad()
-def sample_latents(model, cfg: DiffusionConfig, labels: torch.Tensor, noise: torch.Tensor, *, sampler: str,
-                   steps: int, guidance: float = 1.0, eta: float = 0.0,
-                   guidance_interval: tuple[int, int] | None = None,
+def sample_latents(model, cfg: DiffusionConfig, labels: torch.Tensor, noise: torch.Tensor, scfg: SampleConfig, *,
                    generators: list[torch.Generator] | None = None, progress=None) -> torch.Tensor:
-    """Run the reverse process from `noise` ``(B, C, d, h, w)`` for class `labels` ``(B,)``; returns ``x0``.
+    """Run the reverse process of `scfg`'s sampler from `noise` ``(B, C, d, h, w)`` for class `labels` ``(B,)``;
+    returns ``x0`` in the diffusion model's (scaled) latent space.
 
-    Classifier-free guidance `guidance` applies at every step, or with `guidance_interval` ``(low, high)`` only at
-    training timesteps ``low <= t <= high``; the other steps use the plain conditional prediction (one forward pass,
-    not two). Guiding the high-noise steps, where the coarse layout of a volume forms, also pushes apart whatever
-    differs by chance between the classes' training subjects (head size, position) and narrows the samples' spread
-    of it; guiding only the lower-noise steps keeps the class's local features (Kynkaanniemi et al., "Applying
-    guidance in a limited interval improves sample and distribution quality in diffusion models", NeurIPS 2024).
+    Classifier-free guidance ``scfg.guidance`` applies at every step, or with ``scfg.guidance_interval``
+    ``(low, high)`` only at training timesteps ``low <= t <= high``; the other steps use the plain conditional
+    prediction (one forward pass, not two). Guiding the high-noise steps, where the coarse layout of a volume forms,
+    also pushes apart whatever differs by chance between the classes' training subjects (head size, position) and
+    narrows the samples' spread of it; guiding only the lower-noise steps keeps the class's local features
+    (Kynkaanniemi et al., "Applying guidance in a limited interval improves sample and distribution quality in
+    diffusion models", NeurIPS 2024).
 
     `generators` (one per sample) drive the stochastic samplers (DDPM, DDIM with eta > 0), so a sample depends
     only on its own seed, not on the batch it is drawn in. `progress` is called once per step.
     """
-    sched = make_sampler(cfg, sampler, steps)
+    spec = get_sampler(scfg.sampler)
+    sched = spec.make(cfg, scfg.steps)
     x = noise * sched.init_noise_sigma
-    kwargs = {"eta": eta} if sampler == "ddim" else {}
+    step_args = {k: v for k, v in {"generator": generators, "eta": scfg.eta}.items() if k in spec.step_args}
+    low, high = scfg.guidance_interval or (None, None)
     for t in sched.timesteps:
         tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        g = guidance if guidance_interval is None or guidance_interval[0] <= int(t) <= guidance_interval[1] else 1.0
+        g = scfg.guidance if low is None or low <= int(t) <= high else 1.0
         out = model.forward_with_cfg(sched.scale_model_input(x, t), tt, labels, g)
-        if sampler == "dpm++":
-            x = sched.step(out, t, x).prev_sample
-        else:
-            x = sched.step(out, t, x, generator=generators, **kwargs).prev_sample
+        x = sched.step(out, t, x, **step_args).prev_sample
         if progress is not None:
             progress()
     return x

@@ -1,9 +1,10 @@
 """``neuroldm sample``: labelled synthetic volumes from a run's diffusion model and autoencoder.
 
+The settings (sampler, steps, guidance, guidance interval, eta, batch size) travel together as one `SampleConfig`.
 Every volume has its own seed (``seed + i``) that fixes its initial noise and the noise of stochastic samplers,
 so the same seed and settings give the same volume whatever the batch size or which volumes were already done.
-Each volume is written as ``<class>_<sampler><steps>_g<guidance>_seed<seed>.nii.gz`` on the prepared grid with
-the cohort's reference affine, with a JSON sidecar beside it; `neuroldm.samples` describes the folder's
+Each volume is written as ``<class>_<sampler tag><steps>_g<guidance>_seed<seed>.nii.gz`` on the prepared grid
+with the cohort's reference affine, with a JSON sidecar beside it; `neuroldm.samples` describes the folder's
 ``manifest.csv`` and ``samples.json``. A re-run skips volumes whose files exist (writes are atomic, so an existing
 file is a finished one) and rewrites the manifest over every volume in the folder.
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,13 +24,16 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.process import sample_latents
+from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.runs import RunDir, SampleDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
+from neuroldm.vae.latent_space import LatentSpace
 from neuroldm.vae.weights import load_vae
 
 
@@ -49,7 +54,7 @@ class Generator:
                              "train-diffusion")
         self.classes: list[str] = list(self.meta["classes"])
         self.latent_shape = tuple(self.meta["latent_shape"])
-        self.scale_factor = float(self.meta["scale_factor"])
+        self.space = LatentSpace.from_meta(self.meta)  # the factor training scaled by
 
     def label_index(self, label: str | int) -> int:
         if isinstance(label, int) or str(label).isdigit():
@@ -67,50 +72,54 @@ class Generator:
         return noise.to(self.device), gens
 
     @torch.no_grad()
-    def latents(self, labels: Sequence[int], seeds: Sequence[int], *, sampler: str, steps: int,
-                guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None, eta: float = 0.0,
+    def latents(self, labels: Sequence[int], seeds: Sequence[int], scfg: SampleConfig,
                 progress=None) -> torch.Tensor:
-        """VAE latents ``(B, C, d, h, w)`` (already divided by the scale factor) for `labels` and `seeds`."""
+        """VAE latents ``(B, C, d, h, w)`` (unscaled, ready to decode) for `labels` and `seeds`, sampled as `scfg`
+        says."""
         noise, gens = self.initial_noise(seeds)
         y = torch.tensor([int(v) for v in labels], device=self.device)
-        z = sample_latents(self.dit, self.cfg, y, noise, sampler=sampler, steps=steps, guidance=guidance, eta=eta,
-                           guidance_interval=guidance_interval, generators=gens, progress=progress)
-        return z / self.scale_factor
+        z = sample_latents(self.dit, self.cfg, y, noise, scfg, generators=gens, progress=progress)
+        return self.space.unscale(z)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         return torch.cat([decode_volume(self.vae, z[i:i + 1], self.vae_cfg) for i in range(z.shape[0])])
 
 
-def generate(run_dir: str | Path, labels: Sequence[str | int], seeds: Sequence[int], *, sampler: str = "dpm++",
-             steps: int = 25, guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None,
-             eta: float = 0.0, decode: bool = True, device: str = "cpu") -> torch.Tensor:
-    """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed."""
+def generate(run_dir: str | Path, labels: Sequence[str | int], seeds: Sequence[int], scfg: SampleConfig | None = None,
+             *, decode: bool = True, device: str = "cpu") -> torch.Tensor:
+    """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed, sampled
+    as `scfg` says (default: `SampleConfig`'s defaults)."""
     gen = Generator(run_dir, device)
-    z = gen.latents([gen.label_index(v) for v in labels], seeds, sampler=sampler, steps=steps, guidance=guidance,
-                    guidance_interval=guidance_interval, eta=eta)
+    z = gen.latents([gen.label_index(v) for v in labels], seeds, scfg or SampleConfig())
     return gen.decode(z) if decode else z
 
 
-def sample_name(label: str, sampler: str, steps: int, guidance: float, seed: int,
-                guidance_interval: tuple[int, int] | None = None) -> str:
-    """File stem, e.g. ``TLE_dpmpp25_g3_seed7``; guidance limited to timesteps 0-500 adds ``i0-500``."""
-    tag = {"dpm++": "dpmpp"}.get(sampler, sampler)
-    interval = "" if guidance_interval is None or guidance == 1.0 else \
-        f"i{guidance_interval[0]}-{guidance_interval[1]}"
-    return f"{label}_{tag}{steps}_g{guidance:g}{interval}_seed{seed}"
+def sample_name(label: str, scfg: SampleConfig, seed: int) -> str:
+    """File stem, e.g. ``TLE_dpmpp25_g3_seed7``; guidance limited to timesteps 0-500 adds ``i0-500``.
+
+    ``scfg.steps`` should be the steps taken (`steps_taken`), so a ddpm sample names all of them.
+    """
+    interval = "" if scfg.guidance_interval is None or scfg.guidance == 1.0 else \
+        f"i{scfg.guidance_interval[0]}-{scfg.guidance_interval[1]}"
+    return f"{label}_{get_sampler(scfg.sampler).tag}{scfg.steps}_g{scfg.guidance:g}{interval}_seed{seed}"
 
 
-def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | int, *, sampler: str = "dpm++",
-                     steps: int = 25, guidance: float = 1.0, guidance_interval: tuple[int, int] | None = None,
-                     eta: float = 0.0, seed: int = 0, batch_size: int = 4, device: str = "cpu",
-                     progress: bool = True) -> dict:
-    """Write `n` volumes of class `label` to `out` (skipping finished ones); returns a summary."""
+def steps_taken(scfg: SampleConfig, cfg: DiffusionConfig) -> SampleConfig:
+    """`scfg` with the steps its sampler takes on a model of `cfg` (every training timestep for ddpm), as the file
+    names, sidecars and progress bar report them."""
+    return scfg.model_copy(update={"steps": get_sampler(scfg.sampler).steps_for(cfg, scfg.steps)})
+
+
+def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | int, scfg: SampleConfig, *,
+                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+    """Write `n` volumes of class `label` to `out` (skipping finished ones), ``scfg.batch_size`` at a time;
+    returns a summary."""
     out = SampleDir(out)
     gen = Generator(run_dir, device)
     idx = gen.label_index(label)
     name = gen.classes[idx]
-    steps = gen.cfg.num_train_timesteps if sampler == "ddpm" else steps
+    scfg = steps_taken(scfg, gen.cfg)
     info = {"train_subjects": gen.meta.get("train_subjects", []), "classes": gen.classes,
             "grid": list(gen.vae_meta.get("grid", [])), "spacing": list(gen.vae_meta.get("spacing", [])),
             "affine": gen.latent_info["reference_affine"], "prepared": gen.latent_info.get("prepared", ""),
@@ -118,28 +127,25 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
             "run": str(Path(run_dir).resolve())}
     _check_same_generator(out, info)
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
-    interval = None if guidance_interval is None else (int(guidance_interval[0]), int(guidance_interval[1]))
 
     def stem_of(s: int) -> str:
-        return sample_name(name, sampler, steps, guidance, s, interval)
+        return sample_name(name, scfg, s)
 
     seeds = [seed + i for i in range(n)]
     todo = [s for s in seeds if not _done(out, stem_of(s))]
-    per_volume = steps
+    per_volume = scfg.steps
     bar = tqdm(total=n * per_volume, initial=(n - len(todo)) * per_volume, unit="step", disable=not progress,
                desc=f"sample {name}", dynamic_ncols=True)
     start = time.perf_counter()
     try:
-        for b in range(0, len(todo), batch_size):
-            chunk = todo[b:b + batch_size]
-            z = gen.latents([idx] * len(chunk), chunk, sampler=sampler, steps=steps, guidance=guidance,
-                            guidance_interval=interval, eta=eta, progress=lambda: bar.update(len(chunk)))
+        for b in range(0, len(todo), scfg.batch_size):
+            chunk = todo[b:b + scfg.batch_size]
+            z = gen.latents([idx] * len(chunk), chunk, scfg, progress=partial(bar.update, len(chunk)))
             vols = gen.decode(z)
             for s, vol in zip(chunk, vols):
                 stem = stem_of(s)
-                meta = {"sample": stem, "label": idx, "label_name": name, "seed": s, "sampler": sampler,
-                        "steps": steps, "guidance": guidance,
-                        "guidance_interval": None if interval is None else list(interval), "eta": eta,
+                meta = {"sample": stem, "label": idx, "label_name": name, "seed": s,
+                        **scfg.model_dump(mode="json", exclude={"batch_size"}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
                 save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem))

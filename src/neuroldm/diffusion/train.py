@@ -1,10 +1,11 @@
 """``neuroldm train-diffusion``: the class-conditional DiT on the encoded latents, through the shared engine.
 
 Each step draws a fresh posterior sample ``z = mu + sigma·eps`` of every latent in the batch (the encoder's
-uncertainty as augmentation, as the seed did) and multiplies it by the stored scale factor, so the latents the
-noise schedule sees have unit variance. Validation: the same loss on the validation latents at fixed timesteps
-and fixed noise (a deterministic number, comparable across steps). Sampling uses the EMA weights of the last
-step (the seed sampled with the raw weights), exported to ``RUN/diffusion/model.safetensors``.
+uncertainty as augmentation, as the seed did) and scales it into the diffusion model's latent space
+(`neuroldm.vae.latent_space.LatentSpace`: times the stored scale factor), so the latents the noise schedule sees
+have unit variance. Validation: the same loss on the validation latents at fixed timesteps and fixed noise (a
+deterministic number, comparable across steps). Sampling uses the EMA weights of the last step (the seed sampled
+with the raw weights), exported to ``RUN/diffusion/model.safetensors``.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import StepContext, Trainer, eval_weights
 from neuroldm.vae.encode import LatentSet, load_latents
+from neuroldm.vae.latent_space import LatentSpace
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +44,8 @@ class LatentDataset(Dataset):
 
 
 class DiffusionObjective:
-    def __init__(self, cfg: DiffusionConfig, scale_factor: float):
-        self.cfg, self.scale = cfg, scale_factor
+    def __init__(self, cfg: DiffusionConfig, space: LatentSpace):
+        self.cfg, self.space = cfg, space
         self.scheduler = training_scheduler(cfg)
 
     def latents(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -51,7 +53,7 @@ class DiffusionObjective:
         if self.cfg.posterior_sample:
             eps = torch.randn(mu.shape, generator=generator, device=mu.device, dtype=mu.dtype)
             mu = mu + sigma * eps
-        return mu * self.scale
+        return self.space.scale(mu)
 
     def __call__(self, ctx: StepContext, batch: dict) -> dict:
         model = ctx.module("model")
@@ -108,7 +110,7 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
 
     torch.manual_seed(tcfg.seed)
     model = dit_from_config(dcfg, latent_shape, len(classes))
-    objective = DiffusionObjective(dcfg, train.scale_factor)
+    objective = DiffusionObjective(dcfg, train.space)
     val_set = LatentDataset(val) if val is not None else None
     counts = torch.bincount(train.labels, minlength=len(classes)).float()
     trainer = Trainer(model, tcfg, out, dataset=LatentDataset(train), loss_fn=objective,

@@ -1,7 +1,8 @@
 """The trained diffusion model as one file: ``RUN/diffusion/model.safetensors`` (EMA weights + what built them).
 
 The file carries the `DiffusionConfig`, the latent shape and channel count, the class names and the latent scale
-factor, so `neuroldm sample` rebuilds exactly the trained network and scales latents as training did.
+factor, so `neuroldm sample` rebuilds exactly the trained network and scales latents as training did
+(`neuroldm.vae.latent_space.LatentSpace.from_meta`).
 """
 
 from __future__ import annotations

@@ -154,15 +154,12 @@ def samples_per_class(cfg: Config, prepared: Path) -> dict[str, int]:
 
 
 def _sample(ctx: Context) -> dict:
-    scfg = ctx.cfg.sample
     counts = samples_per_class(ctx.cfg, ctx.layout.prepared.root)
     seconds, written = 0.0, 0
     for k, (name, n) in enumerate(counts.items()):
         # seeds of different classes never overlap: class k starts at seed + k * 1e6
-        r = sample_to_folder(ctx.run, ctx.layout.samples.root, n, name, sampler=scfg.sampler, steps=scfg.steps,
-                             guidance=scfg.guidance, guidance_interval=scfg.guidance_interval, eta=scfg.eta,
-                             seed=ctx.cfg.seed + k * 1_000_000,
-                             batch_size=scfg.batch_size, device=ctx.device, progress=ctx.progress)
+        r = sample_to_folder(ctx.run, ctx.layout.samples.root, n, name, ctx.cfg.sample,
+                             seed=ctx.cfg.seed + k * 1_000_000, device=ctx.device, progress=ctx.progress)
         seconds += r["seconds"]
         written += r["written"]
     return {"per_class": counts, "written": written, "seconds_per_volume": round(seconds / max(written, 1), 3)}

@@ -6,7 +6,8 @@ time it sees a volume; a single stored sample would put a floor under the diffus
 The **scale factor** (Rombach et al. 2022, sec. 4.3 / Stable Diffusion's ``scaling_factor``) is ``1 / std`` of
 the training-split latents, so scaled latents have unit variance as the diffusion noise schedule assumes. The
 std is that of posterior *samples* over all training latent elements: ``var(z) = var(mu) + mean(sigma^2)``,
-accumulated in float64. It is stored in ``latents.json`` and every later stage reads it from there.
+accumulated in float64. It is stored in ``latents.json`` and every later stage reads it from there, through
+`neuroldm.vae.latent_space.LatentSpace`.
 
 Layout: ``RUN/latents/volumes/<key>.safetensors`` (``mu``, ``sigma``; ``(C, d, h, w)`` float32) per volume,
 keyed by the volume's content and the autoencoder's file hash so a re-run skips what is done; ``index.csv``
@@ -31,6 +32,7 @@ from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.vae.decode import encode_volume
+from neuroldm.vae.latent_space import LatentSpace
 from neuroldm.vae.weights import load_vae
 
 INDEX_COLUMNS = ["subject", "session", "label", "label_name", "split", "fold", "data_sha256", "file"]
@@ -66,7 +68,8 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
     if train.empty:
         raise InputError(PreparedDir(prepared).manifest, "no training-split volumes to compute the scale factor")
     stats = _latent_stats([out / f for f in train["file"]])
-    info = {"scale_factor": 1.0 / stats["std"], "latent_shape": stats["shape"], "n": len(index),
+    space = LatentSpace.from_std(stats["std"])
+    info = {"scale_factor": space.scale_factor, "latent_shape": stats["shape"], "n": len(index),
             "n_train": len(train), "train_mean": stats["mean"], "train_std": stats["std"],
             "channel_mean": stats["channel_mean"], "channel_std": stats["channel_std"],
             "vae_sha256": meta["sha256"], "vae_arch": vae_cfg.arch, "prepared": str(Path(prepared).resolve()),
@@ -108,6 +111,10 @@ class LatentSet:
     index: pd.DataFrame
     scale_factor: float
     info: dict
+
+    @property
+    def space(self) -> LatentSpace:
+        return LatentSpace(self.scale_factor)
 
 
 def load_latents(run_dir: str | Path, splits: tuple[str, ...] | None = None) -> LatentSet:

@@ -17,7 +17,7 @@ from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
-from neuroldm.runs import RunDir
+from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import Part, StepContext, Trainer, eval_weights
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
@@ -110,16 +110,17 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
         best = layout.checkpoints.best if val_set is not None else layout.checkpoints.last
         if not best.exists():
             best = layout.checkpoints.last
-        export_best(best, cfg, layout.model, grid=train_set.shape, spacing=prepared_spacing(train_rows))
+        export_best(best, cfg, layout.model, grid=train_set.shape,
+                    spacing=prepared_spacing(train_rows, PreparedDir(prepared).manifest))
         summary["exported"] = str(layout.model)
     return summary
 
 
-def prepared_spacing(rows: pd.DataFrame) -> list[float]:
+def prepared_spacing(rows: pd.DataFrame, manifest: Path) -> list[float]:
     """The voxel size (mm) of the prepared volumes, from their manifest rows (``spacing`` like ``1.5x1.5x1.5``)."""
     spacings = set(rows["spacing"])
     if len(spacings) != 1:
-        raise InputError("manifest.csv", f"the prepared volumes have {len(spacings)} voxel sizes "
+        raise InputError(manifest, f"the prepared volumes have {len(spacings)} voxel sizes "
                                           f"({', '.join(sorted(spacings))}); prepare the cohort again")
     return [float(v) for v in spacings.pop().split("x")]
 
