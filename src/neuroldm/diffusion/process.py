@@ -15,15 +15,7 @@ import torch
 from diffusers import DDPMScheduler
 
 from neuroldm.config import DiffusionConfig, SampleConfig
-from neuroldm.diffusion.samplers import get_sampler
-
-_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
-
-
-def schedule_kwargs(cfg: DiffusionConfig) -> dict:
-    """The schedule and parameterisation every scheduler of `cfg` shares, training's and the samplers'."""
-    return {"num_train_timesteps": cfg.num_train_timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
-            "beta_schedule": _BETA_SCHEDULES[cfg.schedule], "prediction_type": cfg.prediction}
+from neuroldm.diffusion.samplers import get_sampler, schedule_kwargs
 
 
 def training_scheduler(cfg: DiffusionConfig) -> DDPMScheduler:

@@ -1,12 +1,12 @@
 """The samplers, as one table: everything neuroldm decides about a sampler reads its entry in `SAMPLERS`.
 
-An entry names the sampler, builds its diffusers scheduler from a `DiffusionConfig`, and says how many steps it
-takes, which optional arguments its ``step`` takes (``generator`` for stochastic steps, ``eta`` for DDIM), the tag
-in sample file names, and the help text of ``neuroldm sample --sampler``. The sampling loop
+An entry names the sampler, builds its diffusers scheduler from the diffusion model's config, and says how many
+steps it takes, which optional arguments its ``step`` takes (``generator`` for stochastic steps, ``eta`` for DDIM),
+the tag in sample file names, and the help text of ``neuroldm sample --sampler``. The sampling loop
 (`neuroldm.diffusion.process.sample_latents`), `SampleConfig` validation, the command line, sample file names and
 ``benchmarks/samplers.py`` all read the table, so a new sampler is one entry here.
 
-The samplers (on the training schedule, `neuroldm.diffusion.process.schedule_kwargs`):
+The samplers (on the training schedule, `schedule_kwargs`):
 
 - ``ddpm``: ancestral sampling over every training timestep with the fixed-small variance (Ho et al. 2020,
   Algorithm 2), as the seed did;
@@ -17,18 +17,25 @@ Few-step samplers use "trailing" timestep spacing (Lin et al. 2024), which start
 sees pure noise, as training's last timestep did.
 
 This module is imported by `neuroldm.config`, hence by the command line at start-up: it imports neither torch nor
-diffusers at module level (the constructors do), which keeps ``neuroldm --help`` fast, and names
-`DiffusionConfig` only for type checking, so config -> samplers -> config is no import cycle.
+diffusers at module level (the constructors do), which keeps ``neuroldm --help`` fast, and nothing of neuroldm: it
+reads the diffusion config through the `Schedule` protocol, which `neuroldm.config.DiffusionConfig` satisfies.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
-if TYPE_CHECKING:
-    from neuroldm.config import DiffusionConfig
+
+class Schedule(Protocol):
+    """What a sampler reads of the diffusion model's config (`neuroldm.config.DiffusionConfig`)."""
+
+    num_train_timesteps: int
+    beta_start: float
+    beta_end: float
+    schedule: str  # linear, scaled_linear or cosine
+    prediction: str  # epsilon or v_prediction
 
 
 @dataclass(frozen=True)
@@ -42,48 +49,50 @@ class Sampler:
     """
 
     name: str
-    scheduler: Callable[[DiffusionConfig], Any]
+    scheduler: Callable[[Schedule], Any]
     tag: str  # in sample file names, which cannot hold every character a name may (dpm++ -> dpmpp)
     default_steps: int | None  # None: every training timestep
     every_timestep: bool
     step_args: frozenset[str]
     help: str
 
-    def steps_for(self, cfg: DiffusionConfig, steps: int) -> int:
+    def steps_for(self, cfg: Schedule, steps: int) -> int:
         """The number of steps this sampler takes when asked for `steps`."""
         return cfg.num_train_timesteps if self.every_timestep else int(steps)
 
-    def make(self, cfg: DiffusionConfig, steps: int):
+    def make(self, cfg: Schedule, steps: int):
         """The scheduler with its timesteps set, ready for the sampling loop."""
         s = self.scheduler(cfg)
         s.set_timesteps(self.steps_for(cfg, steps))
         return s
 
 
-# The constructors import diffusers (and the schedule) when called, not when this module is imported: it keeps
-# `neuroldm --help` fast.
+_BETA_SCHEDULES = {"linear": "linear", "scaled_linear": "scaled_linear", "cosine": "squaredcos_cap_v2"}
 
-def _ddpm(cfg: DiffusionConfig):
+
+def schedule_kwargs(cfg: Schedule) -> dict:
+    """The schedule and parameterisation every scheduler of `cfg` shares, training's and the samplers'."""
+    return {"num_train_timesteps": cfg.num_train_timesteps, "beta_start": cfg.beta_start, "beta_end": cfg.beta_end,
+            "beta_schedule": _BETA_SCHEDULES[cfg.schedule], "prediction_type": cfg.prediction}
+
+
+# The constructors import diffusers when called, not when this module is imported: it keeps `neuroldm --help` fast.
+
+def _ddpm(cfg: Schedule):
     from diffusers import DDPMScheduler
-
-    from neuroldm.diffusion.process import schedule_kwargs
 
     return DDPMScheduler(**schedule_kwargs(cfg), variance_type="fixed_small", clip_sample=False)
 
 
-def _ddim(cfg: DiffusionConfig):
+def _ddim(cfg: Schedule):
     from diffusers import DDIMScheduler
-
-    from neuroldm.diffusion.process import schedule_kwargs
 
     return DDIMScheduler(**schedule_kwargs(cfg), clip_sample=False, set_alpha_to_one=False,
                          timestep_spacing="trailing")
 
 
-def _dpmpp(cfg: DiffusionConfig):
+def _dpmpp(cfg: Schedule):
     from diffusers import DPMSolverMultistepScheduler
-
-    from neuroldm.diffusion.process import schedule_kwargs
 
     return DPMSolverMultistepScheduler(**schedule_kwargs(cfg), algorithm_type="dpmsolver++", solver_order=2,
                                        timestep_spacing="trailing", final_sigmas_type="zero",

@@ -4,7 +4,10 @@
 
     {"stages": {"train-vae": {"fingerprint": "...", "state": "done", "seconds": 512.3, "finished": "...",
                               "summary": {...}}, ...},
-     "last_invocation": {"stages": [{"name", "status", "seconds"}, ...], "seconds": ...}}
+     "last_invocation": {"stages": [{"name", "status", "seconds"}, ...], "seconds": ...},
+     "order": ["demo-cohort", "prepare", ...]}
+
+(read through `neuroldm.runs.RunDir`: the report takes the stage order from ``order``, not from this package).
 
 A stage is *up to date* when its recorded state is ``done``, its fingerprint equals the one computed now, and its
 outputs exist. A stage that was interrupted (state ``running``) with an unchanged fingerprint is re-entered, and
@@ -33,6 +36,7 @@ from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove
 from neuroldm.runs import RunDir
 
 log = logging.getLogger(__name__)
+
 
 def _section(cfg: dict, dotted: str):
     node = cfg
