@@ -28,6 +28,8 @@ import logging
 import time
 from pathlib import Path
 
+import torch
+
 from neuroldm import __version__, runtime
 from neuroldm.config import Config
 from neuroldm.errors import ConfigError, NeuroLDMError
@@ -70,7 +72,7 @@ def _preflight(cfg: Config) -> None:
 
 
 def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
-                 device: str = "cpu", progress: bool = True) -> dict:
+                 device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Run every enabled stage that is out of date; returns the invocation's summary (also in pipeline.json)."""
     _check_stage(from_stage, "--from")
     _check_stage(only, "--only")

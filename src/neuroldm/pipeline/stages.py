@@ -15,6 +15,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
+
 from neuroldm import runtime
 from neuroldm.classify.data import Regime
 from neuroldm.classify.grid import run_grid
@@ -46,7 +48,7 @@ class Context:
 
     run: Path
     cfg: Config
-    device: str = "cpu"
+    device: str | torch.device = "cpu"  # resolved by neuroldm.runtime.resolve_device
     progress: bool = True
 
     @property
