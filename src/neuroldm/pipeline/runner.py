@@ -34,6 +34,7 @@ from neuroldm.config import Config, save_config
 from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.io import write_json_atomic
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
+from neuroldm.preflight import preflight
 
 log = logging.getLogger(__name__)
 
@@ -86,14 +87,6 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _preflight(cfg: Config) -> None:
-    """Fail in one line before hours of training when the evaluation's FID weights are missing."""
-    from neuroldm.evaluate.inception import find_inception, resolve_feature_network
-
-    if find_inception(cfg.evaluate.inception_path) is None and not cfg.evaluate.random_features:
-        resolve_feature_network(cfg.evaluate)  # raises the one-line error that says how to install them
-
-
 def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
                  device: str = "cpu", progress: bool = True) -> dict:
     """Run every enabled stage that is out of date; returns the invocation's summary (also in pipeline.json)."""
@@ -104,7 +97,9 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     run = Path(run_dir)
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
-    _preflight(cfg)
+    # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
+    # date), before the run directory is created
+    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)])
     main = _join_torchrun(device) == 0
     if main:
         run.mkdir(parents=True, exist_ok=True)
