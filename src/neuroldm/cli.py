@@ -40,15 +40,21 @@ def _config_options() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(args: argparse.Namespace) -> Config:
-    return load_config(args.preset, args.config, args.overrides)
+def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()) -> Config:
+    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts."""
+    cfg = load_config(args.preset, args.config, [*args.overrides, *extra])
+    if stages:
+        from neuroldm.preflight import preflight
+
+        preflight(cfg, stages)
+    return cfg
 
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory."""
     from neuroldm.runs import prepared_dir, record_stage
 
-    cfg = _resolve(args)
+    cfg = _resolve(args, stage)
     prepared = prepared_dir(args.run, args.prepared)
     record_stage(args.run, stage, cfg, prepared=prepared.resolve())
     return cfg, prepared
@@ -66,7 +72,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from neuroldm.data.prepare import prepare_cohort
 
-    cfg = _resolve(args)
+    cfg = _resolve(args, "prepare")
     df = prepare_cohort(args.input, args.out, cfg, skip_invalid=args.skip_invalid, workers=args.workers,
                         progress=not args.no_progress)
     ok = df[df["status"] == "ok"]
@@ -144,7 +150,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
     from neuroldm.runs import record_stage
 
-    cfg = _resolve(args)
+    cfg = _resolve(args, "train-diffusion")
     record_stage(args.run, "train-diffusion", cfg)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, progress=not args.no_progress)
     best = summary["best"]
@@ -158,7 +164,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.sample import sample_to_folder
 
-    cfg = _resolve(args).sample
+    cfg = _resolve(args, "sample").sample
     result = sample_to_folder(args.run, args.out, args.n, args.label, sampler=args.sampler or cfg.sampler,
                               steps=args.steps or cfg.steps,
                               guidance=args.guidance if args.guidance is not None else cfg.guidance,
@@ -227,12 +233,12 @@ def cmd_saliency(args: argparse.Namespace) -> int:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from neuroldm.evaluate.run import evaluate
 
-    overrides = list(args.overrides)
+    overrides = []
     if args.inception is not None:
         overrides.append(f"evaluate.inception_path={args.inception}")
     if args.random_features:
         overrides.append("evaluate.random_features=true")
-    cfg = load_config(args.preset, args.config, overrides)
+    cfg = _resolve(args, "evaluate", extra=tuple(overrides))
     predict = None
     if args.classifier is not None:
         from neuroldm.classify.predict import load_classifier, predict_proba
