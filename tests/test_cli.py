@@ -69,3 +69,57 @@ def test_run_errors_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "unknown stage" in err and "train-diffusion" in err
     assert not (tmp_path / "d").exists()  # nothing written before the arguments are checked
+
+
+BAD_SETTINGS = [  # (override(s), key the one-line refusal names)
+    (["diffusion.model=DiT-S/3"], "diffusion.model"),
+    (["sample.sampler=euler"], "sample.sampler"),
+    (["data.classes=[HC,EPI]"], "data.classes"),
+    (["data.label_map={TLE: HC, left: HC, right: HC}"], "data.label_map"),
+    (["prepare.grid=[30,32,32]"], "prepare.grid"),
+    (["vae.perceptual=2.5d", "vae.perceptual_weights_path=/nope.pth"], "vae.perceptual_weights_path"),
+]
+
+
+@pytest.mark.parametrize("sets, key", BAD_SETTINGS)
+def test_run_refuses_a_bad_setting_in_one_line_before_writing(tmp_path, capsys, sets, key):
+    run = tmp_path / "r"
+    argv = ["run", "--preset", "demo", "--out", str(run), "--no-progress", *(x for s in sets for x in ("--set", s))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("neuroldm run: error:") and key in err
+    assert not run.exists()
+
+
+def test_an_existing_run_is_left_as_it_was(tmp_path, capsys):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text("an earlier run's settings\n")
+    assert main(["demo", "--out", str(run), "--no-progress", "--set", "diffusion.model=DiT-S/3"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("neuroldm demo: error: diffusion.model 'DiT-S/3'")
+    assert [p.name for p in run.iterdir()] == ["config.yaml"]
+    assert (run / "config.yaml").read_text() == "an earlier run's settings\n"
+
+
+@pytest.mark.parametrize("argv, key", [
+    (["train-diffusion", "--set", "diffusion.model=DiT-S/3"], "diffusion.model"),
+    (["train-vae", "--prepared", "P", "--preset", "demo", "--set", "prepare.grid=[30,32,32]"], "prepare.grid"),
+    (["train-vae", "--prepared", "P", "--set", "vae.perceptual_weights_path=/nope.pth"], "vae.perceptual"),
+    (["classify", "--prepared", "P", "--set", "data.classes=[HC,EPI]"], "data.classes"),
+])
+def test_a_stage_command_refuses_a_bad_setting_without_touching_the_run(tmp_path, capsys, argv, key):
+    run = tmp_path / "r"
+    assert main([*argv, "--run", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"neuroldm {argv[0]}: error:") and key in err
+    assert not run.exists()
+
+
+def test_evaluate_refuses_a_missing_medicalnet_file_before_reading_volumes(tmp_path, capsys):
+    out = tmp_path / "o"
+    assert main(["evaluate", "--real", str(tmp_path / "absent"), "--synthetic", str(tmp_path / "absent"),
+                 "--out", str(out), "--random-features", "--no-progress",
+                 "--set", f"evaluate.medicalnet_path={tmp_path / 'nope.pth'}"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "evaluate.medicalnet_path" in err and not out.exists()

@@ -46,13 +46,19 @@ def _config_options() -> argparse.ArgumentParser:
     return p
 
 
-def _resolve(args: argparse.Namespace) -> Config:
-    return load_config(args.preset, args.config, args.overrides)
+def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()) -> Config:
+    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts."""
+    cfg = load_config(args.preset, args.config, [*args.overrides, *extra])
+    if stages:
+        from neuroldm.preflight import preflight
+
+        preflight(cfg, stages)
+    return cfg
 
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory."""
-    cfg = _resolve(args)
+    cfg = _resolve(args, stage)
     run = RunDir(args.run)
     prepared = run.prepared_cohort(args.prepared).root
     run.record_stage(stage, cfg, prepared=prepared.resolve())
@@ -71,7 +77,7 @@ def cmd_config_show(args: argparse.Namespace) -> int:
 def cmd_prepare(args: argparse.Namespace) -> int:
     from neuroldm.data.prepare import prepare_cohort
 
-    cfg = _resolve(args)
+    cfg = _resolve(args, "prepare")
     df = prepare_cohort(args.input, args.out, cfg, skip_invalid=args.skip_invalid, workers=args.workers,
                         progress=not args.no_progress)
     ok = df[df["status"] == "ok"]
@@ -155,7 +161,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.diffusion.train import train_diffusion
 
-    cfg = _resolve(args)
+    cfg = _resolve(args, "train-diffusion")
     RunDir(args.run).record_stage("train-diffusion", cfg)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
@@ -175,7 +181,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.sample import sample_to_folder
     from neuroldm.errors import ConfigError
 
-    cfg = _resolve(args).sample
+    cfg = _resolve(args, "sample").sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -254,12 +260,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.evaluate.run import evaluate
 
-    overrides = list(args.overrides)
+    overrides = []
     if args.inception is not None:
         overrides.append(f"evaluate.inception_path={args.inception}")
     if args.random_features:
         overrides.append("evaluate.random_features=true")
-    cfg = load_config(args.preset, args.config, overrides)
+    cfg = _resolve(args, "evaluate", extra=tuple(overrides))
     device = runtime.resolve_device(args.device)
     predict = None
     if args.classifier is not None:

@@ -54,11 +54,23 @@ class DataConfig(Section):
 
     @model_validator(mode="after")
     def _label_map_targets_are_classes(self) -> DataConfig:
+        """`classes` and `label_map` agree: every label_map value is a class, and every class is reachable.
+
+        A raw label reaches a class through `label_map`, or by being the class's name when label_map does not
+        remap that name (`class_index`). A class is unreachable when label_map sends its own name to another
+        class and maps no raw label to it: no subject could ever have it.
+        """
         bad = sorted({v for v in self.label_map.values() if v not in self.classes})
         if bad:
-            raise ValueError(f"label_map maps to {bad}, which are not in classes {self.classes}")
+            raise ValueError(f"data.label_map maps to {bad}, which are not in classes {self.classes}; every label_map "
+                             f"value must be one of data.classes")
         if len(set(self.classes)) != len(self.classes):
             raise ValueError(f"classes must be unique, got {self.classes}")
+        targets = set(self.label_map.values())
+        lost = [c for c in self.classes if c not in targets and c in self.label_map]
+        if lost:
+            raise ValueError(f"no raw label reaches class {lost[0]!r} of data.classes {self.classes}: data.label_map "
+                             f"sends {lost[0]!r} to {self.label_map[lost[0]]!r} and maps nothing to {lost[0]!r}")
         return self
 
     def class_index(self, raw: str) -> int | None:
@@ -192,6 +204,18 @@ class VAEConfig(Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=20000, batch_size=2, lr=1e-4))
     augment: AugmentConfig = Field(default_factory=AugmentConfig)
 
+    @field_validator("decode_roi")
+    @classmethod
+    def _positive_roi(cls, v):
+        return _positive_sizes(v, "decode_roi")  # a 0-voxel window would blend nothing (NaN volumes)
+
+
+def _positive_sizes(v: tuple[int, ...] | None, name: str) -> tuple[int, ...] | None:
+    """A per-axis size must be at least 1 where it divides a grid into patches or windows."""
+    if v is not None and min(v) < 1:
+        raise ValueError(f"{name} must be at least 1 on every axis")
+    return v
+
 
 class DiffusionConfig(Section):
     """The class-conditional 3D DiT and its DDPM training (`neuroldm train-diffusion`)."""
@@ -216,6 +240,12 @@ class DiffusionConfig(Section):
     train: TrainConfig = Field(default_factory=lambda: TrainConfig(steps=400000, batch_size=4, lr=2e-4,
                                                                    warmup_steps=1000, schedule="constant",
                                                                    grad_clip=1.0, ema_decay=0.9999))
+
+    @field_validator("patch", "window")
+    @classmethod
+    def _positive_patch_and_window(cls, v, info):
+        # any positive size builds: the DiT pads a partial patch and cuts a window to the token grid
+        return _positive_sizes(v, info.field_name)
 
 
 class SampleConfig(Section):

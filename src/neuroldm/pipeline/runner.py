@@ -35,6 +35,7 @@ from neuroldm.config import Config
 from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.io import write_json_atomic
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
+from neuroldm.preflight import preflight
 from neuroldm.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -63,12 +64,6 @@ def _check_stage(name: str | None, option: str) -> None:
         raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
 
 
-def _preflight(cfg: Config) -> None:
-    """Fail in one line before hours of training when the evaluation's FID weights are missing."""
-    from neuroldm.evaluate.inception import find_inception, resolve_feature_network
-
-    if find_inception(cfg.evaluate.inception_path) is None and not cfg.evaluate.random_features:
-        resolve_feature_network(cfg.evaluate)  # raises the one-line error that says how to install them
 
 
 def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
@@ -82,7 +77,9 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     layout = RunDir(run)
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
-    _preflight(cfg)
+    # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
+    # date), before the run directory is created
+    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)])
     runtime.init_process_group(device)
     main = runtime.is_main()
     if main:

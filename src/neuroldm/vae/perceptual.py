@@ -273,7 +273,9 @@ class VolumePerceptualLoss(nn.Module):
 # From a config
 # --------------------------------------------------------------------------------------------------------------
 
-def _weights_path(cfg: VAEConfig) -> Path:
+def backbone_weights_path(cfg: VAEConfig) -> Path:
+    """The local weights file of the perceptual backbone; missing, an `InputError` naming both ways out (give the
+    file, or turn the term off). `neuroldm.preflight` calls it before any work, `build_perceptual` when building."""
     filename, what = EXPECTED_FILES[cfg.perceptual]
     found = "not set" if cfg.perceptual_weights_path is None else f"'{cfg.perceptual_weights_path}' does not exist"
     if cfg.perceptual_weights_path is None or not Path(cfg.perceptual_weights_path).is_file():
@@ -293,7 +295,7 @@ def build_perceptual(cfg: VAEConfig, generator: torch.Generator | None = None) -
     """
     if cfg.perceptual == "none" or cfg.perceptual_weight <= 0:
         return None
-    path = _weights_path(cfg)
+    path = backbone_weights_path(cfg)
     state = read_weights(path)
     if cfg.perceptual == "2.5d":
         vgg = VGG16Features()
