@@ -330,6 +330,11 @@ def _print_pipeline(state: dict, run: Path) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
+    from neuroldm.preflight import preflight
+
+    # a bad setting is refused in seconds, before the pipeline's modules load (run_pipeline checks again)
+    preflight(cfg, [args.only] if args.only else STAGE_ORDER)
+
     from neuroldm import runtime
     from neuroldm.pipeline.runner import run_pipeline
 
