@@ -21,7 +21,7 @@ from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.train.checkpoint import load_state
 from neuroldm.train.engine import Part, StepContext, Trainer, eval_weights
 from neuroldm.vae.losses import VAELoss, build_discriminator, discriminator_loss
-from neuroldm.vae.network import build_vae, check_grid
+from neuroldm.vae.network import build_vae, check_grid, vae_arch
 from neuroldm.vae.perceptual import build_perceptual
 from neuroldm.vae.reconstruct import volume_metrics
 from neuroldm.vae.weights import export_vae
@@ -77,13 +77,15 @@ def train_vae(prepared: str | Path, run_dir: str | Path, cfg: Config, *, resume:
     """
     layout = RunDir(run_dir).vae
     out = layout.root
-    check_grid(cfg.prepare.grid)
     rows = read_manifest(prepared)
     train_rows, val_rows = rows[rows["split"] == "train"], rows[rows["split"] == "val"]
     tcfg = cfg.vae.train
-    if cfg.vae.patch_size is not None:
-        check_grid(cfg.vae.patch_size)
     train_set = VolumeDataset(train_rows, cfg.vae.augment, seed=tcfg.seed, crop=cfg.vae.patch_size)
+    # the volumes it trains on, as prepared (the settings were checked before any work, `neuroldm.preflight`)
+    factor = vae_arch(cfg.vae).downsample
+    check_grid(train_set.shape, factor)
+    if cfg.vae.patch_size is not None:
+        check_grid(cfg.vae.patch_size, factor)
     if tuple(train_set.shape) != tuple(cfg.prepare.grid):
         log.warning("prepared volumes are %s but prepare.grid is %s: training on the prepared shape",
                     train_set.shape, cfg.prepare.grid)
