@@ -288,7 +288,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("  ".join(line))
     image = m["memorization"]["image"]
     if "flagged_share" in image:
-        print(f"memorization: {image['flagged_share']:.1%} of {image['n_synthetic']} synthetic volumes closer to a "
+        share = image["flagged_share"]["value"]
+        print(f"memorization: {share:.1%} of {image['n_synthetic']} synthetic volumes closer to a "
               f"training volume than the {image['percentile']:g}th percentile of held-out real ones; "
               f"Z_U {image['z_u']:.2f}")
     print(f"metrics and figures: {Path(args.out)}")
