@@ -15,9 +15,10 @@ from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.evaluate.run import _fid_figure
 from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
-from neuroldm.evaluate.stats import mean_ci
+from neuroldm.evaluate.stats import mean_summary
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import METRICS, classification_report
+from neuroldm.metrics.interval import BOOTSTRAP, Interval
 from neuroldm.runs import RunDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.viz.slices import comparison_figure
@@ -28,7 +29,7 @@ RUN_METRICS = {"wall_seconds": 5321.0, "vae.val.ssim": 0.8123, "classifier.real.
                "classifier.real.auc.low": 0.6112, "classifier.real.auc.high": 0.9023, "classifier.real.auc.n": 24,
                "fid.synthetic.overall": 41.73, "fid.real_baseline.overall": 18.37, "memorization.flagged": 0.0}
 RECON = {"psnr": 27.46, "ssim": 0.8123, "ms_ssim": 0.9341, "l1": 0.0712}
-ENRICHMENT = {"n": 6, "mean": 3.214, "low": 2.052, "high": 4.377}
+ENRICHMENT = Interval(3.214, 2.052, 4.377, 6, BOOTSTRAP)
 
 
 def _png(path, seed=0):
@@ -116,7 +117,7 @@ def _evaluation(run, prepared, samples):
                 "fid_3d": {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"},
                 "kid_random_features": diversity.kid(vf_ref, vf_other, subsets=5, subset_size=4, seed=0),
                 "prdc_random_features": diversity.prdc(vf_ref, vf_other, k=2),
-                "ms_ssim": mean_ci(rng.uniform(0.6, 0.8, 10)) | {"n_volumes": 6}}
+                "ms_ssim": mean_summary(rng.uniform(0.6, 0.8, 10)) | {"n_volumes": 6}}
     d_syn, d_held = np.array([0.02, 0.05, 0.07, 0.09]), np.array([0.03, 0.06, 0.08, 0.1])
     image = memorization.audit(d_syn, np.array([0, 1, 0, 2]), d_held, ["HC_0000", "TLE_0001", "HC_0002", "TLE_0003"],
                                ["sub-01", "sub-02", "sub-03", "sub-04"], percentile=5.0)
@@ -160,8 +161,8 @@ def _classifier_grid(run):
             row = {"regime": regime, "seed": seed, "fold": -1, "n_train": 8, "n_train_real": 8 * (regime == "real"),
                    "n_train_synthetic": 8 * (regime != "real"), "selected_step": 10, "val_auc": 0.7, "n_test": 20}
             for name in METRICS:
-                row |= {name: report[name]["value"], f"{name}_low": report[name]["low"],
-                        f"{name}_high": report[name]["high"]}
+                ci = Interval.from_dict(report[name])
+                row |= {name: ci.value, f"{name}_low": ci.low, f"{name}_high": ci.high}
             runs.append(row)
             preds.append(pd.DataFrame({"split": "test", "subject": subjects, "session": "", "label": labels,
                                        "score": scores, "regime": regime, "seed": seed, "fold": -1}))
@@ -190,8 +191,9 @@ def _saliency(run):
     methods = {}
     for method in ("integrated_gradients", "saliency"):
         methods[method] = {"seconds_per_volume": 1.25,
-                           "enrichment": {"all": ENRICHMENT, "HC": {"n": 3, "mean": 2.5, "low": 1.9, "high": 3.1},
-                                          "TLE": {"n": 3, "mean": 3.9, "low": 2.9, "high": 4.8}}}
+                           "enrichment": {"all": ENRICHMENT.to_dict(),
+                                          "HC": Interval(2.5, 1.9, 3.1, 3, BOOTSTRAP).to_dict(),
+                                          "TLE": Interval(3.9, 2.9, 4.8, 3, BOOTSTRAP).to_dict()}}
         for k, name in enumerate(("mean_HC", "mean_TLE", "sub-01", "sub-02", "sub-03")):
             _png(out / method / "figures" / f"{name}.png", seed=k)
     methods["integrated_gradients"]["ig_max_abs_delta"] = 0.0123

@@ -196,7 +196,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
-    parts = [f"{n} {report[n]['value']:.3f} [{report[n]['low']:.3f}, {report[n]['high']:.3f}]" for n in names]
+    from neuroldm.metrics.interval import Interval
+
+    parts = [f"{n} {Interval.from_dict(report[n]).text(with_n=False)}" for n in names]
     return f"N={report['n']} ({report['n_pos']} positive): " + ", ".join(parts) + " (95% CI)"
 
 
@@ -239,6 +241,7 @@ def cmd_classify_grid(args: argparse.Namespace) -> int:
 def cmd_saliency(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.classify.saliency import explain_cohort
+    from neuroldm.metrics.interval import Interval
 
     cfg, prepared = _start_stage(args, "saliency")
     run = RunDir(args.run)
@@ -250,7 +253,7 @@ def cmd_saliency(args: argparse.Namespace) -> int:
         line = f"{method}: {entry['seconds_per_volume']:.1f} s/volume"
         enr = (entry.get("enrichment") or {}).get("all")
         if enr and enr["n"]:
-            line += f", ROI enrichment {enr['mean']:.2f}x [{enr['low']:.2f}, {enr['high']:.2f}] (N={enr['n']})"
+            line += f", ROI enrichment {Interval.from_dict(enr).text('.2f', 'x')}"
         print(line)
     print(f"maps, figures and attributions.csv: {out} (peak memory {summary['peak_rss_gb']:.2f} GB)")
     return 0
@@ -291,7 +294,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print("  ".join(line))
     image = m["memorization"]["image"]
     if "flagged_share" in image:
-        print(f"memorization: {image['flagged_share']:.1%} of {image['n_synthetic']} synthetic volumes closer to a "
+        share = image["flagged_share"]["value"]
+        print(f"memorization: {share:.1%} of {image['n_synthetic']} synthetic volumes closer to a "
               f"training volume than the {image['percentile']:g}th percentile of held-out real ones; "
               f"Z_U {image['z_u']:.2f}")
     print(f"metrics and figures: {Path(args.out)}")

@@ -14,6 +14,7 @@ from neuroldm.cli import main
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.metrics.classification import METRICS
+from neuroldm.metrics.interval import Interval
 
 from classify_cohort import TINY, tiny_cfg, write_samples
 
@@ -25,8 +26,9 @@ def test_classify_real_selects_on_validation_and_reports_test_with_cis(cohort, t
     assert result["regime"] == "real" and result["n_train"] == (rows["split"] == "train").sum()
     assert result["test"]["n"] == len(test) and result["selected_step"] in (2, 4)
     for name in METRICS:
-        assert set(result["test"][name]) == {"value", "low", "high", "ci"}
-    assert result["test"]["auc_roc"]["ci"] == "delong"
+        assert set(result["test"][name]) == {"value", "low", "high", "n", "method", "level"}
+        assert Interval.from_dict(result["test"][name]).n == len(test)
+    assert result["test"]["auc_roc"]["method"] == "delong"
     with open(tmp_path / "c" / "metrics.csv") as f:
         assert {"val_auc", "val_loss", "loss"} <= set(f.readline().strip().split(","))
 

@@ -13,6 +13,7 @@ from neuroldm.classify.network import build_classifier
 from neuroldm.classify.predict import export_classifier
 from neuroldm.classify.saliency import attribute, explain_cohort, make_baseline, roi_enrichment
 from neuroldm.data.manifest import read_manifest
+from neuroldm.metrics.interval import Interval
 
 from classify_cohort import tiny_cfg
 
@@ -80,7 +81,8 @@ def test_maps_have_the_volume_shape_and_affine(cohort, model_file, tmp_path):
         for cls in ("HC", "TLE"):
             mean = nib.load(tmp_path / method / f"mean_{cls}.nii.gz")
             assert mean.shape == (20, 24, 20) and np.asarray(mean.dataobj).sum() == pytest.approx(1, rel=1e-4)
-    assert summary["methods"]["integrated_gradients"]["enrichment"]["all"]["n"] == 2
+    enrichment = Interval.from_dict(summary["methods"]["integrated_gradients"]["enrichment"]["all"])
+    assert enrichment.n == 2 and enrichment.method == "bootstrap"
     assert json.loads((tmp_path / "summary.json").read_text())["n_volumes"] == 2
 
 

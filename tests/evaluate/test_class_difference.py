@@ -6,6 +6,7 @@ import pytest
 
 from neuroldm.evaluate.class_difference import class_difference, class_means
 from neuroldm.io import save_nifti_atomic
+from neuroldm.metrics.interval import Interval
 
 GRID = (8, 10, 8)
 CLASSES = ["HC", "TLE"]
@@ -46,11 +47,13 @@ def test_a_copy_of_the_training_groups_is_told_apart_from_the_effect(tmp_path, m
 
     c = class_difference(training, heldout, copier, CLASSES)["contrasts"]["TLE-HC"]
     good = class_difference(training, heldout, learner, CLASSES)["contrasts"]["TLE-HC"]
-    assert c["corr_training"] > 0.95 and c["corr_heldout"] < 0.6 < good["corr_heldout"]
-    assert good["corr_heldout"] > 0.9 and good["corr_training"] < 0.6
+    assert c["corr_training"] > 0.95 and c["corr_heldout"]["value"] < 0.6 < good["corr_heldout"]["value"]
+    assert good["corr_heldout"]["value"] > 0.9 and good["corr_training"] < 0.6
     assert c["amplification"] == pytest.approx(2.0, rel=0.1)
-    lo, hi = good["corr_heldout_ci95"]
-    assert lo <= good["corr_heldout"] <= hi and hi - lo > 0
+    ci = Interval.from_dict(good["corr_heldout"])
+    lo, hi = ci.low, ci.high
+    assert lo <= ci.value <= hi and hi - lo > 0
+    assert (ci.n, ci.method) == (20, "jackknife-fisher-z")  # N: the held-out volumes
     assert c["n"] == {"training": [10, 10], "heldout": [10, 10], "synthetic": [10, 10]}
     assert c["corr_training_heldout"] == pytest.approx(good["corr_training"], abs=0.1)
 
@@ -62,7 +65,8 @@ def test_correlations_and_means_match_numpy(tmp_path):
     diffs = [v[1::2].mean(0) - v[0::2].mean(0) for v in vols]
     res = class_difference(*sets, CLASSES)["contrasts"]["TLE-HC"]
     assert res["corr_training"] == pytest.approx(np.corrcoef(diffs[2].ravel(), diffs[0].ravel())[0, 1], abs=1e-6)
-    assert res["corr_heldout"] == pytest.approx(np.corrcoef(diffs[2].ravel(), diffs[1].ravel())[0, 1], abs=1e-6)
+    corr_heldout = res["corr_heldout"]["value"]
+    assert corr_heldout == pytest.approx(np.corrcoef(diffs[2].ravel(), diffs[1].ravel())[0, 1], abs=1e-6)
     means, counts = class_means(*sets[0], 2)
     np.testing.assert_allclose(means[1], vols[0][1::2].mean(0), atol=1e-6)
     assert counts.tolist() == [3, 3]

@@ -8,6 +8,7 @@ from evaluation_phantoms import brain
 
 from neuroldm.evaluate.diversity import kid, ms_ssim_diversity, prdc, random_pairs
 from neuroldm.io import save_nifti_atomic
+from neuroldm.metrics.interval import Interval
 
 
 def test_prdc_identical_sets():
@@ -47,8 +48,8 @@ def test_kid_is_the_unbiased_polynomial_mmd():
     rng = np.random.default_rng(1)
     x, y = rng.normal(size=(9, 3)), rng.normal(0.5, 1.0, size=(9, 3))
     r = kid(x, y, subsets=1, subset_size=9)  # one subset holding every sample: no randomness left
-    assert r["mean"] == pytest.approx(_explicit_mmd2(x, y), rel=1e-10)
-    assert kid(x, y + 2.0, subsets=5, subset_size=6)["mean"] > kid(x, y, subsets=5, subset_size=6)["mean"]
+    assert r["value"] == pytest.approx(_explicit_mmd2(x, y), rel=1e-10) and r["method"] == "normal"
+    assert kid(x, y + 2.0, subsets=5, subset_size=6)["value"] > kid(x, y, subsets=5, subset_size=6)["value"]
 
 
 def test_random_pairs_are_distinct_and_seeded():
@@ -64,6 +65,6 @@ def test_ms_ssim_diversity_of_copies_is_one_and_lower_for_different_volumes(tmp_
         paths.append(str(tmp_path / f"v{i}.nii"))
         save_nifti_atomic(v, np.eye(4), paths[-1])
     same = ms_ssim_diversity(paths[:3], n_pairs=10)
-    assert same["mean"] == pytest.approx(1.0, abs=1e-5) and same["n"] == 3
-    mixed = ms_ssim_diversity(paths, n_pairs=10)
-    assert mixed["n"] == 10 and mixed["mean"] < 0.99 and mixed["ci95"][0] <= mixed["mean"] <= mixed["ci95"][1]
+    assert same["value"] == pytest.approx(1.0, abs=1e-5) and same["n"] == 3
+    mixed = Interval.from_dict(ms_ssim_diversity(paths, n_pairs=10))
+    assert mixed.n == 10 and mixed.value < 0.99 and mixed.low <= mixed.value <= mixed.high

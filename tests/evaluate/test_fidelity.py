@@ -7,6 +7,7 @@ from evaluation_phantoms import brain
 
 from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.io import save_nifti_atomic
+from neuroldm.metrics.interval import Interval
 
 
 def toy_predict(x: torch.Tensor) -> torch.Tensor:
@@ -24,10 +25,11 @@ def test_accuracy_per_requested_class(tmp_path):
         paths.append(str(tmp_path / f"v{i}.nii"))
         save_nifti_atomic(v, np.eye(4), paths[-1])
     res = conditional_fidelity(toy_predict, paths, [y for _, y in vols], ["HC", "TLE"], batch_size=3)
-    assert (res["per_class"]["HC"]["accuracy"], res["per_class"]["HC"]["n"]) == (1.0, 4)
-    assert (res["per_class"]["TLE"]["accuracy"], res["per_class"]["TLE"]["n"]) == (0.75, 4)
-    assert res["accuracy"] == pytest.approx(7 / 8) and res["n"] == 8
-    assert res["ci95"][0] < 7 / 8 < res["ci95"][1]
+    assert (res["per_class"]["HC"]["value"], res["per_class"]["HC"]["n"]) == (1.0, 4)
+    assert (res["per_class"]["TLE"]["value"], res["per_class"]["TLE"]["n"]) == (0.75, 4)
+    overall = Interval.from_dict(res)
+    assert overall.value == pytest.approx(7 / 8) and overall.n == 8
+    assert overall.low < 7 / 8 < overall.high and overall.method == "wilson"
 
 
 def test_wrong_prediction_shape_is_refused(tmp_path):

@@ -45,7 +45,7 @@ def test_planted_copy_is_flagged_and_fresh_samples_are_not(cohort):
     fresh_flagged = [f["sample"] for f in res["flagged"][1:]]
     assert len(fresh_flagged) / 40 < 0.15 and res["n_heldout"] == 60 and res["n_synthetic"] == 41
     clean = audit(d[1:41], nn[1:41], d[41:], ids[1:], list(train["subject"]), percentile=5.0)
-    assert "copy" not in [f["sample"] for f in clean["flagged"]] and clean["flagged_share"] < 0.15
+    assert "copy" not in [f["sample"] for f in clean["flagged"]] and clean["flagged_share"]["value"] < 0.15
     assert clean["n_copies"] == 0
     assert abs(clean["z_u"]) < 2.5 < abs(audit(np.zeros(40), nn[1:41], d[41:], ids[1:], [""] * 16)["z_u"])
 
@@ -66,5 +66,8 @@ def test_nearest_euclidean():
 
 
 def test_wilson_interval_known_values():
-    assert wilson_interval(0, 10) == pytest.approx([0.0, 0.2775], abs=1e-4)
-    assert wilson_interval(5, 10) == pytest.approx([0.2366, 0.7634], abs=1e-4)
+    for k, bounds in ((0, [0.0, 0.2775]), (5, [0.2366, 0.7634])):
+        ci = wilson_interval(k, 10)
+        assert [ci.low, ci.high] == pytest.approx(bounds, abs=1e-4)
+        assert (ci.value, ci.n, ci.method, ci.level) == (k / 10, 10, "wilson", 0.95)
+    assert np.isnan(wilson_interval(0, 0).value) and wilson_interval(0, 0).n == 0

@@ -14,6 +14,7 @@ from neuroldm.config import EvaluateConfig
 from neuroldm.data.manifest import read_manifest
 from neuroldm.evaluate import inception
 from neuroldm.evaluate.run import evaluate
+from neuroldm.metrics.interval import Interval
 
 CLASSES = ["HC", "TLE"]
 
@@ -54,6 +55,7 @@ def test_metrics_json_is_well_formed_with_baseline_and_audit(cohort, tmp_path, t
             assert fid["mean"] > 0 and fid["fid_2_5d"] > 0
             assert res["fid_3d"] == {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"}
             assert res["kid"]["n"] == 3 and res["ms_ssim"]["n"] == 2
+            assert Interval.from_dict(res["kid"]).method == Interval.from_dict(res["ms_ssim"]).method == "normal"
             assert set(res["prdc"]) >= {"precision", "recall", "density", "coverage"}
     image = m["memorization"]["image"]
     assert image["flagged"][0]["sample"] == "syn-00"
@@ -77,7 +79,7 @@ def test_test_volumes_as_synthetic_reproduce_the_baseline_exactly(cohort, tmp_pa
         for axis in ("sagittal", "coronal", "axial"):
             # equal up to the summation order (rows come per class on the synthetic side)
             assert syn["fid"]["axes"][axis]["fid"] == pytest.approx(base["fid"]["axes"][axis]["fid"], rel=1e-7)
-        assert syn["kid"]["mean"] == pytest.approx(base["kid"]["mean"], rel=1e-7)
+        assert syn["kid"]["value"] == pytest.approx(base["kid"]["value"], rel=1e-7)
     assert m["memorization"]["training_set"].startswith("real 'train' split")
 
 
@@ -173,5 +175,5 @@ def test_cli_classifier_adds_conditional_fidelity(cohort, tmp_path, tiny_script,
                  "--set", "evaluate.kid_subsets=2", "--set", "evaluate.prdc_k=2"])
     assert code == 0, capsys.readouterr().err
     fidelity = json.loads((tmp_path / "o" / "metrics.json").read_text())["fidelity"]
-    assert fidelity["n"] == 4 and 0 <= fidelity["accuracy"] <= 1
+    assert fidelity["n"] == 4 and 0 <= fidelity["value"] <= 1 and fidelity["method"] == "wilson"
     assert {k: v["n"] for k, v in fidelity["per_class"].items()} == {"HC": 2, "TLE": 2}

@@ -8,6 +8,7 @@ from sklearn import metrics as skm
 
 from neuroldm.metrics.classification import (METRICS, auc_pr, auc_roc, bootstrap_ci, classification_report,
                                              delong_ci, delong_variance, paired_delong, threshold_metrics)
+from neuroldm.metrics.interval import Interval
 
 
 def _data(n=120, seed=0, ties=False):
@@ -66,8 +67,10 @@ def test_delong_variance_agrees_with_a_bootstrap():
         idx = np.concatenate([rng.choice(pos, pos.size), rng.choice(neg, neg.size)])
         boot.append(auc_roc(y[idx], s[idx]))
     assert np.var(boot) == pytest.approx(var, rel=0.15)
-    auc, lo, hi = delong_ci(y, s)
+    ci = delong_ci(y, s)
+    auc, lo, hi = ci.value, ci.low, ci.high
     assert lo < auc < hi and hi - lo == pytest.approx(2 * 1.959964 * math.sqrt(var), rel=1e-6)
+    assert (ci.value, ci.n, ci.method, ci.level) == (auc_roc(y, s), y.size, "delong", 0.95)
 
 
 def test_paired_delong_matches_the_definition_and_is_calibrated():
@@ -93,10 +96,12 @@ def test_paired_delong_matches_the_definition_and_is_calibrated():
 
 def test_bootstrap_ci_covers_the_estimate_and_is_reproducible():
     y, s = _data()
-    lo, hi = bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss)["accuracy"], n=300, seed=1)
+    ci = bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss)["accuracy"], n=300, seed=1)
+    lo, hi = ci.low, ci.high
     acc = threshold_metrics(y, s)["accuracy"]
     assert lo < acc < hi and hi - lo < 0.25
-    assert (lo, hi) == bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss)["accuracy"], n=300, seed=1)
+    assert ci == bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss)["accuracy"], n=300, seed=1)
+    assert (ci.value, ci.n, ci.method) == (acc, y.size, "bootstrap")
 
 
 def test_report_has_every_metric_with_n_and_ci():
@@ -104,6 +109,9 @@ def test_report_has_every_metric_with_n_and_ci():
     rep = classification_report(y, s, n_bootstrap=200, seed=0)
     assert rep["n"] == y.size and rep["n_pos"] == y.sum() and rep["n_neg"] == (1 - y).sum()
     for name in METRICS:
-        m = rep[name]
-        assert m["low"] <= m["value"] <= m["high"], name
-    assert rep["auc_roc"]["ci"] == "delong" and rep["accuracy"]["ci"] == "bootstrap"
+        m = Interval.from_dict(rep[name])
+        assert m.low <= m.value <= m.high and m.n == y.size, name
+    assert rep["auc_roc"]["method"] == "delong" and rep["accuracy"]["method"] == "bootstrap"
+    assert rep["accuracy"]["value"] == threshold_metrics(y, s)["accuracy"]
+    without = classification_report(y, s, n_bootstrap=0)
+    assert without["accuracy"]["method"] == "none" and math.isnan(without["accuracy"]["low"])

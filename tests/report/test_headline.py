@@ -5,6 +5,7 @@ import json
 import pytest
 from report_run import ENRICHMENT, RECON, make_fake_run
 
+from neuroldm.metrics.interval import Interval
 from neuroldm.report.headline import KEYS, collect_metrics, write_metrics
 
 
@@ -27,7 +28,7 @@ def test_metrics_come_from_the_stage_outputs(fake):
     assert m["classifier.synthetic.auc_ratio"] == pytest.approx(syn["auc"] / real["auc"])
     ig = (m["saliency.ig.roi_enrichment"], m["saliency.ig.roi_enrichment.low"], m["saliency.ig.roi_enrichment.high"],
           m["saliency.ig.roi_enrichment.n"])
-    assert ig == (ENRICHMENT["mean"], ENRICHMENT["low"], ENRICHMENT["high"], ENRICHMENT["n"])
+    assert ig == (ENRICHMENT.value, ENRICHMENT.low, ENRICHMENT.high, ENRICHMENT.n)
     overall = facts.groups["overall"]
     assert m["fid_random_features.synthetic.overall"] == overall["synthetic"]["fid_random_features"]["mean"]
     assert m["fid_random_features.real_baseline.overall"] == overall["real_baseline"]["fid_random_features"]["mean"]
@@ -36,9 +37,10 @@ def test_metrics_come_from_the_stage_outputs(fake):
     assert 0 <= m["synthetic.class_fidelity.low"] <= m["synthetic.class_fidelity"] <= 1
     assert m["wall_seconds"] == pytest.approx(0.4 + 3456.5)  # finished stages only
     cd = json.loads((run / "evaluation" / "metrics.json").read_text())["class_difference"]["contrasts"]["TLE-HC"]
+    corr_heldout = Interval.from_dict(cd["corr_heldout"])
     assert (m["synthetic.class_difference.corr_heldout"], m["synthetic.class_difference.corr_heldout.low"],
             m["synthetic.class_difference.corr_heldout.high"], m["synthetic.class_difference.corr_heldout.n"]) == \
-        (cd["corr_heldout"], *cd["corr_heldout_ci95"], 4)
+        (corr_heldout.value, corr_heldout.low, corr_heldout.high, 4)
     assert m["synthetic.class_difference.corr_training"] == cd["corr_training"] > 0  # brighter TLE brains in all sets
     assert m["synthetic.class_difference.corr_training.n"] == 4
     assert m["real.class_difference.corr_training_heldout"] == cd["corr_training_heldout"]

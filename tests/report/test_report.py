@@ -6,6 +6,7 @@ import shutil
 import pytest
 
 from neuroldm.cli import main
+from neuroldm.metrics.interval import Interval
 from neuroldm.report import write_report
 from neuroldm.report.sections import SECTIONS, fmt
 
@@ -56,7 +57,7 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert re.search(r"<td>classifier\.real\.auc</td><td[^>]*>0\.779</td><td[^>]*>\[0\.611, 0\.902\]</td>"
                      r"<td[^>]*>24</td>", html)
     assert fmt(RECON["psnr"]) in html and "27.5" in html
-    assert f"{fmt(ENRICHMENT['mean'])}x [{fmt(ENRICHMENT['low'])}, {fmt(ENRICHMENT['high'])}] (N=6)" in html
+    assert f"{fmt(ENRICHMENT.value)}x [{fmt(ENRICHMENT.low)}, {fmt(ENRICHMENT.high)}] (N=6)" in html
     pooled = next(r for r in facts.grid["pooled"] if r["regime"] == "synthetic")
     assert f"{pooled['p_vs_real']:.3g}" in html and fmt(pooled["auc"]) in html
     overall = facts.groups["overall"]["synthetic"]["fid_random_features"]
@@ -71,9 +72,10 @@ def test_class_difference_agreement_is_tabulated(fake_run, page):
     html, _ = page
     ev = json.loads((fake_run[0] / "evaluation" / "metrics.json").read_text())
     c = ev["class_difference"]["contrasts"]["TLE-HC"]
-    ci = ", ".join(fmt(v) for v in c["corr_heldout_ci95"])
+    corr_heldout = Interval.from_dict(c["corr_heldout"])
+    ci = ", ".join(fmt(v) for v in (corr_heldout.low, corr_heldout.high))
     assert re.search(rf"<td>TLE-HC</td><td[^>]*>{re.escape(fmt(c['corr_training']))}</td>"
-                     rf"<td[^>]*>{re.escape(fmt(c['corr_heldout']))} \[{re.escape(ci)}\]</td>", html)
+                     rf"<td[^>]*>{re.escape(fmt(corr_heldout.value))} \[{re.escape(ci)}\]</td>", html)
     assert "4 / 4 / 4" in html  # N of training / held-out / synthetic volumes
 
 

@@ -34,6 +34,7 @@ from neuroldm.config import Config
 from neuroldm.data.manifest import read_manifest
 from neuroldm.io import atomic_path, write_json_atomic, write_text_atomic
 from neuroldm.metrics.classification import METRICS, delong_ci, paired_delong
+from neuroldm.metrics.interval import NONE, Interval, T
 from neuroldm.runs import RunDir
 from neuroldm.samples import read_sample_manifest
 
@@ -49,23 +50,23 @@ def _run_row(result: dict) -> dict:
                                   "selected_step", "val_auc")}
     test = result["test"]
     row["n_test"] = test["n"]
-    for name in METRICS:
+    for name in METRICS:  # value, low and high only: result.json files written before N and method were added
         row[name] = test[name]["value"]
         row[f"{name}_low"], row[f"{name}_high"] = test[name]["low"], test[name]["high"]
     return row
 
 
-def mean_std_ci(values: pd.Series, level: float = 0.95) -> tuple[float, float, float, float]:
-    """``(mean, std, low, high)`` with a t-interval over runs (NaN bounds with one run)."""
+def mean_std_ci(values: pd.Series, level: float = 0.95) -> tuple[Interval, float]:
+    """The mean over runs with Student's t-interval (N = runs; NaN bounds with one run), and the std."""
     v = values.dropna().to_numpy(dtype=np.float64)
     if v.size == 0:
-        return (math.nan,) * 4
+        return Interval(math.nan, math.nan, math.nan, 0, T, level), math.nan
     mean = float(v.mean())
     if v.size == 1:
-        return mean, math.nan, math.nan, math.nan
+        return Interval(mean, math.nan, math.nan, 1, T, level), math.nan
     std = float(v.std(ddof=1))
     half = float(stats.t.ppf(0.5 + level / 2, v.size - 1) * std / math.sqrt(v.size))
-    return mean, std, mean - half, mean + half
+    return Interval(mean, mean - half, mean + half, v.size, T, level), std
 
 
 def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "real") -> pd.DataFrame:
@@ -77,9 +78,10 @@ def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "r
     rows = []
     for regime, part in pooled.groupby("regime", sort=False):
         part = part.set_index(key)
-        auc, lo, hi = delong_ci(part["label"], part["score"]) if part["label"].nunique() == 2 else (math.nan,) * 3
-        row = {"regime": regime, "split": split, "n": len(part), "auc": auc, "auc_low": lo, "auc_high": hi,
-               "diff_vs_real": math.nan, "p_vs_real": math.nan}
+        auc = (delong_ci(part["label"], part["score"]) if part["label"].nunique() == 2
+               else Interval(math.nan, math.nan, math.nan, len(part), NONE))
+        row = {"regime": regime, "split": split, "n": len(part), "auc": auc.value, "auc_low": auc.low,
+               "auc_high": auc.high, "diff_vs_real": math.nan, "p_vs_real": math.nan}
         common = part.index.intersection(ref.index)
         if regime != reference and len(common) and part.loc[common, "label"].nunique() == 2:
             test = paired_delong(part.loc[common, "label"], part.loc[common, "score"], ref.loc[common, "score"])
@@ -97,8 +99,9 @@ def summary_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
         row = {"regime": regime, "runs": len(part), "n_train_real": int(part["n_train_real"].iloc[0]),
                "n_train_synthetic": int(part["n_train_synthetic"].iloc[0]), "n_test": int(part["n_test"].iloc[0])}
         for name in METRICS:
-            mean, std, lo, hi = mean_std_ci(part[name])
-            row.update({f"{name}_mean": mean, f"{name}_std": std, f"{name}_low": lo, f"{name}_high": hi})
+            ci, std = mean_std_ci(part[name])
+            row.update({f"{name}_mean": ci.value, f"{name}_std": std, f"{name}_low": ci.low,
+                        f"{name}_high": ci.high})
         rows.append(row)
     return pd.DataFrame(rows)
 

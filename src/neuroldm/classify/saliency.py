@@ -37,8 +37,9 @@ Writes ``RUN/saliency/`` (or ``--out``):
 - ``<method>/figures/*.png`` — nilearn overlays of |attribution| (top 1%) on the subject's scan, with the ROI
   outline when there is one, for ``figures`` subjects per class, and of each class mean on the mean scan;
 - ``attributions.csv`` — per subject and method: label, target, ROI enrichment, seconds, IG convergence delta;
-- ``summary.json`` — per method and class: mean ROI enrichment with a 95% bootstrap CI over subjects (N given),
-  seconds per volume, and the process's peak memory.
+- ``summary.json`` — per method, ``enrichment`` per class (and ``all``): the mean ROI enrichment over subjects
+  with its 95% percentile-bootstrap CI, ``{"value", "low", "high", "n", "method", "level"}``
+  (`neuroldm.metrics.interval.Interval`); seconds per volume, and the process's peak memory.
 
 **ROI enrichment** = (share of attribution mass in the top ``top_fraction`` voxels that falls inside the ROI) ÷
 (the ROI's share of the grid's voxels): 1 is chance, 5 means the most attributed voxels sit in the ROI five times
@@ -70,6 +71,7 @@ from neuroldm.data.manifest import read_manifest, reference_affine
 from neuroldm.errors import InputError, NeuroLDMError
 from neuroldm.io import atomic_path, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import bootstrap_ci
+from neuroldm.metrics.interval import BOOTSTRAP, Interval
 from neuroldm.runs import SaliencyDir
 from neuroldm.viz.overlay import overlay_figure
 
@@ -151,15 +153,15 @@ def _peak_rss_gb() -> float:
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
 
 
-def _mean_ci(values: np.ndarray, seed: int) -> dict:
+def _mean_ci(values: np.ndarray, seed: int) -> Interval:
+    """The mean of the finite `values` with a percentile-bootstrap 95% CI (NaN bounds below two values)."""
     v = values[np.isfinite(values)]
     if v.size == 0:
-        return {"n": 0, "mean": math.nan, "low": math.nan, "high": math.nan}
+        return Interval(math.nan, math.nan, math.nan, 0, BOOTSTRAP)
     if v.size == 1:
-        return {"n": 1, "mean": float(v[0]), "low": math.nan, "high": math.nan}
+        return Interval(float(v[0]), math.nan, math.nan, 1, BOOTSTRAP)
     # a bootstrap of the mean over subjects (labels are irrelevant here: one stratum)
-    lo, hi = bootstrap_ci(np.zeros(v.size, int), v, lambda _, s: float(s.mean()), n=2000, seed=seed)
-    return {"n": int(v.size), "mean": float(v.mean()), "low": lo, "high": hi}
+    return bootstrap_ci(np.zeros(v.size, int), v, lambda _, s: float(s.mean()), n=2000, seed=seed)
 
 
 def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | Path, cfg: Config, *,
@@ -247,9 +249,9 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
         if part["ig_delta"].notna().any():
             entry["ig_max_abs_delta"] = float(part["ig_delta"].max())
         if "enrichment" in part:
-            entry["enrichment"] = {"all": _mean_ci(part["enrichment"].to_numpy(float), 0)}
+            entry["enrichment"] = {"all": _mean_ci(part["enrichment"].to_numpy(float), 0).to_dict()}
             for label, sub in part.groupby("label"):
-                entry["enrichment"][classes[int(label)]] = _mean_ci(sub["enrichment"].to_numpy(float), 0)
+                entry["enrichment"][classes[int(label)]] = _mean_ci(sub["enrichment"].to_numpy(float), 0).to_dict()
         summary["methods"][method] = entry
     write_json_atomic(out.summary, summary)
     return summary

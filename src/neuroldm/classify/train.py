@@ -12,8 +12,9 @@ Writes into ``OUT`` (``RUN/classifier`` for ``neuroldm classify``):
 - ``model.safetensors`` — the selected weights (`neuroldm.classify.predict.load_classifier` reads it);
 - ``predictions.csv`` — per validation and test volume: split, subject, session, label, P(class) per class,
   score (= P(positive class)), prediction at the threshold;
-- ``result.json`` — test metrics with N and 95% CIs (`neuroldm.metrics.classification.classification_report`),
-  the validation AUC, the regime, fold, seed and training counts.
+- ``result.json`` — ``test``: every test metric as ``{"value", "low", "high", "n", "method", "level"}`` (95% CI,
+  `neuroldm.metrics.classification.classification_report`), the validation AUC, the regime, fold, seed and
+  training counts.
 """
 
 from __future__ import annotations

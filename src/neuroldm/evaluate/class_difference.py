@@ -12,7 +12,8 @@ voxel, over the whole grid (volumes are normalised as prepared). Reported per co
 
 - ``corr_training``: Pearson correlation between the synthetic map and the map of the generator's training volumes;
 - ``corr_heldout``: the same against held-out real volumes, with a 95 % CI (delete-one jackknife over the held-out
-  and synthetic volumes, on Fisher's z scale);
+  and synthetic volumes, on Fisher's z scale), as ``{"value", "low", "high", "n", "method", "level"}``
+  (`neuroldm.metrics.interval.Interval`; N = held-out volumes);
 - ``corr_training_heldout``: the real baseline, training map against held-out map: how much of the training
   groups' difference is the effect rather than chance (a generator that reproduces its training groups exactly
   scores about this as ``corr_heldout``);
@@ -36,6 +37,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.evaluate.stats import Z95
+from neuroldm.metrics.interval import JACKKNIFE_FISHER_Z, Interval
 
 
 def class_means(paths: Sequence[str], labels: Sequence[int], n_classes: int, progress: bool = False,
@@ -67,8 +70,9 @@ def _stack(paths: Sequence[str]) -> np.ndarray:
     return np.stack([load_prepared_volume(p).ravel() for p in paths])
 
 
-def _jackknife_ci(full: float, groups: list[np.ndarray], stat) -> list[float]:
-    """95 % CI of a correlation: delete-one jackknife over every volume of every group, on Fisher's z scale.
+def _jackknife_ci(full: float, groups: list[np.ndarray], stat, n: int) -> Interval:
+    """The correlation `full` with its 95 % CI: delete-one jackknife over every volume of every group, on Fisher's
+    z scale (jackknife variance: Tukey 1958; z = artanh r: Fisher 1915); `n` is the N reported with it.
 
     `groups` are the volumes ``(n, V)`` of each group; ``stat(g, mean)`` is the correlation with group `g`'s mean
     replaced by `mean` (its mean without one volume). The bootstrap is not used: resampling with replacement adds
@@ -77,15 +81,15 @@ def _jackknife_ci(full: float, groups: list[np.ndarray], stat) -> list[float]:
     """
     var = 0.0
     for g, x in enumerate(groups):
-        n = len(x)
-        if n < 2:
-            return [float("nan"), float("nan")]
+        size = len(x)
+        if size < 2:
+            return Interval(full, float("nan"), float("nan"), n, JACKKNIFE_FISHER_Z)
         total = x.sum(0)
-        z = np.array([np.arctanh(np.clip(stat(g, (total - x[i]) / (n - 1)), -0.999999, 0.999999))
-                      for i in range(n)])
-        var += (n - 1) / n * float(((z - z.mean()) ** 2).sum())
-    z0, half = np.arctanh(np.clip(full, -0.999999, 0.999999)), 1.96 * np.sqrt(var)
-    return [float(np.tanh(z0 - half)), float(np.tanh(z0 + half))]
+        z = np.array([np.arctanh(np.clip(stat(g, (total - x[i]) / (size - 1)), -0.999999, 0.999999))
+                      for i in range(size)])
+        var += (size - 1) / size * float(((z - z.mean()) ** 2).sum())
+    z0, half = np.arctanh(np.clip(full, -0.999999, 0.999999)), Z95 * np.sqrt(var)
+    return Interval(full, float(np.tanh(z0 - half)), float(np.tanh(z0 + half)), n, JACKKNIFE_FISHER_Z)
 
 
 def class_difference(training: tuple[Sequence[str], Sequence[int]], heldout: tuple[Sequence[str], Sequence[int]],
@@ -93,8 +97,10 @@ def class_difference(training: tuple[Sequence[str], Sequence[int]], heldout: tup
                      progress: bool = False) -> dict:
     """Agreement of synthetic, training and held-out class-difference maps; see the module docstring.
 
-    Each argument is ``(paths, labels)``. Returns ``{"contrasts": {"<class k>-<class 0>": {...}}, "ci"}``;
-    a contrast lacking a class in some set is ``{"skipped": reason}``.
+    Each argument is ``(paths, labels)``. Returns ``{"contrasts": {"<class k>-<class 0>": {...}}, "ci"}``, each
+    contrast with ``corr_training``, ``corr_heldout`` (an `Interval` dict), ``corr_training_heldout``,
+    ``amplification``, ``rms`` and ``n`` (class counts per set) and ``voxels``; a contrast lacking a class in some
+    set is ``{"skipped": reason}``.
     """
     k = len(classes)
     train_mean, n_train = class_means(*training, k, progress, "class means: training")
@@ -121,11 +127,10 @@ def class_difference(training: tuple[Sequence[str], Sequence[int]], heldout: tup
             m[g] = mean_g
             return _corr(m[3] - m[2], m[1] - m[0])
 
-        corr_heldout = _corr(d_syn, d_held)
+        corr_heldout = _jackknife_ci(_corr(d_syn, d_held), groups, corr_without, len(groups[0]) + len(groups[1]))
         out["contrasts"][name] = {
             "corr_training": _corr(d_syn, d_train),
-            "corr_heldout": corr_heldout,
-            "corr_heldout_ci95": _jackknife_ci(corr_heldout, groups, corr_without),
+            "corr_heldout": corr_heldout.to_dict(),
             "corr_training_heldout": _corr(d_train, d_held),
             "amplification": _rms(d_syn) / _rms(d_train) if _rms(d_train) > 0 else float("nan"),
             "rms": {"synthetic": _rms(d_syn), "training": _rms(d_train), "heldout": _rms(d_held)},

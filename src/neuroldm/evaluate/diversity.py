@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.evaluate.stats import mean_ci
+from neuroldm.evaluate.stats import mean_summary
 from neuroldm.metrics.image import ms_ssim
 
 
@@ -34,7 +34,8 @@ def random_pairs(n: int, n_pairs: int, rng: np.random.Generator) -> list[tuple[i
 
 def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0, progress: bool = False,
                       desc: str = "MS-SSIM pairs") -> dict:
-    """Mean MS-SSIM of random pairs of distinct volumes of `paths` (`mean_ci` plus ``n_volumes``)."""
+    """Mean MS-SSIM of random pairs of distinct volumes of `paths`: `mean_summary` (value, normal 95 % interval,
+    N pairs, std) plus ``n_volumes``."""
     pairs = random_pairs(len(paths), n_pairs, np.random.default_rng(seed))
     if not pairs:
         return {"skipped": f"needs at least 2 volumes, have {len(paths)}"}
@@ -46,7 +47,7 @@ def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0, progress: b
         return cache[i]
 
     values = [float(ms_ssim(vol(i), vol(j))[0]) for i, j in tqdm(pairs, desc=desc, unit="pair", disable=not progress)]
-    return mean_ci(values) | {"n_volumes": len(paths)}
+    return mean_summary(values) | {"n_volumes": len(paths)}
 
 
 def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -55,7 +56,8 @@ def _poly_kernel(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subset_size: int = 1000,
         seed: int = 0) -> dict:
-    """Kernel inception distance: unbiased MMD² (cubic kernel) over random subsets; `mean_ci` of the subsets."""
+    """Kernel inception distance: unbiased MMD² (cubic kernel) over random subsets; `mean_summary` of the subsets
+    (value, normal 95 % interval, N subsets, std) plus ``subset_size``, ``n_a``, ``n_b``."""
     a, b = np.asarray(features_a, np.float64), np.asarray(features_b, np.float64)
     m = min(subset_size, len(a), len(b))
     if m < 2:
@@ -67,7 +69,7 @@ def kid(features_a: np.ndarray, features_b: np.ndarray, subsets: int = 100, subs
         kxx, kyy, kxy = _poly_kernel(x, x), _poly_kernel(y, y), _poly_kernel(x, y)
         # Gretton et al. 2012, Eq. 3: off-diagonal means of k(x, x') and k(y, y') minus twice the mean of k(x, y)
         values.append((kxx.sum() - np.trace(kxx) + kyy.sum() - np.trace(kyy)) / (m * (m - 1)) - 2 * kxy.mean())
-    return mean_ci(values) | {"subset_size": m, "n_a": len(a), "n_b": len(b)}
+    return mean_summary(values) | {"subset_size": m, "n_a": len(a), "n_b": len(b)}
 
 
 def _kth_neighbour_radius(x: np.ndarray, k: int) -> np.ndarray:

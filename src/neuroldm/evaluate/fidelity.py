@@ -19,8 +19,12 @@ Predict = Callable[[torch.Tensor], torch.Tensor]
 
 def conditional_fidelity(predict: Predict, paths: list[str], labels: list[int], classes: list[str],
                          batch_size: int = 4) -> dict:
-    """Accuracy of `predict` against the requested labels, per class and overall, with N and Wilson 95 % CIs;
-    also the mean probability given to the requested class."""
+    """Accuracy of `predict` against the requested labels, with the mean probability given to the requested class.
+
+    Returns the overall accuracy as a Wilson 95 % interval (`neuroldm.metrics.interval.Interval`; Wilson 1927)
+    ``{"value", "low", "high", "n", "method", "level", "mean_p_requested", "per_class"}``, and in ``per_class``
+    the same per requested class (without ``per_class``).
+    """
     probs = []
     for s in range(0, len(paths), batch_size):
         x = torch.stack([torch.from_numpy(load_prepared_volume(p))[None] for p in paths[s:s + batch_size]])
@@ -32,12 +36,11 @@ def conditional_fidelity(predict: Predict, paths: list[str], labels: list[int], 
     prob = np.concatenate(probs)
     y = np.asarray(labels, int)
     hit = prob.argmax(1) == y
-    out = {"accuracy": float(hit.mean()), "ci95": wilson_interval(int(hit.sum()), len(y)), "n": len(y),
-           "mean_p_requested": float(prob[np.arange(len(y)), y].mean()), "per_class": {}}
+    per_class = {}
     for c, name in enumerate(classes):
         m = y == c
         if m.any():
-            out["per_class"][name] = {"accuracy": float(hit[m].mean()), "n": int(m.sum()),
-                                      "ci95": wilson_interval(int(hit[m].sum()), int(m.sum())),
-                                      "mean_p_requested": float(prob[m, c].mean())}
-    return out
+            per_class[name] = wilson_interval(int(hit[m].sum()), int(m.sum())).to_dict(
+                mean_p_requested=float(prob[m, c].mean()))
+    return wilson_interval(int(hit.sum()), len(y)).to_dict(
+        mean_p_requested=float(prob[np.arange(len(y)), y].mean()), per_class=per_class)

@@ -13,8 +13,9 @@ Reported (Meehan, Chaudhuri & Dasgupta, AISTATS 2020, "A non-parametric test to 
   (under-fitting). This is Meehan's statistic on a single cell; their C_T averages it over k-means cells of the
   training set, which needs more held-out volumes per cell than a small cohort has.
 - ``flagged_share``: the share of synthetic volumes closer to their nearest training volume than the
-  `percentile`-th percentile of the held-out real ones, with a Wilson 95 % interval; by construction about
-  percentile/100 for a generator that copies nothing.
+  `percentile`-th percentile of the held-out real ones, as a Wilson 95 % interval (Wilson 1927) ``{"value", "low",
+  "high", "n", "method", "level"}`` (`neuroldm.metrics.interval.Interval`, N = synthetic volumes); by construction
+  about percentile/100 for a generator that copies nothing.
 - ``n_copies``: synthetic volumes flagged as *copies*: nearer to a training volume than ``copy_ratio`` times the
   nearest-training distance of the closest held-out real volume (``copy_threshold``). With ratio 1 this is
   NeuroLDM-3D's "closer than the closest real sample", which an honest generator still meets by chance for about
@@ -87,7 +88,13 @@ def data_copying_z(d_heldout: np.ndarray, d_synthetic: np.ndarray) -> float:
 
 def audit(d_synthetic: np.ndarray, nn_synthetic: np.ndarray, d_heldout: np.ndarray, synthetic_ids: list[str],
           train_ids: list[str], percentile: float = 5.0, copy_ratio: float = 0.5) -> dict:
-    """The memorization summary of nearest-training distances of synthetic and held-out real volumes."""
+    """The memorization summary of nearest-training distances of synthetic and held-out real volumes.
+
+    Keys (see the module docstring): ``threshold``, ``percentile``, ``copy_threshold``, ``copy_ratio``,
+    ``n_copies``, ``copies``, ``flagged_share`` (an `Interval` dict: the share with its Wilson 95 % bounds),
+    ``n_synthetic``, ``n_heldout``, ``z_u``, ``median_synthetic``, ``median_heldout``, ``median_ratio``,
+    ``distinct_training_neighbours``, ``flagged``, ``closest``; or ``{"skipped": reason}``.
+    """
     if len(d_heldout) < 2 or len(d_synthetic) < 1:
         return {"skipped": f"needs >= 2 held-out and >= 1 synthetic volumes, have {len(d_heldout)} and "
                            f"{len(d_synthetic)}"}
@@ -101,7 +108,7 @@ def audit(d_synthetic: np.ndarray, nn_synthetic: np.ndarray, d_heldout: np.ndarr
         "copy_threshold": copy_threshold, "copy_ratio": copy_ratio, "n_copies": int(copies.sum()),
         "copies": [{"sample": synthetic_ids[i], "nearest_training": train_ids[nn_synthetic[i]],
                     "distance": float(d_synthetic[i])} for i in order if copies[i]],
-        "flagged_share": float(flagged.mean()), "flagged_ci95": wilson_interval(int(flagged.sum()), len(flagged)),
+        "flagged_share": wilson_interval(int(flagged.sum()), len(flagged)).to_dict(),
         "n_synthetic": len(d_synthetic), "n_heldout": len(d_heldout),
         "z_u": data_copying_z(d_heldout, d_synthetic),
         "median_synthetic": float(np.median(d_synthetic)), "median_heldout": float(np.median(d_heldout)),

@@ -360,17 +360,24 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
           ``axes.<sagittal|coronal|axial>`` = ``positions``, ``fid`` (one per position), ``mean``, ``pooled``,
           ``n_slices_a``, ``n_slices_b``; ``mean`` over all positions; ``fid_2_5d`` (mean of the pooled FIDs);
         - ``fid_3d``: ``{"value", "n_a", "n_b", "network"}`` with MedicalNet weights, else ``{"skipped"}``;
-        - ``kid`` (``kid_random_features``): ``mean``, ``std``, ``n`` (subsets), ``ci95``, ``subset_size``;
+        - ``kid`` (``kid_random_features``): the mean over random subsets as an interval (below) with ``n``
+          subsets and a normal 95 % interval, plus ``std``, ``subset_size``, ``n_a``, ``n_b``;
         - ``prdc`` (``prdc_random_features``): ``precision``, ``recall``, ``density``, ``coverage``, ``k``, Ns
           (features: each volume's slice features averaged over positions and axes);
-        - ``ms_ssim``: within-set diversity, mean over random pairs, ``std``, ``n`` (pairs), ``ci95``,
-          ``n_volumes``;
-    - ``memorization``: ``image`` (and ``latent`` with `vae_run`): see `memorization.audit`; ``training_set`` says
-      whether the training volumes are the generator's own (``samples.json`` ``train_subjects``);
+        - ``ms_ssim``: within-set diversity, the mean over random pairs as an interval (``n`` pairs, normal 95 %
+          interval), plus ``std``, ``n_volumes``;
+    - ``memorization``: ``image`` (and ``latent`` with `vae_run`): see `memorization.audit` (``flagged_share`` is
+      an interval, Wilson); ``training_set`` says whether the training volumes are the generator's own
+      (``samples.json`` ``train_subjects``);
     - ``class_difference``: `neuroldm.evaluate.class_difference.class_difference` of the generator's training
-      volumes (as for memorization), the held-out and the audited synthetic volumes, plus ``training_set``;
-    - ``fidelity``: `conditional_fidelity` with a classifier, else ``{"skipped"}``;
+      volumes (as for memorization), the held-out and the audited synthetic volumes, plus ``training_set``
+      (``corr_heldout`` is an interval, jackknife on Fisher's z);
+    - ``fidelity``: `conditional_fidelity` with a classifier (the accuracy as an interval, Wilson, plus
+      ``mean_p_requested`` and ``per_class``), else ``{"skipped"}``;
     - ``figures``: written file names.
+
+    Every interval is `neuroldm.metrics.interval.Interval.to_dict()`: ``{"value", "low", "high", "n", "method",
+    "level"}`` (NaN bounds where they cannot be computed).
     """
     t0 = time.time()
     out = EvaluationDir(out)

@@ -9,6 +9,7 @@ Sun & Xu (IEEE SPL 2014): the AUC is the mean of the positives' placement values
 ``var(V10)/m + var(V01)/n`` (m positives, n negatives), and two AUCs on the same subjects are compared with the
 covariance of their placement values (the paired DeLong test). AUC-PR is average precision (sklearn), as the seed
 reported it. Other CIs are percentile intervals of a stratified bootstrap (class counts fixed per resample).
+Every CI is a `neuroldm.metrics.interval.Interval`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from collections.abc import Callable
 import numpy as np
 from scipy import stats
 from sklearn.metrics import average_precision_score
+
+from neuroldm.metrics.interval import BOOTSTRAP, DELONG, NONE, Interval
 
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc_roc", "auc_pr")
 
@@ -87,11 +90,11 @@ def delong_variance(labels, scores) -> tuple[float, float]:
     return auc, float(var)
 
 
-def delong_ci(labels, scores, level: float = 0.95) -> tuple[float, float, float]:
-    """``(auc, low, high)``: the normal interval with DeLong's variance, clipped to [0, 1]."""
+def delong_ci(labels, scores, level: float = 0.95) -> Interval:
+    """The AUC with the normal interval of DeLong's variance (DeLong et al. 1988), clipped to [0, 1]."""
     auc, var = delong_variance(labels, scores)
     half = stats.norm.ppf(0.5 + level / 2) * math.sqrt(var)
-    return auc, max(0.0, auc - half), min(1.0, auc + half)
+    return Interval(auc, max(0.0, auc - half), min(1.0, auc + half), np.size(labels), DELONG, level)
 
 
 def paired_delong(labels, scores_a, scores_b) -> dict[str, float]:
@@ -119,10 +122,11 @@ def paired_delong(labels, scores_a, scores_b) -> dict[str, float]:
 
 
 def bootstrap_ci(labels, scores, metric: Callable[[np.ndarray, np.ndarray], float | dict[str, float]],
-                 n: int = 2000, level: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]] | tuple:
-    """Percentile CI of `metric(labels, scores)` over `n` stratified resamples (NaN resamples are dropped).
+                 n: int = 2000, level: float = 0.95, seed: int = 0) -> Interval | dict[str, Interval]:
+    """Percentile bootstrap CI of `metric(labels, scores)` over `n` stratified resamples (NaN resamples dropped).
 
-    `metric` may return one number (-> ``(low, high)``) or a dict (-> ``{name: (low, high)}``).
+    `metric` may return one number (-> an `Interval` of its value on all the data) or a dict (-> ``{name:
+    Interval}``); N is the number of subjects.
     """
     y, s = _check(labels, scores)
     rng = np.random.default_rng(seed)
@@ -133,20 +137,23 @@ def bootstrap_ci(labels, scores, metric: Callable[[np.ndarray, np.ndarray], floa
         draws.append(metric(y[idx], s[idx]))
     q = ((1 - level) / 2 * 100, (1 + level) / 2 * 100)
 
-    def interval(values) -> tuple[float, float]:
+    def interval(value: float, values) -> Interval:
         v = np.asarray(values, dtype=np.float64)
         v = v[np.isfinite(v)]
-        return (math.nan, math.nan) if v.size == 0 else tuple(float(x) for x in np.percentile(v, q))
+        low, high = (math.nan, math.nan) if v.size == 0 else np.percentile(v, q)
+        return Interval(value, low, high, y.size, BOOTSTRAP, level)
 
+    full = metric(y, s)
     if isinstance(draws[0], dict):
-        return {k: interval([d[k] for d in draws]) for k in draws[0]}
-    return interval(draws)
+        return {k: interval(full[k], [d[k] for d in draws]) for k in draws[0]}
+    return interval(full, draws)
 
 
 def classification_report(labels, scores, threshold: float = 0.5, n_bootstrap: int = 2000, level: float = 0.95,
                           seed: int = 0) -> dict:
-    """Every metric of `METRICS` with its CI: ``{"n", "n_pos", "n_neg", "threshold", "level",
-    metric: {"value", "low", "high", "ci"}}``. AUC-ROC's CI is DeLong's; the others are bootstrap CIs."""
+    """Every metric of `METRICS` with its CI: ``{"n", "n_pos", "n_neg", "threshold", "level", metric:
+    Interval.to_dict()}`` (``value``, ``low``, ``high``, ``n``, ``method``, ``level``). AUC-ROC's CI is DeLong's
+    (method ``delong``); the others are percentile bootstrap CIs (``bootstrap``; ``none`` without resamples)."""
     y, s = _check(labels, scores)
     values = threshold_metrics(y, s, threshold) | {"auc_roc": auc_roc(y, s), "auc_pr": auc_pr(y, s)}
     out: dict = {"n": int(y.size), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "threshold": threshold,
@@ -158,9 +165,9 @@ def classification_report(labels, scores, threshold: float = 0.5, n_bootstrap: i
                             n=n_bootstrap, level=level, seed=seed)
     for name in METRICS:
         if name == "auc_roc" and both:
-            _, lo, hi = delong_ci(y, s, level)
-            out[name] = {"value": values[name], "low": lo, "high": hi, "ci": "delong"}
+            ci = delong_ci(y, s, level)
         else:
-            lo, hi = boot.get(name, (math.nan, math.nan))
-            out[name] = {"value": values[name], "low": lo, "high": hi, "ci": "bootstrap" if boot else "none"}
+            ci = boot.get(name) or Interval(values[name], math.nan, math.nan, y.size, BOOTSTRAP if boot else NONE,
+                                            level)
+        out[name] = ci.to_dict()
     return out

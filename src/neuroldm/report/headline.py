@@ -3,7 +3,8 @@
 The report stage writes it (then the page that shows it); every stage output is read through `neuroldm.runs`.
 
 Every key is documented in `KEYS` (and in the README); a number whose stage has not run is absent, never 0.
-Confidence intervals sit beside their value as ``<key>.low`` / ``<key>.high`` and sample sizes as ``<key>.n``.
+Confidence intervals sit beside their value as ``<key>.low`` / ``<key>.high`` and sample sizes as ``<key>.n``:
+a stage's `neuroldm.metrics.interval.Interval` dict flattened (`KEYS` names each one's method).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import math
 from pathlib import Path
 
 from neuroldm.io import write_json_atomic
+from neuroldm.metrics.interval import Interval
 from neuroldm.runs import RunDir
 
 KEYS: dict[str, str] = {
@@ -58,6 +60,11 @@ def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
             out[f"{key}.{suffix}"] = v
 
 
+def _put_interval(out: dict, key: str, interval: dict) -> None:
+    iv = Interval.from_dict(interval)
+    _put(out, key, iv.value, iv.low, iv.high, iv.n)
+
+
 def collect_metrics(run: str | Path) -> dict:
     """The flat metrics of a run directory (whatever stages have finished)."""
     run = RunDir(run)
@@ -91,8 +98,8 @@ def collect_metrics(run: str | Path) -> dict:
     ev = run.evaluation.read_metrics()
     if ev:
         fid = ev.get("fidelity", {})
-        if "accuracy" in fid:
-            _put(out, "synthetic.class_fidelity", fid["accuracy"], *fid["ci95"], n=fid["n"])
+        if "value" in fid:
+            _put_interval(out, "synthetic.class_fidelity", fid)
         metric = ev["feature_network"]["metric"]
         prefix = "fid" if metric == "fid" else "fid_random_features"
         for comparison in ("synthetic", "real_baseline"):
@@ -102,9 +109,8 @@ def collect_metrics(run: str | Path) -> dict:
                 _put(out, f"{prefix}.{comparison}.2_5d", r["fid_2_5d"])
         contrasts = ev.get("class_difference", {}).get("contrasts", {})
         first = next(iter(contrasts.values()), {})  # the first contrast: class 1 - class 0
-        if "corr_heldout" in first:
-            _put(out, "synthetic.class_difference.corr_heldout", first["corr_heldout"], *first["corr_heldout_ci95"],
-                 n=sum(first["n"]["heldout"]))
+        if "corr_heldout" in first:  # N: the held-out volumes
+            _put_interval(out, "synthetic.class_difference.corr_heldout", first["corr_heldout"])
             _put(out, "synthetic.class_difference.corr_training", first["corr_training"],
                  n=sum(first["n"]["training"]))
             _put(out, "real.class_difference.corr_training_heldout", first["corr_training_heldout"])
@@ -123,7 +129,7 @@ def collect_metrics(run: str | Path) -> dict:
                               ("gradient_shap", "gradient_shap")):
             enr = (sal["methods"].get(method, {}).get("enrichment") or {}).get("all")
             if enr and enr.get("n"):
-                _put(out, f"saliency.{short}.roi_enrichment", enr["mean"], enr["low"], enr["high"], enr["n"])
+                _put_interval(out, f"saliency.{short}.roi_enrichment", enr)
     return out
 
 

@@ -25,6 +25,7 @@ from neuroldm import __version__
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import NeuroLDMError
+from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
 from neuroldm.report.headline import KEYS
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
@@ -63,14 +64,34 @@ def fmt(value: object) -> str:
     return f"{x:.3g}"
 
 
-def fmt_ci(low: object, high: object) -> str:
+def fmt_ci(low: object, high: object, number: Callable[[object], str] = fmt) -> str:
+    """``[low, high]``, or "–" when a bound is absent or not finite."""
     if low is None or high is None or not all(math.isfinite(float(v)) for v in (low, high)):
         return "–"
-    return f"[{fmt(low)}, {fmt(high)}]"
+    return f"[{number(low)}, {number(high)}]"
 
 
 def fmt_pct(value: object) -> str:
     return "–" if value is None or not math.isfinite(float(value)) else f"{100 * float(value):.1f}%"
+
+
+def fmt_interval(d: dict | None, number: Callable[[object], str] = fmt, *, unit: str = "",
+                 n_name: str | None = None) -> str:
+    """An interval of a stage's JSON (`Interval.to_dict`) as ``value[unit] ± std [low, high] (N=n n_name)``.
+
+    `number` formats the value, std and bounds (`fmt`, or `fmt_pct` for a share); ``± std`` only where the dict
+    has a ``std``; ``(N=…)`` only with `n_name` ("" for a bare N). Absent or of no values: "–"; skipped: why.
+    """
+    if not d:
+        return "–"
+    if "skipped" in d:
+        return f"skipped ({d['skipped']})"
+    iv = Interval.from_dict(d)
+    if iv.n == 0:
+        return "–"
+    text = number(iv.value) + unit + (f" ± {number(d['std'])}" if "std" in d else "")
+    text += f" {fmt_ci(iv.low, iv.high, number)}"
+    return text if n_name is None else f"{text} (N={fmt(iv.n)}{' ' + n_name if n_name else ''})"
 
 
 def _png(path: Path, caption: str) -> Block:
@@ -294,15 +315,6 @@ def _fid_rows(group: str, res: dict, metric: str) -> list[list[str]]:
     return rows
 
 
-def _mean_ci_text(d: dict | None, n_name: str) -> str:
-    if not d:
-        return "–"
-    if "skipped" in d:
-        return f"skipped ({d['skipped']})"
-    ci = d.get("ci95") or [None, None]
-    return f"{fmt(d.get('mean'))} ± {fmt(d.get('std'))} {fmt_ci(*ci)} (N={fmt(d.get('n'))} {n_name})"
-
-
 def _prdc_text(d: dict | None) -> str:
     if not d:
         return "–"
@@ -319,12 +331,12 @@ def _memorization_rows(mem: dict) -> list[list[str]]:
         if not a:
             continue
         if "skipped" in a:
-            rows.append([space, f"skipped ({a['skipped']})", "–", "–", "–", "–"])
+            rows.append([space, f"skipped ({a['skipped']})", "–", "–", "–"])
             continue
         k = len(a.get("flagged", []))
-        rows.append([space, f"{fmt_pct(a['flagged_share'])} ({k} of {a['n_synthetic']})",
-                     "[" + ", ".join(fmt_pct(v) for v in a["flagged_ci95"]) + "]", fmt(a.get("z_u")),
-                     fmt(a.get("median_ratio")), f"{a['n_synthetic']} synthetic, {a['n_heldout']} held-out real"])
+        rows.append([space, f"{fmt_interval(a['flagged_share'], fmt_pct)} ({k} of {a['n_synthetic']})",
+                     fmt(a.get("z_u")), fmt(a.get("median_ratio")),
+                     f"{a['n_synthetic']} synthetic, {a['n_heldout']} held-out real"])
     return rows
 
 
@@ -335,10 +347,8 @@ def _class_difference_rows(cd: dict) -> list[list[str]]:
             rows.append([name, f"skipped ({c['skipped']})", "–", "–", "–", "–"])
             continue
         n = c["n"]
-        rows.append([name, fmt(c["corr_training"]),
-                     f"{fmt(c['corr_heldout'])} [" + ", ".join(fmt(v) for v in c["corr_heldout_ci95"]) + "]",
-                     fmt(c["corr_training_heldout"]), fmt(c["amplification"]),
-                     " / ".join(str(sum(n[k])) for k in ("training", "heldout", "synthetic"))])
+        rows.append([name, fmt(c["corr_training"]), fmt_interval(c["corr_heldout"]), fmt(c["corr_training_heldout"]),
+                     fmt(c["amplification"]), " / ".join(str(sum(n[k])) for k in ("training", "heldout", "synthetic"))])
     return rows
 
 
@@ -374,8 +384,8 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
             if "skipped" in r:
                 rows.append([g, name, f"skipped ({r['skipped']})", "–", "–"])
                 continue
-            rows.append([g, name, _mean_ci_text(r.get("kid" + suffix), "subsets"), _prdc_text(r.get("prdc" + suffix)),
-                         _mean_ci_text(r.get("ms_ssim"), "pairs")])
+            rows.append([g, name, fmt_interval(r.get("kid" + suffix), n_name="subsets"),
+                         _prdc_text(r.get("prdc" + suffix)), fmt_interval(r.get("ms_ssim"), n_name="pairs")])
     blocks.append(Table(["group", "set", "KID mean ± std [95% CI]", "precision/recall/density/coverage",
                          "MS-SSIM diversity mean ± std [95% CI]"], rows,
                         "KID: lower = closer. Precision: share of the set that looks real; recall / coverage: "
@@ -384,7 +394,7 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
     mem = m.get("memorization", {})
     rows = _memorization_rows(mem)
     if rows:
-        blocks.append(Table(["space", "flagged share", "95% CI (Wilson)", "Z_U", "median distance ratio", "N"],
+        blocks.append(Table(["space", "flagged share [95% CI, Wilson]", "Z_U", "median distance ratio", "N"],
                             rows, "Memorization audit: share of synthetic volumes closer to a training volume than "
                                   "the nearest-training distance of almost all held-out real volumes (0% = no "
                                   "copying); Z_U < 0 means synthetic volumes sit closer to the training set than "
@@ -396,12 +406,10 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
     if "skipped" in fid or not fid:
         blocks.append(Note(f"Conditional fidelity: skipped ({fid.get('skipped', 'not computed')})."))
     else:
-        rows = [["all", fmt_pct(fid["accuracy"]), "[" + ", ".join(fmt_pct(v) for v in fid["ci95"]) + "]",
-                 fmt(fid["n"]), fmt(fid.get("mean_p_requested"))]]
-        rows += [[name, fmt_pct(c["accuracy"]), "[" + ", ".join(fmt_pct(v) for v in c["ci95"]) + "]", fmt(c["n"]),
-                  fmt(c.get("mean_p_requested"))] for name, c in fid.get("per_class", {}).items()]
-        blocks.append(Table(["requested class", "labelled as requested", "95% CI (Wilson)", "N",
-                             "mean P(requested)"], rows,
+        rows = [[name, fmt_interval(c, fmt_pct), fmt(c["n"]), fmt(c.get("mean_p_requested"))]
+                for name, c in {"all": fid, **fid.get("per_class", {})}.items()]
+        blocks.append(Table(["requested class", "labelled as requested [95% CI, Wilson]", "N", "mean P(requested)"],
+                            rows,
                             "Conditional fidelity: does a classifier trained on real volumes see the requested class?"))
     rows = _class_difference_rows(m.get("class_difference", {}))
     if rows:
@@ -484,10 +492,10 @@ def classifier_blocks(run: RunDir) -> list[Block]:
             f"Single classifier ({result.get('arch', '?')}, regime {result.get('regime')}, seed {result.get('seed')}): "
             f"trained on {result.get('n_train_real')} real + {result.get('n_train_synthetic')} synthetic volumes, "
             f"selected at step {result.get('selected_step')} (validation AUC {fmt(result.get('val_auc'))})."))
-        rows = [[label, fmt(test[k]["value"]), fmt_ci(test[k].get("low"), test[k].get("high"))]
+        rows = [[label, fmt_interval(test[k])]
                 for k, label in {"accuracy": "Accuracy", **GRID_METRICS, "ppv": "PPV", "npv": "NPV"}.items()
                 if k in test]
-        blocks.append(Table(["metric", "value", "95% CI"], rows,
+        blocks.append(Table(["metric", "value [95% CI]"], rows,
                             f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC CI by DeLong, "
                             f"the others by bootstrap"))
         blocks += _curves(run.classifier, "Classifier")
@@ -497,12 +505,6 @@ def classifier_blocks(run: RunDir) -> list[Block]:
 # --------------------------------------------------------------------------------------------------------------
 # 7. Saliency
 # --------------------------------------------------------------------------------------------------------------
-
-def _enrichment_text(e: dict | None) -> str:
-    if not e or not e.get("n"):
-        return "–"
-    return f"{fmt(e['mean'])}x {fmt_ci(e.get('low'), e.get('high'))} (N={e['n']})"
-
 
 def saliency_figures(figures: Path, subjects: int = SUBJECT_FIGURES_PER_METHOD) -> list[Path]:
     """A method's class-mean overlays, then at most `subjects` subject overlays."""
@@ -523,8 +525,8 @@ def saliency_blocks(run: RunDir) -> list[Block]:
         f"Peak memory {fmt(s.get('peak_rss_gb'))} GB.")]
     methods = s.get("methods", {})
     classes = sorted({c for e in methods.values() for c in (e.get("enrichment") or {}) if c != "all"})
-    rows = [[method, _enrichment_text((e.get("enrichment") or {}).get("all")),
-             *[_enrichment_text((e.get("enrichment") or {}).get(c)) for c in classes],
+    rows = [[method, *[fmt_interval((e.get("enrichment") or {}).get(c), unit="x", n_name="")
+                       for c in ("all", *classes)],
              fmt(e.get("seconds_per_volume")), fmt(e.get("ig_max_abs_delta"))] for method, e in methods.items()]
     blocks.append(Table(["method", "ROI enrichment, all [95% CI]", *[f"… {c}" for c in classes], "s / volume",
                          "IG max |delta|"], rows, "Attribution methods (bootstrap CI over subjects)"))
