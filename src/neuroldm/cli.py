@@ -334,9 +334,10 @@ def _print_pipeline(state: dict, run: Path) -> None:
 
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
-    from neuroldm.preflight import preflight
+    from neuroldm.preflight import check_pipeline_input, preflight
 
     # a bad setting is refused in seconds, before the pipeline's modules load (run_pipeline checks again)
+    check_pipeline_input(cfg)
     preflight(cfg, [args.only] if args.only else STAGE_ORDER)
 
     from neuroldm import runtime

@@ -55,6 +55,13 @@ def preflight(cfg: Config, stages: Iterable[str]) -> None:
     check_files(cfg, stages)
 
 
+def check_pipeline_input(cfg: Config) -> None:
+    """`neuroldm run` needs a cohort: pipeline.input names it (a BIDS folder, a CSV, or the demo cohort)."""
+    if cfg.pipeline.input is None:
+        raise ConfigError("pipeline.input is not set: name the cohort (a BIDS folder or a CSV) with "
+                          "--set pipeline.input=PATH, or run `neuroldm demo`")
+
+
 # --------------------------------------------------------------------------------------------------------------
 # Names and cross-field rules
 # --------------------------------------------------------------------------------------------------------------

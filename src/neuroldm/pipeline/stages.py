@@ -28,8 +28,8 @@ from neuroldm.data.prepare import prepare_cohort
 from neuroldm.demo.cohort import make_demo_cohort
 from neuroldm.diffusion.sample import sample_to_folder
 from neuroldm.diffusion.train import train_diffusion
-from neuroldm.errors import ConfigError
 from neuroldm.evaluate.run import evaluate
+from neuroldm.preflight import check_pipeline_input
 from neuroldm.report import write_report
 from neuroldm.report.headline import write_metrics
 from neuroldm.runs import STAGE_ORDER, ClassifierDir, RunDir
@@ -56,10 +56,8 @@ class Context:
         return RunDir(self.run)
 
     def cohort(self) -> Path:
+        check_pipeline_input(self.cfg)
         source = self.cfg.pipeline.input
-        if source is None:
-            raise ConfigError("pipeline.input is not set: name the cohort (a BIDS folder or a CSV) with "
-                              "--set pipeline.input=PATH, or run `neuroldm demo`")
         return self.layout.cohort if source == DEMO_INPUT else Path(source)
 
 
