@@ -19,7 +19,7 @@ from pathlib import Path
 from neuroldm import __version__
 from neuroldm.config import PRESETS, Config, load_config
 from neuroldm.diffusion.samplers import SAMPLERS
-from neuroldm.errors import NeuroLDMError
+from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
 
 log = logging.getLogger("neuroldm")
@@ -179,7 +179,6 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
-    from neuroldm.errors import ConfigError
 
     cfg = _resolve(args, "sample").sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
@@ -195,6 +194,9 @@ def cmd_sample(args: argparse.Namespace) -> int:
                               device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
+    return 0
+
+
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
     from neuroldm.metrics.interval import Interval
 
