@@ -13,7 +13,7 @@ from neuroldm.classify.train import train_classifier
 from neuroldm.cli import main
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
-from neuroldm.metrics.classification import METRICS
+from neuroldm.metrics.classification import METRICS, SHARES, confusion
 from neuroldm.metrics.interval import Interval
 
 from classify_cohort import TINY, tiny_cfg, write_samples
@@ -25,10 +25,13 @@ def test_classify_real_selects_on_validation_and_reports_test_with_cis(cohort, t
     test = rows[rows["split"] == "test"]
     assert result["regime"] == "real" and result["n_train"] == (rows["split"] == "train").sum()
     assert result["test"]["n"] == len(test) and result["selected_step"] in (2, 4)
+    scored = pd.read_csv(tmp_path / "c" / "predictions.csv").query("split == 'test'")
+    shares = {name: share(*confusion(scored["label"], scored["score"]))[1] for name, share in SHARES.items()}
     for name in METRICS:
         assert set(result["test"][name]) == {"value", "low", "high", "n", "method", "level"}
-        assert Interval.from_dict(result["test"][name]).n == len(test)
-    assert result["test"]["auc_roc"]["method"] == "delong"
+        # a share's N is its denominator (e.g. sensitivity: the positives); every other metric's, the test split
+        assert Interval.from_dict(result["test"][name]).n == shares.get(name, len(test)), name
+    assert result["test"]["auc_roc"]["method"] == "auc-score"
     with open(tmp_path / "c" / "metrics.csv") as f:
         assert {"val_auc", "val_loss", "loss"} <= set(f.readline().strip().split(","))
 

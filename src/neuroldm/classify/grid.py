@@ -33,7 +33,7 @@ from neuroldm.classify.train import train_classifier
 from neuroldm.config import Config
 from neuroldm.data.manifest import read_manifest
 from neuroldm.io import atomic_path, write_json_atomic, write_text_atomic
-from neuroldm.metrics.classification import METRICS, delong_ci, paired_delong
+from neuroldm.metrics.classification import METRICS, auc_score_interval, paired_delong
 from neuroldm.metrics.interval import NONE, Interval, T
 from neuroldm.runs import RunDir
 from neuroldm.samples import read_sample_manifest
@@ -70,7 +70,8 @@ def mean_std_ci(values: pd.Series, level: float = 0.95) -> tuple[Interval, float
 
 
 def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "real") -> pd.DataFrame:
-    """Per regime: each subject's score averaged over runs, AUC with DeLong CI, paired DeLong vs `reference`."""
+    """Per regime: each subject's score averaged over runs, its AUC with the score interval that stays honest at
+    AUC 1 (`auc_score_interval`), and the paired DeLong test vs `reference`."""
     pred = predictions[predictions["split"] == split]
     key = ["subject", "session"]
     pooled = pred.groupby(["regime", *key]).agg(score=("score", "mean"), label=("label", "first")).reset_index()
@@ -78,7 +79,7 @@ def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "r
     rows = []
     for regime, part in pooled.groupby("regime", sort=False):
         part = part.set_index(key)
-        auc = (delong_ci(part["label"], part["score"]) if part["label"].nunique() == 2
+        auc = (auc_score_interval(part["label"], part["score"]) if part["label"].nunique() == 2
                else Interval(math.nan, math.nan, math.nan, len(part), NONE))
         row = {"regime": regime, "split": split, "n": len(part), "auc": auc.value, "auc_low": auc.low,
                "auc_high": auc.high, "diff_vs_real": math.nan, "p_vs_real": math.nan}
@@ -127,7 +128,7 @@ def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame) -> tuple[pd.DataF
     tests = pd.DataFrame({
         "regime": pooled["regime"], "scores": pooled["split"].map({"test": "test", "val": "out-of-fold"}),
         "N": pooled["n"],
-        "pooled AUC [95% CI, DeLong]": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(a) else "–"
+        "pooled AUC [95% CI, score]": [f"{a:.3f} [{lo:.3f}, {hi:.3f}]" if not math.isnan(a) else "–"
                                         for a, lo, hi in pooled[["auc", "auc_low", "auc_high"]].itertuples(
                                             index=False)],
         "ΔAUC vs real": ["–" if math.isnan(d) else f"{d:+.3f}" for d in pooled["diff_vs_real"]],

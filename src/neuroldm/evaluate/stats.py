@@ -1,4 +1,5 @@
-"""Intervals reported with every metric: a normal-approximation interval of a mean, a Wilson interval of a share.
+"""Intervals reported with every metric: a normal-approximation interval of a mean (and, from
+`neuroldm.metrics.interval`, the Wilson interval of a share).
 
 Both are `neuroldm.metrics.interval.Interval` at the 95 % level, with the normal quantile rounded to 1.96 as these
 outputs have always used it.
@@ -10,9 +11,9 @@ import math
 
 import numpy as np
 
-from neuroldm.metrics.interval import NORMAL, WILSON, Interval
+from neuroldm.metrics.interval import NORMAL, Z95, Interval, wilson_interval
 
-Z95 = 1.96
+__all__ = ["mean_ci", "mean_summary", "sample_std", "wilson_interval"]
 
 
 def sample_std(values) -> float:
@@ -33,13 +34,3 @@ def mean_summary(values) -> dict:
     """A mean as the outputs write it: `mean_ci`'s dict plus ``std``."""
     return mean_ci(values).to_dict(std=sample_std(values))
 
-
-def wilson_interval(k: int, n: int) -> Interval:
-    """The share k/n with its Wilson score 95 % interval (Wilson 1927); NaN throughout when n = 0."""
-    if n == 0:
-        return Interval(float("nan"), float("nan"), float("nan"), 0, WILSON)
-    z = Z95
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, WILSON)

@@ -8,7 +8,18 @@ AUC-ROC and its variance follow DeLong, DeLong & Clarke-Pearson (Biometrics 1988
 Sun & Xu (IEEE SPL 2014): the AUC is the mean of the positives' placement values, its variance
 ``var(V10)/m + var(V01)/n`` (m positives, n negatives), and two AUCs on the same subjects are compared with the
 covariance of their placement values (the paired DeLong test). AUC-PR is average precision (sklearn), as the seed
-reported it. Other CIs are percentile intervals of a stratified bootstrap (class counts fixed per resample).
+reported it.
+
+Reported intervals stay honest at the bounds, where the usual ones collapse to a point (at perfect separation
+DeLong's variance is 0, so its interval was [1, 1] at any N):
+
+- AUC-ROC: the score-type interval of `auc_score_interval` (Hanley & McNeil's variance with Newcombe's N*);
+- accuracy, sensitivity, specificity, PPV, NPV — shares of a count: Wilson score intervals;
+- balanced accuracy, the mean of sensitivity and specificity: their Wilson intervals combined by MOVER
+  (`balanced_accuracy_interval`);
+- F1, AUC-PR: percentile intervals of a stratified bootstrap (class counts fixed per resample); these can still
+  collapse at 1.
+
 Every CI is a `neuroldm.metrics.interval.Interval`.
 """
 
@@ -18,10 +29,10 @@ import math
 from collections.abc import Callable
 
 import numpy as np
-from scipy import stats
+from scipy import optimize, stats
 from sklearn.metrics import average_precision_score
 
-from neuroldm.metrics.interval import BOOTSTRAP, DELONG, NONE, Interval
+from neuroldm.metrics.interval import AUC_SCORE, BOOTSTRAP, DELONG, MOVER_WILSON, NONE, Interval, wilson_interval
 
 METRICS = ("accuracy", "balanced_accuracy", "sensitivity", "specificity", "ppv", "npv", "f1", "auc_roc", "auc_pr")
 
@@ -40,14 +51,28 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b else math.nan
 
 
+def confusion(labels, scores, threshold: float = 0.5) -> tuple[int, int, int, int]:
+    """``(tp, fp, tn, fn)`` of ``score >= threshold``."""
+    y, s = _check(labels, scores)
+    pred = s >= threshold
+    return (int(np.sum(pred & (y == 1))), int(np.sum(pred & (y == 0))), int(np.sum(~pred & (y == 0))),
+            int(np.sum(~pred & (y == 1))))
+
+
+# the threshold metrics that are a share of a count: (successes, trials) of the confusion matrix
+SHARES: dict[str, Callable[[int, int, int, int], tuple[int, int]]] = {
+    "accuracy": lambda tp, fp, tn, fn: (tp + tn, tp + fp + tn + fn),
+    "sensitivity": lambda tp, fp, tn, fn: (tp, tp + fn),
+    "specificity": lambda tp, fp, tn, fn: (tn, tn + fp),
+    "ppv": lambda tp, fp, tn, fn: (tp, tp + fp),
+    "npv": lambda tp, fp, tn, fn: (tn, tn + fn),
+}
+
+
 def threshold_metrics(labels, scores, threshold: float = 0.5) -> dict[str, float]:
     """Accuracy, balanced accuracy, sensitivity, specificity, PPV, NPV and F1 of ``score >= threshold``."""
     y, s = _check(labels, scores)
-    pred = s >= threshold
-    tp = int(np.sum(pred & (y == 1)))
-    fp = int(np.sum(pred & (y == 0)))
-    tn = int(np.sum(~pred & (y == 0)))
-    fn = int(np.sum(~pred & (y == 1)))
+    tp, fp, tn, fn = confusion(y, s, threshold)
     sens, spec = _ratio(tp, tp + fn), _ratio(tn, tn + fp)
     return {"accuracy": _ratio(tp + tn, y.size), "balanced_accuracy": (sens + spec) / 2, "sensitivity": sens,
             "specificity": spec, "ppv": _ratio(tp, tp + fp), "npv": _ratio(tn, tn + fn),
@@ -95,6 +120,49 @@ def delong_ci(labels, scores, level: float = 0.95) -> Interval:
     auc, var = delong_variance(labels, scores)
     half = stats.norm.ppf(0.5 + level / 2) * math.sqrt(var)
     return Interval(auc, max(0.0, auc - half), min(1.0, auc + half), np.size(labels), DELONG, level)
+
+
+def balanced_accuracy_interval(tp: int, fp: int, tn: int, fn: int) -> Interval:
+    """Balanced accuracy ``(Se + Sp) / 2`` with the MOVER interval of a sum of independent shares (Newcombe 1998's
+    square-and-add, generalised by Zou & Donner, Stat Med 2008;27:1693–1702) built from the Wilson intervals of
+    sensitivity and specificity: ``L = Σθ − sqrt(Σ(θ − l)²)``, ``U = Σθ + sqrt(Σ(u − θ)²)``, halved. It inherits
+    Wilson's honesty at the bounds: 12/12 and 12/12 give [0.829, 1]."""
+    se, sp = wilson_interval(tp, tp + fn), wilson_interval(tn, tn + fp)
+    value = (se.value + sp.value) / 2
+    low = value - math.hypot(se.value - se.low, sp.value - sp.low) / 2
+    high = value + math.hypot(se.high - se.value, sp.high - sp.value) / 2
+    return Interval(value, low, high, tp + fp + tn + fn, MOVER_WILSON)
+
+
+def _hanley_mcneil_variance(theta: float, m: int, n: int) -> float:
+    """Var(AUC) at a true AUC `theta` under Hanley & McNeil's (1982) exponential model, with m and n replaced by
+    Newcombe's (2006) N* = (m + n) / 2 in the terms that carry them."""
+    n_star = (m + n) / 2
+    return theta * (1 - theta) / (m * n) * (1 + (n_star - 1) * ((1 - theta) / (2 - theta) + theta / (1 + theta)))
+
+
+def auc_score_interval(labels, scores, level: float = 0.95) -> Interval:
+    """The AUC with a score-type interval that stays honest at 0 and 1.
+
+    The bounds are the two AUCs θ at which the observed AUC is ``z`` standard errors away, the standard error
+    taken at θ itself: the roots of ``(θ − AUC)² = z² V(θ)`` with `V` the Hanley–McNeil variance using
+    Newcombe's N* (Newcombe, Stat Med 2006;25:559–573, who found such intervals to keep their coverage near
+    AUC = 1 where Wald and DeLong intervals do not). Because V(θ) > 0 inside (0, 1), an observed AUC of 1 gives a
+    lower bound below 1: [0.832, 1] for 12 + 12 subjects. A score-test interval: every θ inside is one a z test
+    at that θ would not reject.
+    """
+    y, s = _check(labels, scores)
+    auc = _placements(y, s)[0]
+    m, n = int(y.sum()), int((1 - y).sum())
+    z = stats.norm.ppf(0.5 + level / 2)
+
+    def excess(theta: float) -> float:  # <= 0 inside the interval
+        return (theta - auc) ** 2 - z * z * _hanley_mcneil_variance(theta, m, n)
+
+    inner = 1e-12  # just inside the observed AUC: at 0 or 1 the variance, hence excess, is exactly 0
+    low = 0.0 if auc <= 0 else optimize.brentq(excess, 0.0, max(auc - inner, 0.0) if auc >= 1 else auc)
+    high = 1.0 if auc >= 1 else optimize.brentq(excess, min(auc + inner, 1.0) if auc <= 0 else auc, 1.0)
+    return Interval(auc, low, high, y.size, AUC_SCORE, level)
 
 
 def paired_delong(labels, scores_a, scores_b) -> dict[str, float]:
@@ -152,20 +220,28 @@ def bootstrap_ci(labels, scores, metric: Callable[[np.ndarray, np.ndarray], floa
 def classification_report(labels, scores, threshold: float = 0.5, n_bootstrap: int = 2000, level: float = 0.95,
                           seed: int = 0) -> dict:
     """Every metric of `METRICS` with its CI: ``{"n", "n_pos", "n_neg", "threshold", "level", metric:
-    Interval.to_dict()}`` (``value``, ``low``, ``high``, ``n``, ``method``, ``level``). AUC-ROC's CI is DeLong's
-    (method ``delong``); the others are percentile bootstrap CIs (``bootstrap``; ``none`` without resamples)."""
+    Interval.to_dict()}`` (``value``, ``low``, ``high``, ``n``, ``method``, ``level``).
+
+    AUC-ROC: `auc_score_interval` (``auc-score``); the shares of `SHARES`: Wilson intervals (``wilson``, N = the
+    share's denominator) at the 95 % level; balanced accuracy: `balanced_accuracy_interval` (``mover-wilson``);
+    F1, AUC-PR: percentile bootstrap CIs (``bootstrap``; ``none`` without resamples)."""
     y, s = _check(labels, scores)
     values = threshold_metrics(y, s, threshold) | {"auc_roc": auc_roc(y, s), "auc_pr": auc_pr(y, s)}
     out: dict = {"n": int(y.size), "n_pos": int(y.sum()), "n_neg": int((1 - y).sum()), "threshold": threshold,
                  "level": level}
     both = 0 < y.sum() < y.size
+    counts = confusion(y, s, threshold)
     boot: dict = {}
     if n_bootstrap > 0:
-        boot = bootstrap_ci(y, s, lambda yy, ss: threshold_metrics(yy, ss, threshold) | {"auc_pr": auc_pr(yy, ss)},
-                            n=n_bootstrap, level=level, seed=seed)
+        boot = bootstrap_ci(y, s, lambda yy, ss: {"f1": threshold_metrics(yy, ss, threshold)["f1"],
+                                                  "auc_pr": auc_pr(yy, ss)}, n=n_bootstrap, level=level, seed=seed)
     for name in METRICS:
         if name == "auc_roc" and both:
-            ci = delong_ci(y, s, level)
+            ci = auc_score_interval(y, s, level)
+        elif name in SHARES:
+            ci = wilson_interval(*SHARES[name](*counts))
+        elif name == "balanced_accuracy":
+            ci = balanced_accuracy_interval(*counts)
         else:
             ci = boot.get(name) or Interval(values[name], math.nan, math.nan, y.size, BOOTSTRAP if boot else NONE,
                                             level)

@@ -13,6 +13,8 @@ computed (one value, one class) are NaN and are written as every other float of 
 - ``delong``: AUC ± z √var with DeLong's variance (DeLong, DeLong & Clarke-Pearson 1988);
 - ``bootstrap``: a percentile bootstrap interval;
 - ``jackknife-fisher-z``: a delete-one jackknife variance on Fisher's z scale, transformed back;
+- ``auc-score``: the score-type interval of an AUC (`neuroldm.metrics.classification.auc_score_interval`);
+- ``mover-wilson``: Wilson intervals of shares combined for their mean by MOVER (Zou & Donner 2008);
 - ``none``: not computed (the bounds are NaN).
 """
 
@@ -27,7 +29,11 @@ WILSON = "wilson"
 DELONG = "delong"
 BOOTSTRAP = "bootstrap"
 JACKKNIFE_FISHER_Z = "jackknife-fisher-z"
+AUC_SCORE = "auc-score"
+MOVER_WILSON = "mover-wilson"
 NONE = "none"
+
+Z95 = 1.96  # the normal quantile of a 95 % interval, rounded as every output of neuroldm has used it
 
 FIELDS = ("value", "low", "high", "n", "method", "level")
 
@@ -81,3 +87,16 @@ class Interval:
 
     def __str__(self) -> str:
         return self.text()
+
+
+def wilson_interval(k: int, n: int) -> Interval:
+    """The share k/n with its Wilson score 95 % interval (Wilson 1927); NaN throughout when n = 0.
+
+    Unlike the Wald interval it does not collapse to a point at 0 or n successes: 12 of 12 gives [0.757, 1]."""
+    if n == 0:
+        return Interval(float("nan"), float("nan"), float("nan"), 0, WILSON)
+    z = Z95
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return Interval(p, max(0.0, centre - half), min(1.0, centre + half), n, WILSON)

@@ -21,7 +21,8 @@ KEYS: dict[str, str] = {
     "vae.val.ssim": "autoencoder: mean SSIM of posterior-mean reconstructions of the validation volumes (N: .n)",
     "vae.val.psnr": "autoencoder: mean PSNR (dB) of the same reconstructions",
     "vae.val.ms_ssim": "autoencoder: mean MS-SSIM of the same reconstructions",
-    "classifier.real.auc": "test AUC-ROC of the classifier trained on real volumes (pooled over seeds; DeLong CI)",
+    "classifier.real.auc": "test AUC-ROC of the classifier trained on real volumes (pooled over seeds; score CI, "
+                           "which stays below 1 at perfect separation)",
     "classifier.real.balanced_accuracy": "its balanced accuracy at the 0.5 threshold (mean over seeds)",
     "classifier.synthetic.auc": "test AUC-ROC of the classifier trained on synthetic volumes only, tested on real",
     "classifier.synthetic.balanced_accuracy": "its balanced accuracy at the 0.5 threshold (mean over seeds)",

@@ -479,7 +479,7 @@ def classifier_blocks(run: RunDir) -> list[Block]:
                          else f"{r['diff_vs_real']:+.3f}",
                          "–" if r.get("p_vs_real") is None or not math.isfinite(r["p_vs_real"])
                          else f"{r['p_vs_real']:.3g}" + (f" (N={int(n_paired)} paired)" if n_paired else "")])
-        blocks.append(Table(["regime", "scores", "N subjects", "pooled AUC [95% CI, DeLong]", "ΔAUC vs real",
+        blocks.append(Table(["regime", "scores", "N subjects", "pooled AUC [95% CI, score interval]", "ΔAUC vs real",
                              "p (paired DeLong)"], rows,
                             "Pooled: each subject's score averaged over the regime's runs; p < 0.05 means the AUC "
                             "differs from the real-only classifier's on the same subjects"))
@@ -496,8 +496,9 @@ def classifier_blocks(run: RunDir) -> list[Block]:
                 for k, label in {"accuracy": "Accuracy", **GRID_METRICS, "ppv": "PPV", "npv": "NPV"}.items()
                 if k in test]
         blocks.append(Table(["metric", "value [95% CI]"], rows,
-                            f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC CI by DeLong, "
-                            f"the others by bootstrap"))
+                            f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC: score interval "
+                            f"(Newcombe 2006), shares: Wilson, balanced accuracy: MOVER-Wilson, F1 and AUC-PR: "
+                            f"bootstrap — each stays below 1 at perfect separation except the bootstrap ones"))
         blocks += _curves(run.classifier, "Classifier")
     return blocks
 
