@@ -311,8 +311,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_pipeline(state: dict, run: Path) -> None:
-    from neuroldm.report.headline import KEYS
+QUICK_BANNER = ("QUICK RUN: a smoke test of every stage; the models are far too short-trained, so its numbers "
+                "mean nothing and no quality bar is judged")
+
+
+def _print_pipeline(state: dict, run: Path) -> dict | None:
+    """The stage table, the headline metrics and the bars; returns metrics.json (None before the report)."""
+    from neuroldm.report.headline import KEYS, VERDICT_KEYS, pipeline_order
 
     inv = state["last_invocation"]
     recorded = state["stages"]
@@ -326,31 +331,48 @@ def _print_pipeline(state: dict, run: Path) -> None:
     if metrics is not None:
         print()
         for key in KEYS:
-            if key in metrics:
-                v = metrics[key]
-                ci = (f" [{metrics[key + '.low']:.3f}, {metrics[key + '.high']:.3f}]"
-                      if f"{key}.low" in metrics else "")
-                n = f" (N={metrics[key + '.n']})" if f"{key}.n" in metrics else ""
-                print(f"{key:<34} {v:.4g}{ci}{n}" if isinstance(v, float) else f"{key:<34} {v}{ci}{n}")
+            if key in metrics and key not in VERDICT_KEYS:
+                ci = (metrics.get(f"{key}.{s}") for s in ("low", "high", "n"))
+                print(f"{key:<34} {_with_ci(metrics[key], *ci)}")
+        if metrics.get("quick"):
+            print(f"\n{QUICK_BANNER}")
+        elif metrics.get("bars"):
+            print(f"\n{'bar':<34} {'value':<30} {'needs':<8} verdict")
+            for key in pipeline_order(metrics["bars"]):
+                bar = metrics["bars"][key]
+                value = "missing" if bar.get("missing") else _with_ci(bar["value"], bar.get("low"), bar.get("high"),
+                                                                    bar.get("n"))
+                print(f"{key:<34} {value:<30} {bar['bar']:<8} {'✓' if bar['pass'] else '✗ FAILED'}")
+            print(f"{'every bar met' if metrics['bars_passed'] else 'NOT every bar met'}")
     print(f"\nrun directory: {run}; report: {RunDir(run).report}")
+    return metrics
+
+
+def _with_ci(value, low=None, high=None, n=None) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else f"{value}"
+    text += f" [{low:.3f}, {high:.3f}]" if low is not None and high is not None else ""
+    return text + (f" (N={n})" if n is not None else "")
 
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
+    from neuroldm import runtime
     from neuroldm.preflight import check_pipeline_input, preflight
 
+    if cfg.pipeline.quick and runtime.is_main():  # the first line a quick run prints
+        print(QUICK_BANNER, file=sys.stderr)
     # a bad setting is refused in seconds, before the pipeline's modules load (run_pipeline checks again)
     check_pipeline_input(cfg)
     preflight(cfg, [args.only] if args.only else STAGE_ORDER)
 
-    from neuroldm import runtime
     from neuroldm.pipeline.runner import run_pipeline
 
     out = Path(args.out)
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only,
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
-    if runtime.is_main():  # under torchrun, rank 0 speaks
-        _print_pipeline(state, out)
-    return 0
+    if not runtime.is_main():  # under torchrun, rank 0 speaks
+        return 0
+    metrics = _print_pipeline(state, out) or {}
+    return 1 if args.strict and metrics.get("bars_passed") is False else 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -377,6 +399,9 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--from", dest="from_stage", metavar="STAGE", default=None,
                    help=f"rebuild this stage and every later one ({', '.join(STAGE_ORDER)})")
     p.add_argument("--only", metavar="STAGE", default=None, help="run this stage alone (its inputs must exist)")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 1 when a quality bar of pipeline.bars is missed (otherwise the verdicts are printed "
+                        "and the exit status is 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 

@@ -8,6 +8,7 @@ settings that produced it.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +21,7 @@ from neuroldm.errors import ConfigError
 from neuroldm.io import write_text_atomic
 
 PRESETS = ("demo", "paper")
+BAR_PATTERN = re.compile(r"(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
 class Section(BaseModel):
@@ -365,6 +367,21 @@ class PipelineConfig(Section):
     samples_per_class: int | None = Field(None, ge=2)
     saliency_limit: int | None = Field(None, ge=1)  # at most this many volumes explained (balanced over classes)
     latent_memorization: bool = True  # also audit memorization in the autoencoder's latent space
+    # quality bars on the flat metrics (neuroldm.report.headline.KEYS), e.g. {"vae.val.ssim": ">= 0.85"}: every
+    # run ends with each bar's value and verdict (metrics.json `bars`, `bars_passed`); `--strict` makes a miss exit 1.
+    # A config file or --set replaces the preset's bars whole: --set 'pipeline.bars={vae.val.ssim: ">= 0.9"}'
+    bars: dict[str, str] = Field(default_factory=dict)
+    # a smoke run (`neuroldm demo --quick`): it says its numbers mean nothing and gives no bar verdicts
+    quick: bool = False
+
+    @field_validator("bars")
+    @classmethod
+    def _bars(cls, v):
+        for key, bar in v.items():
+            if not BAR_PATTERN.fullmatch(str(bar).strip()):
+                raise ValueError(f"pipeline.bars.{key}: {bar!r} is not a bar; write e.g. '>= 0.85' "
+                                 f"(one of >=, <=, >, <, == and a number)")
+        return v
 
 
 class Config(Section):
@@ -410,10 +427,14 @@ def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> N
             _check_keys(value, annotation, full, source)
 
 
+# mappings a later source replaces whole rather than merges into: a label map or a set of bars is one decision
+WHOLE_MAPS = ("label_map", "bars")
+
+
 def _merge(base: dict, override: dict) -> dict:
     out = dict(base)
     for k, v in override.items():
-        if isinstance(v, dict) and isinstance(out.get(k), dict) and k != "label_map":
+        if isinstance(v, dict) and isinstance(out.get(k), dict) and k not in WHOLE_MAPS:
             out[k] = _merge(out[k], v)
         else:
             out[k] = v

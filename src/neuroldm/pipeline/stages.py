@@ -208,7 +208,7 @@ def _saliency(ctx: Context) -> dict:
 
 
 def _report(ctx: Context) -> dict:
-    metrics = write_metrics(ctx.run)  # the report shows it, so it is written first
+    metrics = write_metrics(ctx.run, ctx.cfg.pipeline)  # the report shows it, so it is written first
     return {"file": str(write_report(ctx.run)), "metrics": len(metrics)}
 
 

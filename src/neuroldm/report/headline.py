@@ -12,8 +12,11 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from neuroldm.config import PipelineConfig
+from neuroldm.errors import ConfigError
 from neuroldm.io import write_json_atomic
 from neuroldm.metrics.interval import Interval
+from neuroldm.report.bars import judge
 from neuroldm.runs import RunDir
 
 KEYS: dict[str, str] = {
@@ -49,7 +52,12 @@ KEYS: dict[str, str] = {
     "fid.real_baseline.overall": "the same FID of held-out real vs reference real volumes: what real data scores",
     "fid.synthetic.2_5d": "2.5D FID (mean of the three pooled-axis FIDs) of synthetic vs reference real volumes",
     "fid.real_baseline.2_5d": "the same for held-out real volumes",
+    "quick": "true for a smoke run (`neuroldm demo --quick`): its numbers mean nothing, and no bar is judged",
+    "bars": "each quality bar of pipeline.bars: the metric's value (with low, high, n), the bar, pass (a metric "
+            "the run did not produce fails, marked missing); the CLI and the report list them in pipeline order",
+    "bars_passed": "true when every bar passed",
 }
+VERDICT_KEYS = ("quick", "bars", "bars_passed")  # what the run promised, not what it measured
 
 
 def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
@@ -134,7 +142,30 @@ def collect_metrics(run: str | Path) -> dict:
     return out
 
 
-def write_metrics(run: str | Path) -> dict:
+def pipeline_order(keys) -> list[str]:
+    """`keys` in the order of `KEYS` (the pipeline's), others after them, alphabetically."""
+    rank = {k: i for i, k in enumerate(KEYS)}
+    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
+
+
+def check_bar_keys(bars: dict[str, str]) -> None:
+    """Every bar names a flat metric (one line listing them otherwise)."""
+    unknown = [k for k in bars if k not in KEYS or k in VERDICT_KEYS]
+    if unknown:
+        raise ConfigError(f"pipeline.bars: {', '.join(unknown)} is not a metric of metrics.json; bars can be set "
+                          f"on {', '.join(k for k in KEYS if k not in VERDICT_KEYS)}")
+
+
+def write_metrics(run: str | Path, pipeline: PipelineConfig | None = None) -> dict:
+    """Write ``RUN/metrics.json``: `collect_metrics`, then what the run promised: a quick run says so
+    (``quick``) and is given no verdicts; otherwise each of ``pipeline.bars`` is judged (``bars`` and
+    ``bars_passed``)."""
     metrics = collect_metrics(run)
+    if pipeline is not None and pipeline.quick:
+        metrics["quick"] = True
+    elif pipeline is not None and pipeline.bars:
+        verdicts = judge(metrics, pipeline.bars)
+        metrics["bars"] = verdicts
+        metrics["bars_passed"] = all(v["pass"] for v in verdicts.values())
     write_json_atomic(RunDir(run).metrics, metrics)
     return metrics

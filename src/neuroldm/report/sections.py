@@ -27,7 +27,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import NeuroLDMError
 from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
-from neuroldm.report.headline import KEYS
+from neuroldm.report.headline import KEYS, VERDICT_KEYS, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
 from neuroldm.runs import ModelDir, RunDir, SaliencyDir
 from neuroldm.samples import read_sample_manifest
@@ -147,12 +147,23 @@ def summary_blocks(run: RunDir) -> list[Block]:
     if metrics is None:
         blocks.append(not_run("no metrics.json (written by `neuroldm run` at the end of a full pipeline)"))
     else:
+        if metrics.get("quick"):
+            blocks.append(Note("Quick run: a smoke test of every stage. Its models are far too short-trained, so the "
+                               "numbers below mean nothing, and no quality bar is judged."))
+        elif metrics.get("bars"):
+            rows = [[key, "missing" if bar.get("missing") else fmt(bar["value"]),
+                     fmt_ci(bar.get("low"), bar.get("high")), fmt(bar.get("n")), bar["bar"],
+                     "✓ met" if bar["pass"] else "✗ missed"]
+                    for key, bar in ((k, metrics["bars"][k]) for k in pipeline_order(metrics["bars"]))]
+            verdict = "every bar met" if metrics.get("bars_passed") else "NOT every bar met"
+            blocks.append(Table(["metric", "value", "95% CI", "N", "bar", "verdict"], rows,
+                                f"Quality bars of this run (pipeline.bars), in pipeline order: {verdict}"))
         rows = []
-        for key in sorted(k for k in metrics if not k.endswith(_SUFFIXES)):
+        for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
             rows.append([key, fmt(metrics[key]), fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high")),
                          fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
         blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
-                            "Headline numbers of the run (metrics.json)"))
+                            "Headline numbers of the run (metrics.json), in pipeline order"))
     if not run.pipeline.exists():
         blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
     else:
