@@ -219,7 +219,9 @@ def make_fake_run(run):
     _engine_log(run / "vae" / "metrics.csv", ["val_ssim", "val_psnr", "val_ms_ssim", "val_l1"])
     write_json_atomic(run / "vae" / "reconstruction" / "metrics.json",
                       {"split": "val", "n": 2, "vae_sha256": "0" * 64, "mean": RECON,
-                       "std": {k: 0.01 for k in RECON}, "per_volume": []})
+                       "std": {k: 0.01 for k in RECON},
+                       "per_volume": [{"subject": f"sub-0{i}", "session": "", **{k: v + d for k, v in RECON.items()}}
+                                      for i, d in ((1, -0.005), (2, 0.005))]})
     vol = _volume(0, 0)
     comparison_figure([("sub-05 (HC)", [("real", vol, {}), ("reconstruction", vol, {})])],
                       run / "vae" / "reconstruction" / "reconstruction.png")

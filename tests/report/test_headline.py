@@ -58,3 +58,20 @@ def test_written_atomically_and_every_headline_key_documented(fake, tmp_path):
 
 def test_a_run_with_nothing_yet_has_no_numbers(tmp_path):
     assert collect_metrics(tmp_path) == {}
+
+
+def test_every_headline_number_has_an_interval_or_says_why_not(fake):
+    """Each key of the fake run's metrics either has .low/.high or a reason in NO_INTERVAL, and the report shows
+    the reason in the interval's place."""
+    from neuroldm.report import write_report
+    from neuroldm.report.headline import NO_INTERVAL, VERDICT_KEYS
+
+    run, _ = fake
+    m = write_metrics(run)
+    for key in m:
+        if key.endswith((".low", ".high", ".n")) or key in VERDICT_KEYS:
+            continue
+        assert f"{key}.low" in m or key.replace("fid_random_features", "fid") in NO_INTERVAL, key
+    assert m["vae.val.ssim.low"] <= m["vae.val.ssim"] <= m["vae.val.ssim.high"] and m["vae.val.ssim.n"] == 2
+    html = write_report(run).read_text()
+    assert f"none: {NO_INTERVAL['memorization.z_u']}" in html

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from neuroldm.config import PipelineConfig
 from neuroldm.errors import ConfigError
+from neuroldm.evaluate.stats import mean_ci
 from neuroldm.io import write_json_atomic
 from neuroldm.metrics.interval import Interval
 from neuroldm.report.bars import judge
@@ -21,7 +22,8 @@ from neuroldm.runs import RunDir
 
 KEYS: dict[str, str] = {
     "wall_seconds": "sum of the wall times of the stages that produced this run directory (pipeline.json)",
-    "vae.val.ssim": "autoencoder: mean SSIM of posterior-mean reconstructions of the validation volumes (N: .n)",
+    "vae.val.ssim": "autoencoder: mean SSIM of posterior-mean reconstructions of the validation volumes (normal CI "
+                    "of the mean; N: .n)",
     "vae.val.psnr": "autoencoder: mean PSNR (dB) of the same reconstructions",
     "vae.val.ms_ssim": "autoencoder: mean MS-SSIM of the same reconstructions",
     "classifier.real.auc": "test AUC-ROC of the classifier trained on real volumes (pooled over seeds; score CI, "
@@ -59,6 +61,23 @@ KEYS: dict[str, str] = {
 }
 VERDICT_KEYS = ("quick", "bars", "bars_passed")  # what the run promised, not what it measured
 
+# why a headline number has no interval (the report prints it in the interval's place)
+NO_INTERVAL: dict[str, str] = {
+    "wall_seconds": "a measured time, not an estimate",
+    "classifier.real.balanced_accuracy": "a mean over seeds: the grid's tables give each seed's interval",
+    "classifier.synthetic.balanced_accuracy": "a mean over seeds: the grid's tables give each seed's interval",
+    "classifier.synthetic.auc_ratio": "a ratio of two AUCs on the same subjects: see the paired DeLong test",
+    "synthetic.class_difference.corr_training": "the generator's own training subjects: no sampling to bound",
+    "real.class_difference.corr_training_heldout": "a reference for corr_heldout, not an estimate of it",
+    "synthetic.class_difference.amplification": "a ratio of map norms; its spread is not estimated",
+    "memorization.flagged": "a count of flagged volumes (the evaluation gives the share's Wilson interval)",
+    "memorization.z_u": "a test statistic (Meehan et al. 2020), not an estimate",
+    "fid.synthetic.overall": "FID is one distance between two sets, biased at small N: compare with the baseline",
+    "fid.real_baseline.overall": "FID is one distance between two sets: the baseline itself",
+    "fid.synthetic.2_5d": "FID is one distance between two sets: compare with the baseline",
+    "fid.real_baseline.2_5d": "FID is one distance between two sets: the baseline itself",
+}
+
 
 def _put(out: dict, key: str, value, low=None, high=None, n=None) -> None:
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -87,7 +106,12 @@ def collect_metrics(run: str | Path) -> dict:
     recon = run.vae.reconstruction.read_metrics()
     if recon:
         for k in ("ssim", "psnr", "ms_ssim"):
-            _put(out, f"vae.val.{k}", recon["mean"][k], n=recon["n"])
+            per_volume = [v[k] for v in recon.get("per_volume", [])]
+            if len(per_volume) > 1:  # the mean's normal interval over the validation volumes
+                ci = mean_ci(per_volume)
+                _put(out, f"vae.val.{k}", recon["mean"][k], ci.low, ci.high, ci.n)
+            else:
+                _put(out, f"vae.val.{k}", recon["mean"][k], n=recon["n"])
 
     grid = run.grid.read_summary()
     if grid:

@@ -27,7 +27,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import NeuroLDMError
 from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
-from neuroldm.report.headline import KEYS, VERDICT_KEYS, pipeline_order
+from neuroldm.report.headline import KEYS, NO_INTERVAL, VERDICT_KEYS, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
 from neuroldm.runs import ModelDir, RunDir, SaliencyDir
 from neuroldm.samples import read_sample_manifest
@@ -160,7 +160,9 @@ def summary_blocks(run: RunDir) -> list[Block]:
                                 f"Quality bars of this run (pipeline.bars), in pipeline order: {verdict}"))
         rows = []
         for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
-            rows.append([key, fmt(metrics[key]), fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high")),
+            ci = fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high"))
+            why = NO_INTERVAL.get(key.replace("fid_random_features", "fid"))
+            rows.append([key, fmt(metrics[key]), f"none: {why}" if ci == "–" and why else ci,
                          fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
         blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
                             "Headline numbers of the run (metrics.json), in pipeline order"))
