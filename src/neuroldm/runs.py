@@ -23,7 +23,7 @@ Each folder has a small view class (`ModelDir`, `SampleDir`, ...) that names the
 any folder, inside a run or not (``neuroldm sample --out DIR`` writes a `SampleDir` anywhere), so a stage writes
 and a reader reads through the same names; no other module spells a run sub-folder or an output file name.
 
-This module sits low in the package: it imports nothing of neuroldm but the config, errors and io.
+This module sits low in the package: it imports nothing of neuroldm but the config, errors, io and names.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from safetensors import safe_open
 from neuroldm.config import Config, save_config
 from neuroldm.errors import InputError
 from neuroldm.io import write_json_atomic
+from neuroldm.names import safe_name
 
 CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.safetensors"
@@ -344,8 +345,15 @@ class SaliencyDir(Folder):
 
     @classmethod
     def mean_name(cls, class_name: str) -> str:
-        """Name of a class-mean map (and its figure); subject maps are named by `neuroldm.classify.saliency`."""
-        return f"{cls.MEAN_PREFIX}{class_name}"
+        """Name of a class-mean map (and its figure): the only names that start with `MEAN_PREFIX`."""
+        return f"{cls.MEAN_PREFIX}{safe_name(class_name)}"
+
+    @classmethod
+    def subject_name(cls, subject: str, session: str = "") -> str:
+        """Name of a subject's map (and its figure): ``<subject>[_<session>]`` sanitised, and a subject that would
+        take `MEAN_PREFIX` (one named ``mean_HC``) gets a leading ``_``, so no subject map is a class mean's."""
+        name = safe_name(f"{subject}_{session}" if session else subject)
+        return f"_{name}" if name.startswith(cls.MEAN_PREFIX) else name
 
     @classmethod
     def mean_class(cls, path: Path) -> str | None:

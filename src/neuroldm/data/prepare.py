@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,6 +31,7 @@ from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_g
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError, InputErrors
 from neuroldm.io import save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
+from neuroldm.names import safe_name
 from neuroldm.runs import PreparedDir
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ def prepare_hash(cfg: PrepareConfig) -> str:
 
 def _fmt(values) -> str:
     return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
 def check_field_of_view(shape, affine: np.ndarray, cfg: PrepareConfig, path: str) -> None:
@@ -94,7 +90,7 @@ def _process(task: dict) -> dict:
     except ValueError as e:  # e.g. no foreground after resampling
         return {"reason": f"cannot prepare: {e}", "reason_path": source}
     key = hashlib.sha256(f"{task['source_sha256']}{task['prep_hash']}".encode()).hexdigest()[:10]
-    stem = _safe("_".join(p for p in (task["subject"], task["session"]) if p))
+    stem = safe_name("_".join(p for p in (task["subject"], task["session"]) if p))
     layout = PreparedDir(out_dir)
     rel = layout.volume(f"{stem}_{key}")
     save_nifti_atomic(result["image"], result["affine"], out_dir / rel)

@@ -30,6 +30,7 @@ from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.names import safe_name
 from neuroldm.runs import RunDir, SampleDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
@@ -102,7 +103,7 @@ def sample_name(label: str, scfg: SampleConfig, seed: int) -> str:
     """
     interval = "" if scfg.guidance_interval is None or scfg.guidance == 1.0 else \
         f"i{scfg.guidance_interval[0]}-{scfg.guidance_interval[1]}"
-    return f"{label}_{get_sampler(scfg.sampler).tag}{scfg.steps}_g{scfg.guidance:g}{interval}_seed{seed}"
+    return f"{safe_name(label)}_{get_sampler(scfg.sampler).tag}{scfg.steps}_g{scfg.guidance:g}{interval}_seed{seed}"
 
 
 def steps_taken(scfg: SampleConfig, cfg: DiffusionConfig) -> SampleConfig:
