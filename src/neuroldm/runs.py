@@ -9,7 +9,7 @@
       report.html          `neuroldm report`
       cohort/              demo-cohort (only with pipeline.input = demo-cohort)
       prepared/            prepare: manifest.csv, prepare_summary.json, volumes/, rois/
-      vae/                 train-vae: checkpoints/, metrics.csv, train_summary.json, model.safetensors,
+      vae/                 train-vae: checkpoints/, metrics.csv, train_summary.json, model.safetensors (+ .sha256),
                            reconstruction/ (metrics.json, reconstruction.png, volumes/)
       latents/             encode: volumes/<key>.safetensors, index.csv, latents.json (scale factor)
       diffusion/           train-diffusion: checkpoints/, metrics.csv, train_summary.json, model.safetensors
@@ -33,6 +33,7 @@ This module sits low in the package: it imports nothing of neuroldm but the conf
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import math
 import os
@@ -67,6 +68,14 @@ def read_json(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_record(model: str | Path) -> Path:
+    """Where the sha256 of an exported model file is recorded when it is written: ``<file>.sha256`` beside it.
+
+    The loaders (`load_vae`, `load_dit`, `load_classifier`) check it, so a damaged file is refused, not sampled."""
+    model = Path(model)
+    return model.with_name(f"{model.name}.sha256")
 
 
 @dataclass(frozen=True)
@@ -146,6 +155,11 @@ class ModelDir(Folder):
     @property
     def model(self) -> Path:
         return self.root / MODEL_NAME
+
+    @property
+    def model_record(self) -> Path:
+        """The exported model's recorded sha256 (`model_record`)."""
+        return model_record(self.model)
 
     @property
     def checkpoints(self) -> CheckpointDir:
@@ -549,8 +563,6 @@ class RunDir(Folder):
         A second process is refused with who holds it (`RunInUse`). The OS drops the lock when its process dies,
         so a killed run never blocks the next; the file is removed when the lock is released.
         """
-        import fcntl  # POSIX only, as torchrun runs are
-
         created = not self.root.exists()
         self.root.mkdir(parents=True, exist_ok=True)
         path = self.lock_file
