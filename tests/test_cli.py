@@ -205,3 +205,52 @@ def test_a_command_that_changes_the_runs_config_says_so(recorded_run, monkeypatc
     assert len(warning) == 1 and "config.yaml: these settings differ from the run's: vae.train.steps;" in warning[0]
     assert load_config(None, run.config).vae.train.steps == 7  # recorded, now that it succeeded
     assert set(run.read_record()["stages"]) == {"train-vae", "encode"}
+
+
+def test_prepare_refuses_an_empty_table_in_one_line(tmp_path, capsys):
+    (tmp_path / "c.csv").write_text("path,subject,label\n")
+    assert main(["prepare", str(tmp_path / "c.csv"), "--out", str(tmp_path / "p"), "--no-progress"]) == 2
+    assert "c.csv: no rows" in _one_line_error(capsys, "prepare")
+    assert not (tmp_path / "p").exists()
+
+
+@pytest.mark.parametrize("code", ["EROFS", "EACCES", "ENOSPC"])
+def test_a_read_only_or_full_folder_is_one_line(tmp_path, capsys, monkeypatch, code):
+    import errno
+
+    import neuroldm.demo.cohort
+
+    def refuse(out, *a, **k):
+        raise OSError(getattr(errno, code), os.strerror(getattr(errno, code)), str(Path(out) / "participants.tsv"))
+
+    monkeypatch.setattr(neuroldm.demo.cohort, "make_demo_cohort", refuse)
+    assert main(["demo-cohort", str(tmp_path / "ro"), "--no-progress"]) == 2
+    err = _one_line_error(capsys, "demo-cohort")
+    assert err.endswith(f"{tmp_path / 'ro' / 'participants.tsv'}: {os.strerror(getattr(errno, code))}")
+
+
+def test_a_bug_keeps_its_traceback(monkeypatch):
+    import neuroldm.demo.cohort
+
+    def bug(*a, **k):
+        raise OSError(2, "No such file or directory", "/a/bug")
+
+    monkeypatch.setattr(neuroldm.demo.cohort, "make_demo_cohort", bug)
+    with pytest.raises(FileNotFoundError):
+        main(["demo-cohort", "/tmp/never-written", "--no-progress"])
+
+
+@pytest.mark.parametrize("argv, problem", [
+    (["sample", "--n", "-2", "--label", "TLE", "--out", "S"], "--n -2: the number of volumes must be at least 1"),
+    (["sample", "--n", "0", "--label", "TLE", "--out", "S"], "--n 0: the number of volumes must be at least 1"),
+    (["vae-sample", "--n", "-1", "--out", "S"], "--n -1: the number of volumes must be at least 1"),
+    (["sample", "--n", "2", "--label", "TLE", "--out", "S", "--steps", "-3"], "--steps:"),
+    (["sample", "--n", "2", "--label", "TLE", "--out", "S", "--guidance", "-5"], "--guidance:"),
+    (["sample", "--n", "2", "--label", "TLE", "--out", "S", "--batch-size", "0"], "--batch-size:"),
+])
+def test_sample_options_are_checked_before_any_work(tmp_path, capsys, argv, problem):
+    """`sample --n -2` printed "-2 already there" and `vae-sample --n -1` exited 0."""
+    argv = [a if a != "S" else str(tmp_path / "s") for a in argv]
+    assert main([*argv, "--run", str(tmp_path / "r"), "--no-progress"]) == 2
+    assert problem in _one_line_error(capsys, argv[0])
+    assert not (tmp_path / "s").exists() and not (tmp_path / "r").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import logging
 import os
 import sys
@@ -174,6 +175,8 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.vae.prior import sample_prior
 
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
                          prepared=RunDir(args.run).read_record().get("prepared"),
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
@@ -204,6 +207,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
 
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
     cfg = _resolve(args, "sample").sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
@@ -656,6 +661,9 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -665,6 +673,11 @@ def main(argv: list[str] | None = None) -> int:
             return int(args.func(args) or 0)
     except NeuroLDMError as e:
         print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: the user's to fix, said in one line
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        print(f"neuroldm {args.command}: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"neuroldm {args.command}: interrupted", file=sys.stderr)
