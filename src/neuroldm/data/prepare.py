@@ -117,7 +117,17 @@ def _previous(out_dir: Path) -> dict[str, dict]:
         return {}
     if not set(MANIFEST_COLUMNS) <= set(df.columns):
         return {}
-    return {r["source"]: r for r in df.to_dict("records") if r["status"] == "ok"}
+    return {str((out_dir / r["source"]).resolve()): r for r in df.to_dict("records") if r["status"] == "ok"}
+
+
+def _portable_source(source: str, out_dir: Path) -> str:
+    """`source` relative to the prepared folder when both lie in one folder (a run's cohort/ and prepared/), so a
+    copied or moved run reuses its volumes; an input elsewhere keeps its absolute path."""
+    if not source:
+        return source
+    home = out_dir.resolve().parent
+    path = Path(source)
+    return os.path.relpath(path, out_dir.resolve()) if path.is_relative_to(home) else source
 
 
 def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip_invalid: bool = False,
@@ -196,7 +206,8 @@ def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip
     check_split_leakage(df[ok])
 
     layout = PreparedDir(out_dir)
-    write_manifest(df.drop(columns=["reason_path"]), layout.manifest)
+    write_manifest(df.drop(columns=["reason_path"]).assign(source=[_portable_source(v, out_dir) for v in df["source"]]),
+                   layout.manifest)
     save_config(cfg, layout.config)
     _remove_unused(out_dir, set(df.loc[ok, "path"]) | set(df.loc[ok, "roi_path"]))
     summary = _summary(df, reused, len(tasks), time.perf_counter() - t0)
