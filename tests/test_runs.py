@@ -231,9 +231,9 @@ def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
                               env=env)
     try:
         assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(RunInUse, match=rf"in use by `neuroldm run --out R` \(pid {holder.pid} on .*, since "):
-            with RunDir(tmp_path).locked("second"):
-                pass
+        with pytest.raises(RunInUse, match=rf"in use by `neuroldm run --out R` \(pid {holder.pid} on .*, since "), \
+                RunDir(tmp_path).locked("second"):
+            pass
     finally:
         holder.kill()
         holder.wait()

@@ -224,8 +224,8 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path,
     `best`, written at the step the `last` write failed) with one log row per step."""
     import errno
 
-    import neuroldm.train.engine as engine
     from neuroldm.errors import NeuroLDMError
+    from neuroldm.train import engine
 
     straight = _trainer(tmp_path / "straight", _cfg(val_every=2, ckpt_every=4))
     straight.fit()
