@@ -1,3 +1,5 @@
+import re
+
 import pytest
 import yaml
 
@@ -85,3 +87,20 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, RunDir(tmp_path / "run").config)
     assert Config.model_validate(yaml.safe_load(path.read_text())) == cfg
     assert load_config(None, path) == cfg
+
+
+@pytest.mark.parametrize("override", ["vae.train.steps=true", "vae.train.lr=false", "prepare.spacing=[2,true,2]",
+                                      "sample.guidance_interval=[0,true]", "classifier.patience=true"])
+def test_a_boolean_is_not_a_number(override):
+    """`--set vae.train.steps=true` became 1 step."""
+    key = override.split("=")[0]
+    with pytest.raises(ConfigError, match=rf"config key '{re.escape(key)}': .*a number is due, not true/false"):
+        load_config("demo", None, [override])
+
+
+def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
+    """PyYAML keeps the last of two equal keys: the first, silently lost, may be the one meant."""
+    path = tmp_path / "c.yaml"
+    path.write_text("vae:\n  train:\n    steps: 5\n    lr: 0.1\n    steps: 7\n")
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: duplicate key 'steps' \(line 5\)"):
+        load_config(None, path)

@@ -2,7 +2,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from neuroldm.io import atomic_path, save_nifti_atomic, sha256_array, write_json_atomic, write_text_atomic
+from neuroldm.errors import InputError
+from neuroldm.io import (atomic_path, save_nifti_atomic, sha256_array, sha256_file, verified_sha256, write_json_atomic,
+                         write_sha256, write_text_atomic)
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -63,3 +65,45 @@ def test_weights_file_round_trip_and_one_line_errors(tmp_path):
     path.write_bytes(path.read_bytes()[:20])
     with pytest.raises(InputError, match=r"m\.safetensors: not a readable safetensors file"):
         load_weights(path, required_key="thing_config", what="thing")
+
+
+def test_a_non_finite_volume_is_never_written(tmp_path):
+    data = np.ones((4, 4, 4), np.float32)
+    data[1, 2, 3] = np.nan
+    data[0, 0, 0] = np.inf
+    target = tmp_path / "vol.nii.gz"
+    with pytest.raises(InputError, match=r"vol.nii.gz: not written: 2 of 64 voxels are NaN or Inf"):
+        save_nifti_atomic(data, np.eye(4), target)
+    assert list(tmp_path.iterdir()) == []
+    save_nifti_atomic(np.ones((2, 2, 2), np.uint8), np.eye(4), target)  # integer masks are always finite
+
+
+def test_a_recorded_hash_is_checked(tmp_path):
+    path, record = tmp_path / "m.bin", tmp_path / "m.bin.sha256"
+    path.write_bytes(b"weights")
+    assert verified_sha256(path, record) == sha256_file(path)  # no record: nothing to compare with
+    digest = write_sha256(path, record)
+    assert record.read_text() == f"{digest}  m.bin\n" and verified_sha256(path, record) == digest
+    path.write_bytes(b"weighTs")  # same size, one byte changed
+    with pytest.raises(InputError, match=r"m.bin: damaged or replaced: its sha256 .* recorded in m.bin.sha256"):
+        verified_sha256(path, record)
+
+
+def test_an_exported_model_records_its_hash_and_a_damaged_one_is_refused(tmp_path):
+    import torch
+
+    from neuroldm.classify.network import build_classifier
+    from neuroldm.classify.predict import export_classifier, load_classifier
+    from neuroldm.config import load_config
+    from neuroldm.runs import ClassifierDir
+
+    cfg = load_config(None, None, ["classifier.arch=cnn"]).classifier
+    folder = ClassifierDir(tmp_path)
+    export_classifier(build_classifier(cfg, 2), cfg, folder.model, {"classes": ["HC", "TLE"], "grid": [8, 8, 8],
+                                                                   "spacing": [1, 1, 1]})
+    assert load_classifier(tmp_path)[1]["sha256"] == folder.model_record.read_text().split()[0]
+    data = bytearray(folder.model.read_bytes())
+    data[-4:] = b"\x00\x00\xc0\x7f"  # a NaN weight: safetensors still reads it
+    folder.model.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="model.safetensors: damaged or replaced"):
+        load_classifier(tmp_path, torch.device("cpu"))

@@ -180,3 +180,62 @@ def test_no_run_path_is_spelled_outside_the_run_directory_module():
         allowed = {n for n, where in NOT_THE_RUNS_IN.items() if rel in where}
         hits += [h for h in spelled_run_paths(f, names - allowed)]
     assert hits == []
+
+
+# --------------------------------------------------------------------------------------------------------------
+# What a run is, and its lock
+# --------------------------------------------------------------------------------------------------------------
+
+def test_a_run_is_a_folder_with_its_record(tmp_path):
+    RunDir(tmp_path / "absent").check_holds_a_run()
+    RunDir(tmp_path).check_holds_a_run()  # empty
+    (tmp_path / "data.csv").write_text("a user's file")
+    with pytest.raises(InputError, match="not empty and not a neuroldm run"):
+        RunDir(tmp_path).check_holds_a_run()
+    with pytest.raises(InputError, match="not a folder"):
+        RunDir(tmp_path / "data.csv").check_holds_a_run()
+    (tmp_path / "pipeline.json").write_text("{}")
+    assert RunDir(tmp_path).is_run()
+    RunDir(tmp_path).check_holds_a_run()
+
+
+def test_config_changes_name_the_keys(tmp_path):
+    run = RunDir(tmp_path)
+    cfg = load_config("demo", None, [])
+    assert run.config_changes(cfg) == []  # nothing recorded yet
+    run.save_config(cfg)
+    assert run.config_changes(cfg) == []
+    assert run.config_changes(load_config("demo", None, ["vae.train.steps=7", "split.seed=3"])) == [
+        "split.seed", "vae.train.steps"]
+
+
+HOLD_LOCK = """
+import sys, time
+from neuroldm.runs import RunDir
+with RunDir(sys.argv[1]).locked("neuroldm run --out R"):
+    print("locked", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_the_lock_names_its_holder_and_dies_with_it(tmp_path):
+    """flock is released by the OS when its process dies: a killed run never blocks the next one."""
+    import os
+    import subprocess
+    import sys
+
+    from neuroldm.errors import RunInUse
+
+    env = {**os.environ, "PYTHONPATH": str(Path(neuroldm.__file__).parents[1])}
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(tmp_path)], stdout=subprocess.PIPE, text=True,
+                              env=env)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(RunInUse, match=rf"in use by `neuroldm run --out R` \(pid {holder.pid} on .*, since "), \
+                RunDir(tmp_path).locked("second"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with RunDir(tmp_path).locked("third"):  # the dead holder's file is still there; its lock is not
+        assert json.loads(RunDir(tmp_path).lock_file.read_text())["command"] == "third"

@@ -11,6 +11,8 @@ the rule.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
 import os
 import sys
@@ -57,12 +59,34 @@ def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()
 
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
-    """The resolved config and the run's prepared cohort; both recorded in the run directory."""
+    """The resolved config and the run's prepared cohort; both recorded in the run directory if the stage succeeds."""
     cfg = _resolve(args, stage)
     run = RunDir(args.run)
     prepared = run.prepared_cohort(args.prepared).root
-    run.record_stage(stage, cfg, prepared=prepared.resolve())
+    _claim_run(args, run, cfg, stage, prepared=prepared.resolve())
     return cfg, prepared
+
+
+def _claim_run(args: argparse.Namespace, run: RunDir, cfg: Config | None, stage: str | None = None,
+               **fields) -> None:
+    """Lock `run` until the command ends (under torchrun, rank 0 holds it for all), say if `cfg` differs from the
+    run's recorded config, and record `stage` with `cfg` in the run only when the command succeeds."""
+    from neuroldm import runtime
+
+    if not runtime.is_main():
+        return
+    args.exit_stack.enter_context(run.locked(f"neuroldm {args.command}"))
+    changed = run.config_changes(cfg) if cfg is not None else []
+    if changed:
+        log.warning("%s: these settings differ from the run's: %s%s; the run's config is replaced if `%s` succeeds",
+                    run.config, ", ".join(changed[:8]), f" (+{len(changed) - 8} more)" if len(changed) > 8 else "",
+                    args.command)
+    if stage is not None:
+        def record(failed, *_) -> None:  # an exit callback: runs before the lock is released, never swallows
+            if failed is None:
+                run.record_stage(stage, cfg, **fields)
+
+        args.exit_stack.push(record)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -124,6 +148,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from neuroldm.vae.reconstruct import reconstruct
 
     run = RunDir(args.run)
+    _claim_run(args, run, None)
     result = reconstruct(args.run, run.prepared_cohort(args.prepared).root, split=args.split,
                          save_volumes=args.save_volumes, device=runtime.resolve_device(args.device),
                          progress=not args.no_progress)
@@ -150,6 +175,8 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.vae.prior import sample_prior
 
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
                          prepared=RunDir(args.run).read_record().get("prepared"),
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
@@ -162,7 +189,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
 
     cfg = _resolve(args, "train-diffusion")
-    RunDir(args.run).record_stage("train-diffusion", cfg)
+    _claim_run(args, RunDir(args.run), cfg, "train-diffusion")
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
     best = summary["best"]
@@ -180,6 +207,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
 
+    if args.n < 1:
+        raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
     cfg = _resolve(args, "sample").sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
@@ -358,15 +387,17 @@ def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from neuroldm import runtime
     from neuroldm.preflight import check_pipeline_input, preflight
 
-    if cfg.pipeline.quick and runtime.is_main():  # the first line a quick run prints
-        print(QUICK_BANNER, file=sys.stderr)
     # a bad setting is refused in seconds, before the pipeline's modules load (run_pipeline checks again)
     check_pipeline_input(cfg)
     preflight(cfg, [args.only] if args.only else STAGE_ORDER)
+    out = Path(args.out)
+    RunDir(out).check_holds_a_run()
 
     from neuroldm.pipeline.runner import run_pipeline
 
-    out = Path(args.out)
+    _claim_run(args, RunDir(out), cfg)
+    if cfg.pipeline.quick and runtime.is_main():  # the first line a quick run prints once it holds its folder
+        print(QUICK_BANNER, file=sys.stderr)
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only,
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
     if not runtime.is_main():  # under torchrun, rank 0 speaks
@@ -655,14 +686,23 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+_USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
-        return int(args.func(args) or 0)
+        with contextlib.ExitStack() as args.exit_stack:  # a command's run lock and what it records on success
+            return int(args.func(args) or 0)
     except NeuroLDMError as e:
         print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a read-only folder, a full disk: the user's to fix, said in one line
+        if e.errno not in _USER_OS_ERRORS:
+            raise
+        print(f"neuroldm {args.command}: error: {e.filename or ''}: {e.strerror}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"neuroldm {args.command}: interrupted", file=sys.stderr)

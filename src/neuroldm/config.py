@@ -9,6 +9,8 @@ settings that produced it.
 from __future__ import annotations
 
 import re
+import types
+import typing
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -24,8 +26,36 @@ PRESETS = ("demo", "paper")
 BAR_PATTERN = re.compile(r"(>=|<=|==|>|<)\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
+def _members(annotation) -> tuple:
+    """The types a (possibly Optional or Union) annotation admits."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return tuple(m for a in typing.get_args(annotation) for m in _members(a))
+    return (annotation,)
+
+
+def _bool_for_a_number(annotation, value) -> bool:
+    """Whether `value` holds a bool where `annotation` wants a number (pydantic would read ``true`` as 1)."""
+    members = _members(annotation)
+    if isinstance(value, bool):
+        return bool({int, float} & set(members)) and bool not in members
+    if isinstance(value, (list, tuple)):
+        for m in members:
+            args = typing.get_args(m)
+            if typing.get_origin(m) in (list, tuple) and args:
+                items = args if typing.get_origin(m) is tuple and Ellipsis not in args else args[:1] * len(value)
+                return any(_bool_for_a_number(a, v) for a, v in zip(items, value))
+    return False
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_bool_for_a_number(cls, value, info):
+        if _bool_for_a_number(cls.model_fields[info.field_name].annotation, value):
+            raise ValueError("a number is due, not true/false")
+        return value
 
 
 class BidsColumns(Section):
@@ -441,11 +471,26 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise ConfigError(f"duplicate key '{key}' (line {key_node.start_mark.line + 1}); give each key once")
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
 def _read_yaml(path: Path, source: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
     except yaml.YAMLError as e:
         raise ConfigError(f"{source}: not valid YAML ({str(e).splitlines()[0]})") from None
     if not isinstance(data, dict):

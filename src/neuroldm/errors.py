@@ -6,6 +6,7 @@ message on one line and exits non-zero; anything else is a bug and keeps its tra
 
 from __future__ import annotations
 
+import json
 from os import PathLike
 
 
@@ -34,3 +35,15 @@ class InputErrors(NeuroLDMError):
         lines = [f"{len(self.errors)} {context}{'s' if len(self.errors) != 1 else ''}:"]
         lines += [f"  {e}" for e in self.errors]
         super().__init__("\n".join(lines))
+
+
+class RunInUse(NeuroLDMError):
+    """Another process holds the run directory's lock: the message names it (pid, host, command, since when)."""
+
+    def __init__(self, run: str | PathLike, holder: str):
+        try:
+            h = json.loads(holder)
+            who = f"`{h['command']}` (pid {h['pid']} on {h['host']}, since {h['started']})"
+        except (ValueError, KeyError, TypeError):
+            who = "another neuroldm process"
+        super().__init__(f"{run}: in use by {who}; wait for it to finish or use another folder")

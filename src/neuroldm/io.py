@@ -59,8 +59,14 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
 
 def save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
                       header: nib.Nifti1Header | None = None) -> None:
-    """Write `data` with `affine` as NIfTI-1; sform and qform both set to the affine (scanner code 1)."""
-    img = nib.Nifti1Image(np.asarray(data), np.asarray(affine, dtype=np.float64), header=header)
+    """Write `data` with `affine` as NIfTI-1; sform and qform both set to the affine (scanner code 1).
+
+    A volume with a NaN or Inf voxel is refused (`InputError` naming `path`): no stage reads one back sensibly.
+    """
+    data = np.asarray(data)
+    if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
+        raise InputError(path, f"not written: {int((~np.isfinite(data)).sum())} of {data.size} voxels are NaN or Inf")
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=header)
     img.set_sform(img.affine, code=1)
     img.set_qform(img.affine, code=1)
     with atomic_path(path) as tmp:
@@ -75,6 +81,26 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def write_sha256(path: str | os.PathLike, record: str | os.PathLike) -> str:
+    """Record `path`'s sha256 in `record` (``sha256sum`` format, so ``sha256sum -c`` checks it too)."""
+    digest = sha256_file(path)
+    write_text_atomic(record, f"{digest}  {Path(path).name}\n")
+    return digest
+
+
+def verified_sha256(path: str | os.PathLike, record: str | os.PathLike) -> str:
+    """`path`'s sha256, checked against `record` when there is one (`InputError` naming `path` on a mismatch)."""
+    digest = sha256_file(path)
+    record = Path(record)
+    if record.is_file():
+        recorded = (record.read_text(encoding="utf-8").split() or [""])[0]
+        if recorded != digest:
+            raise InputError(path, f"damaged or replaced: its sha256 {digest[:12]}... differs from the "
+                                   f"{recorded[:12]}... recorded in {record.name} when it was written; restore or "
+                                   f"retrain it")
+    return digest
+
+
 def sha256_array(array: np.ndarray) -> str:
     """Hash of an array's dtype, shape and bytes: equal arrays give equal hashes on every platform."""
     a = np.ascontiguousarray(array)
@@ -83,20 +109,27 @@ def sha256_array(array: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def save_weights_atomic(module, path: str | os.PathLike, metadata: dict[str, str]) -> Path:
-    """A module's state dict as one safetensors file with string `metadata` (the config that built it)."""
+def save_weights_atomic(module, path: str | os.PathLike, metadata: dict[str, str],
+                        record: str | os.PathLike | None = None) -> Path:
+    """A module's state dict as one safetensors file with string `metadata` (the config that built it), and its
+    sha256 in `record` when given (the old record goes first, so a crash never leaves a stale one)."""
     from safetensors.torch import save_file  # imports torch: here, so that `neuroldm --help` stays fast
 
     state = {k: v.detach().cpu().contiguous() for k, v in module.state_dict().items()}
+    if record is not None:
+        Path(record).unlink(missing_ok=True)
     with atomic_path(path) as tmp:
         save_file(state, str(tmp), metadata=metadata)
+    if record is not None:
+        write_sha256(path, record)
     return Path(path)
 
 
 def load_weights(path: str | os.PathLike, device="cpu", *, required_key: str, what: str) -> tuple[dict, dict]:
     """``(state dict, metadata)`` of a file written by `save_weights_atomic`; no code is executed.
 
-    A damaged file or one without `required_key` in its metadata is an `InputError` naming the file.
+    A damaged file or one without `required_key` in its metadata is an `InputError` naming the file (a file damaged
+    where safetensors cannot see it, in the weights, is caught by `verified_sha256` against its record).
     """
     from safetensors import safe_open  # as in save_weights_atomic
 

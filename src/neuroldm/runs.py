@@ -4,11 +4,12 @@
       config.yaml          resolved configuration of the last stage run here
       run.json             where the prepared cohort is, and which stages ran when
       pipeline.json        `neuroldm run`: per stage its fingerprint, state and wall time; the stage order
+      .neuroldm.lock       held (flock) by the process writing the run: its pid, host, command, start time
       metrics.json         the run's headline numbers (flat keys)
       report.html          `neuroldm report`
       cohort/              demo-cohort (only with pipeline.input = demo-cohort)
       prepared/            prepare: manifest.csv, prepare_summary.json, volumes/, rois/
-      vae/                 train-vae: checkpoints/, metrics.csv, train_summary.json, model.safetensors,
+      vae/                 train-vae: checkpoints/, metrics.csv, train_summary.json, model.safetensors (+ .sha256),
                            reconstruction/ (metrics.json, reconstruction.png, volumes/)
       latents/             encode: volumes/<key>.safetensors, index.csv, latents.json (scale factor)
       diffusion/           train-diffusion: checkpoints/, metrics.csv, train_summary.json, model.safetensors
@@ -19,29 +20,41 @@
       evaluation/          evaluate: metrics.json and figures
       saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
 
+A folder holding ``run.json`` or ``pipeline.json`` (`RUN_MARKERS`) is a neuroldm run; `neuroldm run` and `demo` write
+nothing into a non-empty folder that is not one (`RunDir.check_holds_a_run`).
+
 Each folder has a small view class (`ModelDir`, `SampleDir`, ...) that names the files inside it. A view works on
 any folder, inside a run or not (``neuroldm sample --out DIR`` writes a `SampleDir` anywhere), so a stage writes
 and a reader reads through the same names; no other module spells a run sub-folder or an output file name.
 
-This module sits low in the package: it imports nothing of neuroldm but the config, errors and io.
+This module sits low in the package: it imports nothing of neuroldm but the config, errors, io and names.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import math
+import os
+import socket
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
 from safetensors import safe_open
 
 from neuroldm.config import Config, save_config
-from neuroldm.errors import InputError
+from neuroldm.errors import InputError, RunInUse
 from neuroldm.io import write_json_atomic
+from neuroldm.names import safe_name
 
 CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.safetensors"
+LOCK_NAME = ".neuroldm.lock"
+RUN_MARKERS = ("run.json", "pipeline.json")  # a folder holding one of these is a neuroldm run
 
 # The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
 # order); the report and the summary read the order from here, or from the run's pipeline.json.
@@ -55,6 +68,14 @@ def read_json(path: str | Path) -> dict | None:
     if not path.exists():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def model_record(model: str | Path) -> Path:
+    """Where the sha256 of an exported model file is recorded when it is written: ``<file>.sha256`` beside it.
+
+    The loaders (`load_vae`, `load_dit`, `load_classifier`) check it, so a damaged file is refused, not sampled."""
+    model = Path(model)
+    return model.with_name(f"{model.name}.sha256")
 
 
 @dataclass(frozen=True)
@@ -134,6 +155,11 @@ class ModelDir(Folder):
     @property
     def model(self) -> Path:
         return self.root / MODEL_NAME
+
+    @property
+    def model_record(self) -> Path:
+        """The exported model's recorded sha256 (`model_record`)."""
+        return model_record(self.model)
 
     @property
     def checkpoints(self) -> CheckpointDir:
@@ -344,8 +370,15 @@ class SaliencyDir(Folder):
 
     @classmethod
     def mean_name(cls, class_name: str) -> str:
-        """Name of a class-mean map (and its figure); subject maps are named by `neuroldm.classify.saliency`."""
-        return f"{cls.MEAN_PREFIX}{class_name}"
+        """Name of a class-mean map (and its figure): the only names that start with `MEAN_PREFIX`."""
+        return f"{cls.MEAN_PREFIX}{safe_name(class_name)}"
+
+    @classmethod
+    def subject_name(cls, subject: str, session: str = "") -> str:
+        """Name of a subject's map (and its figure): ``<subject>[_<session>]`` sanitised, and a subject that would
+        take `MEAN_PREFIX` (one named ``mean_HC``) gets a leading ``_``, so no subject map is a class mean's."""
+        name = safe_name(f"{subject}_{session}" if session else subject)
+        return f"_{name}" if name.startswith(cls.MEAN_PREFIX) else name
 
     @classmethod
     def mean_class(cls, path: Path) -> str | None:
@@ -373,11 +406,15 @@ class RunDir(Folder):
 
     @property
     def record(self) -> Path:
-        return self.root / "run.json"
+        return self.root / RUN_MARKERS[0]
 
     @property
     def pipeline(self) -> Path:
-        return self.root / "pipeline.json"
+        return self.root / RUN_MARKERS[1]
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_NAME
 
     @property
     def metrics(self) -> Path:
@@ -478,6 +515,23 @@ class RunDir(Folder):
     def save_config(self, cfg: Config) -> Path:
         return save_config(cfg, self.config)
 
+    def config_changes(self, cfg: Config) -> list[str]:
+        """The dotted keys whose value in `cfg` differs from the run's recorded config.yaml (none without one)."""
+        if not self.config.is_file():
+            return []
+        try:
+            old = yaml.safe_load(self.config.read_text(encoding="utf-8"))
+        except yaml.YAMLError:
+            return ["config.yaml (unreadable)"]
+
+        def diff(a, b, prefix: str) -> list[str]:
+            if isinstance(a, dict) and isinstance(b, dict):
+                return [k for key in sorted(set(a) | set(b), key=str)
+                        for k in diff(a.get(key), b.get(key), f"{prefix}{key}.")]
+            return [] if a == b else [prefix.rstrip(".")]
+
+        return diff(old if isinstance(old, dict) else {}, cfg.to_dict(), "")
+
     def record_stage(self, stage: str, cfg: Config, **fields) -> None:
         """Save the resolved config in the run directory and note the stage (and e.g. the prepared dir) in run.json."""
         self.root.mkdir(parents=True, exist_ok=True)
@@ -487,3 +541,60 @@ class RunDir(Folder):
         write_json_atomic(self.record, info)
         self.save_config(cfg)
 
+    # ---- ownership and locking -----------------------------------------------------------------------------
+
+    def is_run(self) -> bool:
+        """Whether the folder is a neuroldm run (it holds `RUN_MARKERS`)."""
+        return any((self.root / name).is_file() for name in RUN_MARKERS)
+
+    def check_holds_a_run(self) -> None:
+        """Refuse a folder that neuroldm must not write a run into: a file, or a non-empty folder that is not a run
+        (a user's data folder whose contents a stage's clean-up would remove). Absent or empty is fine."""
+        if self.root.exists() and not self.root.is_dir():
+            raise InputError(self.root, "not a folder; give a new or empty folder, or an earlier run")
+        if self.root.is_dir() and not self.is_run() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
+            raise InputError(self.root, f"not empty and not a neuroldm run (no {' or '.join(RUN_MARKERS)}); give a "
+                                        f"new or empty folder, or an earlier run; nothing was written")
+
+    @contextlib.contextmanager
+    def locked(self, command: str) -> Iterator[None]:
+        """Hold the run's lock file (an exclusive `flock`) while `command` writes the run.
+
+        A second process is refused with who holds it (`RunInUse`). The OS drops the lock when its process dies,
+        so a killed run never blocks the next; the file is removed when the lock is released.
+        """
+        created = not self.root.exists()
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.lock_file
+        while True:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.read(fd, 4096).decode(errors="replace")
+                os.close(fd)
+                raise RunInUse(self.root, holder) from None
+            try:  # the holder before us may have removed the file between our open and our lock: lock it anew
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        try:
+            holder = {"pid": os.getpid(), "host": socket.gethostname(), "command": command,
+                      "started": time.strftime("%Y-%m-%dT%H:%M:%S")}
+            os.ftruncate(fd, 0)
+            os.write(fd, json.dumps(holder).encode())
+            yield
+        except BaseException:
+            self._release(fd, created)
+            raise
+        self._release(fd, False)
+
+    def _release(self, fd: int, remove_if_empty: bool) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            self.lock_file.unlink()  # while still held, so no other process holds a lock on a removed file
+        os.close(fd)
+        if remove_if_empty:  # a command that failed in the folder it created leaves no trace
+            with contextlib.suppress(OSError):
+                self.root.rmdir()

@@ -92,3 +92,28 @@ def test_overlay_figures_are_written(cohort, model_file, tmp_path):
     pngs = sorted(p.name for p in (tmp_path / "saliency" / "figures").glob("*.png"))
     assert len(pngs) == 4 and "mean_TLE.png" in pngs
     assert all((tmp_path / "saliency" / "figures" / p).read_bytes()[:4] == b"\x89PNG" for p in pngs)
+
+
+def test_hostile_subject_ids_stay_inside_the_output_folder_and_off_the_class_means(cohort, model_file, tmp_path):
+    """A subject id from the cohort table names files only through the sanitiser: ``../../../../elsewhere/SAL``
+    writes inside the output folder, and a subject named ``mean_HC`` does not overwrite the HC mean map."""
+    rows = pd.read_csv(cohort / "manifest.csv", dtype=str, keep_default_na=False)
+    test = rows.index[rows["split"] == "test"]
+    hc, tle = (test[rows.loc[test, "label_name"] == c][0] for c in ("HC", "TLE"))
+    rows.loc[hc, "subject"], rows.loc[tle, "subject"] = "mean_HC", "../../../../elsewhere/SAL"
+    for col in ("path", "roi_path"):
+        rows[col] = [str((cohort / p).resolve()) for p in rows[col]]
+    hostile = tmp_path / "a" / "b" / "c" / "hostile"
+    hostile.mkdir(parents=True)
+    rows.to_csv(hostile / "manifest.csv", index=False)
+    out = tmp_path / "a" / "b" / "c" / "out"
+    cfg = tiny_cfg("classifier.saliency.methods=[saliency]", "classifier.saliency.figures=1")
+    explain_cohort(model_file, hostile, out, cfg, limit=2, progress=False)
+    written = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file()}
+    assert all(p.startswith(("a/b/c/hostile/", "a/b/c/out/")) for p in written), written
+    maps = sorted(p.name for p in (out / "saliency").glob("*.nii.gz"))
+    assert maps == ["--..-..-..-elsewhere-SAL.nii.gz", "_mean_HC.nii.gz", "mean_HC.nii.gz", "mean_TLE.nii.gz"]
+    mean = nib.load(out / "saliency" / "mean_HC.nii.gz")
+    assert np.asarray(mean.dataobj).sum() == pytest.approx(1, rel=1e-4)  # the class mean, not the subject's map
+    table = pd.read_csv(out / "attributions.csv", dtype={"subject": str})
+    assert set(table["subject"]) == {"mean_HC", "../../../../elsewhere/SAL"}  # the ids themselves are kept

@@ -99,3 +99,14 @@ def test_csv_missing_column_and_missing_file(tmp_path, cfg):
         read_cohort(tmp_path / "none.csv", cfg)
     with pytest.raises(InputError, match="BIDS dataset with participants.tsv"):
         read_cohort(tmp_path, cfg)
+
+
+def test_a_table_with_a_header_and_no_rows_is_one_line(tmp_path, cfg):
+    """A CSV with a header and no rows raised `KeyError: 'source'`."""
+    path = tmp_path / "c.csv"
+    path.write_text("path,subject,label\n")
+    with pytest.raises(InputError, match=r"c.csv: no rows: the table has a header but lists no image"):
+        read_cohort(path, cfg)
+    (tmp_path / "participants.tsv").write_text("participant_id\tgroup\n")
+    with pytest.raises(InputError, match=r"participants.tsv: no rows: the table has a header but lists no participant"):
+        read_cohort(tmp_path, cfg)

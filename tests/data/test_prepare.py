@@ -143,3 +143,22 @@ def test_cli_prepare_reports_bad_files_in_one_line_each(bids, tmp_path, capsys):
     assert not (tmp_path / "prep" / "manifest.csv").exists()
     assert main(args + ["--skip-invalid"]) == 0
     assert "5 invalid skipped" in capsys.readouterr().out
+
+
+def test_a_copied_run_reuses_its_prepared_volumes(bids, tmp_path, small_cfg):
+    """A copied run folder retrained everything: the manifest named its cohort by absolute path, so the copy's
+    prepare recomputed every volume and wrote a different manifest, and every later stage was out of date."""
+    run = tmp_path / "run"
+    shutil.copytree(bids, run / "cohort")
+    prepare_cohort(run / "cohort", run / "prepared", small_cfg, progress=False)
+    rows = pd.read_csv(run / "prepared" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert rows["source"].str.startswith("../cohort/sub-").all()
+    copy = Path(shutil.copytree(run, tmp_path / "copy"))
+    shutil.rmtree(run)  # the original is gone: nothing may be read from it
+    prepare_cohort(copy / "cohort", copy / "prepared", small_cfg, progress=False)
+    summary = pd.read_json(copy / "prepared" / "prepare_summary.json", typ="series")
+    assert summary["reused"] == 13 and summary["computed"] == 0
+    assert pd.read_csv(copy / "prepared" / "manifest.csv", dtype=str, keep_default_na=False).equals(rows)  # same
+    outside = prepare_cohort(bids, tmp_path / "elsewhere" / "prep", small_cfg, progress=False)  # not one folder
+    kept = pd.read_csv(tmp_path / "elsewhere" / "prep" / "manifest.csv", dtype=str, keep_default_na=False)
+    assert kept["source"].tolist() == outside["source"].tolist() and kept["source"].str.startswith("/").all()

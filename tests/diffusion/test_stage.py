@@ -152,3 +152,52 @@ def test_torchrun_two_processes_train_the_diffusion_model(run, tmp_path):
     summary = json.loads((other / "diffusion" / "train_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 4
     assert load_dit(other)[2]["step"] == 4
+
+
+def _copy_run(run, tmp_path):
+    import shutil
+
+    if not (run / "diffusion" / "model.safetensors").exists():
+        train_diffusion(run, load_config(None, None, TINY), progress=False)
+    other = tmp_path / "run"
+    shutil.copytree(run, other)
+    return other
+
+
+def test_a_damaged_model_is_refused_by_its_recorded_hash(run, tmp_path, capsys):
+    """Bytes flipped in diffusion/model.safetensors (same size) gave 12/12 all-NaN samples with exit 0."""
+    other = _copy_run(run, tmp_path)
+    model = other / "diffusion" / "model.safetensors"
+    assert (other / "diffusion" / "model.safetensors.sha256").read_text().split()[0] == load_dit(run)[2]["sha256"]
+    data = bytearray(model.read_bytes())
+    size = len(data)
+    data[-64:] = b"\xff" * 64  # inside the weights: the header still parses
+    model.write_bytes(bytes(data))
+    assert model.stat().st_size == size
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(other), "--n", "2", "--label", "TLE", "--steps", "2", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"neuroldm sample: error: {model}: damaged or replaced: its sha256 ")
+    assert not out.exists()
+
+
+def test_non_finite_samples_are_refused_naming_the_model(run, tmp_path, capsys):
+    """A model whose weights are NaN (its hash recorded as it was written) samples NaN: nothing is written."""
+    from neuroldm.diffusion.weights import export_dit
+
+    other = _copy_run(run, tmp_path)
+    model, dcfg, meta = load_dit(other)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(float("nan"))
+    export_dit(model, dcfg, other / "diffusion" / "model.safetensors", meta)
+    out = tmp_path / "samples"
+    assert main(["sample", "--run", str(other), "--n", "2", "--label", "TLE", "--steps", "2", "--out", str(out),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert err.startswith(f"neuroldm sample: error: {other / 'diffusion' / 'model.safetensors'}: sampled latents "
+                          f"of seeds 0, 1 are NaN or Inf; nothing was written for them")
+    assert not list(out.glob("*.nii.gz"))

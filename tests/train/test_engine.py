@@ -209,3 +209,46 @@ def test_torchrun_ddp_on_cpu_keeps_ranks_identical(tmp_path):
         assert torch.equal(w0[k], w1[k]), f"ranks disagree on {k}"
         # 2 ranks x batch 2 see the same samples as 1 process x batch 4, and DDP averages the gradients
         torch.testing.assert_close(w0[k], single[k], rtol=1e-5, atol=1e-6)
+
+
+def _steps_logged(run):
+    with open(run / "metrics.csv", newline="") as f:
+        return [int(r["step"]) for r in csv.DictReader(f)]
+
+
+@pytest.mark.parametrize("fail_from, resumed_at", [(4, 4), (1, 0)])
+def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path, monkeypatch, fail_from,
+                                                                       resumed_at):
+    """A full disk at the first `last` checkpoint made the rerun restart from step 0 and log every step twice.
+    Now the error is one line naming what was kept, and the rerun resumes from the newest whole checkpoint (here
+    `best`, written at the step the `last` write failed) with one log row per step."""
+    import errno
+
+    from neuroldm.errors import NeuroLDMError
+    from neuroldm.train import engine
+
+    straight = _trainer(tmp_path / "straight", _cfg(val_every=2, ckpt_every=4))
+    straight.fit()
+    real = engine.save_state
+
+    def full_disk(state, path):
+        if state["step"] >= fail_from and (path.name.startswith("last") or fail_from == 1):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        real(state, path)
+
+    monkeypatch.setattr(engine, "save_state", full_disk)
+    run = tmp_path / "run"
+    with pytest.raises(NeuroLDMError) as e:
+        _trainer(run, _cfg(val_every=2, ckpt_every=4)).fit()
+    kept = "kept: best.safetensors (step 4)" if resumed_at else "no checkpoint kept"
+    assert str(e.value) == (f"{run / 'checkpoints' / ('last' if resumed_at else 'best')}.safetensors: cannot write "
+                            f"the step {fail_from if resumed_at else 2} checkpoint (No space left on device); {kept}; "
+                            f"a rerun resumes from the latest")
+    monkeypatch.setattr(engine, "save_state", real)
+    summary = _trainer(run, _cfg(val_every=2, ckpt_every=4)).fit()
+    assert summary["steps"] == 8 and summary["steps_this_run"] == 8 - resumed_at
+    assert _steps_logged(run) == list(range(1, 9))
+    if resumed_at:  # resumed exactly: the weights of the straight run
+        state = load_state(run / "checkpoints" / "last.safetensors")
+        ref = load_state(tmp_path / "straight" / "checkpoints" / "last.safetensors")
+        assert all(torch.equal(state["modules"]["model"][k], v) for k, v in ref["modules"]["model"].items())

@@ -21,8 +21,8 @@ from torch import nn
 from neuroldm.classify.network import build_classifier
 from neuroldm.config import ClassifierConfig
 from neuroldm.errors import InputError
-from neuroldm.io import load_weights, save_weights_atomic, sha256_file
-from neuroldm.runs import ClassifierDir, RunDir
+from neuroldm.io import load_weights, save_weights_atomic, verified_sha256
+from neuroldm.runs import ClassifierDir, RunDir, model_record
 
 
 def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path, info: dict) -> Path:
@@ -30,7 +30,8 @@ def export_classifier(model: nn.Module, cfg: ClassifierConfig, path: str | Path,
     missing = {"classes", "grid", "spacing"} - set(info)
     if missing:
         raise ValueError(f"classifier info lacks {sorted(missing)}")
-    return save_weights_atomic(model, path, {"classifier_config": cfg.model_dump_json(), "info": json.dumps(info)})
+    return save_weights_atomic(model, path, {"classifier_config": cfg.model_dump_json(), "info": json.dumps(info)},
+                               record=model_record(path))
 
 
 def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, dict]:
@@ -42,12 +43,13 @@ def load_classifier(path: str | Path, device: str | torch.device = "cpu") -> tup
         path = in_run if in_run.exists() else ClassifierDir(path).model
     if not path.exists():
         raise InputError(path, "no trained classifier; run `neuroldm classify` first")
+    digest = verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
     state, metadata = load_weights(path, device, required_key="classifier_config", what="classifier")
     cfg = ClassifierConfig.model_validate_json(metadata["classifier_config"])
     info = json.loads(metadata.get("info", "{}"))
     model = build_classifier(cfg, num_classes=len(info["classes"]))
     model.load_state_dict(state)  # strict: a mismatch is an error, never a half-loaded model
-    info.update(arch=cfg.arch, config=cfg.model_dump(mode="json"), sha256=sha256_file(path), path=str(path))
+    info.update(arch=cfg.arch, config=cfg.model_dump(mode="json"), sha256=digest, path=str(path))
     return model.to(device).eval(), info
 
 

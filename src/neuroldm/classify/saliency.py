@@ -30,7 +30,8 @@ size where memory is short.
 
 Writes ``RUN/saliency/`` (or ``--out``):
 
-- ``<method>/<subject>[_<session>].nii.gz`` — the attribution map on the prepared volume's grid and affine;
+- ``<method>/<subject>[_<session>].nii.gz`` — the attribution map on the prepared volume's grid and affine (the
+  name sanitised by `neuroldm.names`; `neuroldm.runs.SaliencyDir.subject_name` keeps it off the class means');
 - ``<method>/mean_<class>.nii.gz`` — per true class, the mean of the subjects' |attribution| maps, each normalised
   to unit sum, on the cohort's mean affine (prepared grids differ by a translation only; the demo cohort's brains
   are roughly aligned, a real cohort should be registered to a template before `prepare`);
@@ -72,6 +73,7 @@ from neuroldm.errors import InputError, NeuroLDMError
 from neuroldm.io import atomic_path, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import bootstrap_ci
 from neuroldm.metrics.interval import BOOTSTRAP, Interval
+from neuroldm.names import UniqueNames
 from neuroldm.runs import SaliencyDir
 from neuroldm.viz.overlay import overlay_figure
 
@@ -143,9 +145,9 @@ def roi_enrichment(attribution: np.ndarray, roi: np.ndarray, top_fraction: float
     return {"enrichment": in_roi / roi_fraction, "mass_in_roi": in_roi, "roi_fraction": roi_fraction}
 
 
-def _volume_name(row: pd.Series) -> str:
-    session = str(row.get("session", "") or "")
-    return f"{row['subject']}_{session}" if session else str(row["subject"])
+def _volume_name(row: pd.Series, names: UniqueNames) -> str:
+    """The file name of a volume's map: its subject (and session) sanitised, unique within this call."""
+    return names.take(SaliencyDir.subject_name(str(row["subject"]), str(row.get("session", "") or "")))
 
 
 def _peak_rss_gb() -> float:
@@ -187,6 +189,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
     counts: dict[tuple[str, int], int] = {}
     shown: dict[tuple[str, int], int] = {}
     background_sum: dict[int, np.ndarray] = {}
+    names = UniqueNames()
     bar = tqdm(total=len(rows) * len(scfg.methods), desc="saliency", unit="map", disable=not progress,
                dynamic_ncols=True)
     try:
@@ -202,7 +205,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
             target = int(row["label"]) if scfg.target == "label" else int(probs.argmax())
             label = int(row["label"])
             background_sum[label] = background_sum.get(label, 0) + volume
-            name = _volume_name(row)
+            name = _volume_name(row, names)
             for method in scfg.methods:
                 start = time.perf_counter()
                 attr, delta = attribute(model, x, target, method, scfg, seed=cfg.classifier.train.seed + i)

@@ -55,6 +55,8 @@ def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
     table = _read_table(tsv, "\t")
     label_col = cfg.bids.label_column
     _require_columns(table, ["participant_id", label_col, *cfg.covariates], tsv)
+    if table.empty:
+        raise InputError(tsv, "no rows: the table has a header but lists no participant")
     rows = []
     for _, rec in table.iterrows():
         pid = rec["participant_id"].strip()
@@ -82,6 +84,8 @@ def read_csv(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
     table = _read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",")
     c = cfg.csv
     _require_columns(table, [c.path_column, c.subject_column, c.label_column, *cfg.covariates], path)
+    if table.empty:
+        raise InputError(path, "no rows: the table has a header but lists no image")
     rows = []
     for i, rec in table.iterrows():
         src = rec[c.path_column].strip()

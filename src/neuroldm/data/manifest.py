@@ -7,7 +7,8 @@ Columns (``status == "ok"`` rows are usable; ``invalid`` rows say why in ``reaso
 - ``path``: prepared volume, relative to the manifest's folder (NIfTI, float32, uncompressed so it memory-maps)
 - ``roi_path``: the subject's ROI label mask on the same grid, when the input had one (demo cohort)
 - ``shape``, ``spacing``: of the prepared grid, e.g. ``112x136x112`` and ``1.5x1.5x1.5``
-- ``source``, ``source_sha256``: the input file and its content hash; ``prep_hash``: hash of the preparation
+- ``source``, ``source_sha256``: the input file (relative to the manifest's folder when both share a parent folder, as
+  a run's cohort/ and prepared/ do) and its content hash; ``prep_hash``: hash of the preparation
   settings; together they decide whether a cached volume is up to date
 - ``data_sha256``: hash of the prepared array, used to find identical images under different subjects
 - ``cropped_vox``: foreground voxels that fell outside the grid (0 when the whole brain fits)

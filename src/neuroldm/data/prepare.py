@@ -14,7 +14,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -32,6 +31,7 @@ from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_g
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError, InputErrors
 from neuroldm.io import save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
+from neuroldm.names import safe_name
 from neuroldm.runs import PreparedDir
 
 log = logging.getLogger(__name__)
@@ -47,10 +47,6 @@ def prepare_hash(cfg: PrepareConfig) -> str:
 
 def _fmt(values) -> str:
     return "x".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "-", name)
 
 
 def check_field_of_view(shape, affine: np.ndarray, cfg: PrepareConfig, path: str) -> None:
@@ -94,7 +90,7 @@ def _process(task: dict) -> dict:
     except ValueError as e:  # e.g. no foreground after resampling
         return {"reason": f"cannot prepare: {e}", "reason_path": source}
     key = hashlib.sha256(f"{task['source_sha256']}{task['prep_hash']}".encode()).hexdigest()[:10]
-    stem = _safe("_".join(p for p in (task["subject"], task["session"]) if p))
+    stem = safe_name("_".join(p for p in (task["subject"], task["session"]) if p))
     layout = PreparedDir(out_dir)
     rel = layout.volume(f"{stem}_{key}")
     save_nifti_atomic(result["image"], result["affine"], out_dir / rel)
@@ -121,7 +117,17 @@ def _previous(out_dir: Path) -> dict[str, dict]:
         return {}
     if not set(MANIFEST_COLUMNS) <= set(df.columns):
         return {}
-    return {r["source"]: r for r in df.to_dict("records") if r["status"] == "ok"}
+    return {str((out_dir / r["source"]).resolve()): r for r in df.to_dict("records") if r["status"] == "ok"}
+
+
+def _portable_source(source: str, out_dir: Path) -> str:
+    """`source` relative to the prepared folder when both lie in one folder (a run's cohort/ and prepared/), so a
+    copied or moved run reuses its volumes; an input elsewhere keeps its absolute path."""
+    if not source:
+        return source
+    home = out_dir.resolve().parent
+    path = Path(source)
+    return os.path.relpath(path, out_dir.resolve()) if path.is_relative_to(home) else source
 
 
 def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip_invalid: bool = False,
@@ -200,7 +206,8 @@ def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip
     check_split_leakage(df[ok])
 
     layout = PreparedDir(out_dir)
-    write_manifest(df.drop(columns=["reason_path"]), layout.manifest)
+    write_manifest(df.drop(columns=["reason_path"]).assign(source=[_portable_source(v, out_dir) for v in df["source"]]),
+                   layout.manifest)
     save_config(cfg, layout.config)
     _remove_unused(out_dir, set(df.loc[ok, "path"]) | set(df.loc[ok, "roi_path"]))
     summary = _summary(df, reused, len(tasks), time.perf_counter() - t0)

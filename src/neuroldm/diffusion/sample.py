@@ -30,6 +30,7 @@ from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.names import safe_name
 from neuroldm.runs import RunDir, SampleDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
@@ -102,7 +103,7 @@ def sample_name(label: str, scfg: SampleConfig, seed: int) -> str:
     """
     interval = "" if scfg.guidance_interval is None or scfg.guidance == 1.0 else \
         f"i{scfg.guidance_interval[0]}-{scfg.guidance_interval[1]}"
-    return f"{label}_{get_sampler(scfg.sampler).tag}{scfg.steps}_g{scfg.guidance:g}{interval}_seed{seed}"
+    return f"{safe_name(label)}_{get_sampler(scfg.sampler).tag}{scfg.steps}_g{scfg.guidance:g}{interval}_seed{seed}"
 
 
 def steps_taken(scfg: SampleConfig, cfg: DiffusionConfig) -> SampleConfig:
@@ -141,7 +142,9 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
         for b in range(0, len(todo), scfg.batch_size):
             chunk = todo[b:b + scfg.batch_size]
             z = gen.latents([idx] * len(chunk), chunk, scfg, progress=partial(bar.update, len(chunk)))
+            _check_finite(z, RunDir(run_dir).diffusion.model, "sampled latents", chunk)
             vols = gen.decode(z)
+            _check_finite(vols, RunDir(run_dir).vae.model, "decoded volumes", chunk)
             for s, vol in zip(chunk, vols):
                 stem = stem_of(s)
                 meta = {"sample": stem, "label": idx, "label_name": name, "seed": s,
@@ -155,6 +158,15 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
         _write_manifest(out, info)
     return {"n": n, "written": len(todo), "skipped": n - len(todo), "label": name,
             "seconds": round(time.perf_counter() - start, 2), "folder": str(out.root)}
+
+
+def _check_finite(values: torch.Tensor, model: Path, what: str, seeds: list[int]) -> None:
+    """Refuse NaN or Inf output, naming the model that produced it (a damaged file, a diverged training)."""
+    bad = [s for s, v in zip(seeds, values) if not bool(torch.isfinite(v).all())]
+    if bad:
+        raise InputError(model, f"{what} of seed{'s' if len(bad) > 1 else ''} {', '.join(map(str, bad))} are NaN or "
+                                f"Inf; nothing was written for them. Is the model damaged, or did its training "
+                                f"diverge?")
 
 
 def _done(out: SampleDir, stem: str) -> bool:

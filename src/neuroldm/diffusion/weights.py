@@ -15,8 +15,8 @@ import torch
 from neuroldm.config import DiffusionConfig
 from neuroldm.diffusion.dit import DiT3D, build_dit
 from neuroldm.errors import InputError
-from neuroldm.io import load_weights, save_weights_atomic, sha256_file
-from neuroldm.runs import RunDir
+from neuroldm.io import load_weights, save_weights_atomic, verified_sha256
+from neuroldm.runs import RunDir, model_record
 
 
 def dit_from_config(cfg: DiffusionConfig, latent_shape, num_classes: int) -> DiT3D:
@@ -31,7 +31,8 @@ def export_dit(model: torch.nn.Module, cfg: DiffusionConfig, path: str | Path, m
     for key in ("latent_shape", "classes", "scale_factor"):
         if key not in meta:
             raise ValueError(f"diffusion model metadata needs '{key}'")
-    return save_weights_atomic(model, path, {"diffusion_config": cfg.model_dump_json(), "meta": json.dumps(meta)})
+    return save_weights_atomic(model, path, {"diffusion_config": cfg.model_dump_json(), "meta": json.dumps(meta)},
+                               record=model_record(path))
 
 
 def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[DiT3D, DiffusionConfig, dict]:
@@ -39,10 +40,11 @@ def load_dit(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[D
     path = RunDir(run_dir).diffusion.model
     if not path.exists():
         raise InputError(path, "no trained diffusion model; run `neuroldm train-diffusion` first")
+    digest = verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
     state, metadata = load_weights(path, device, required_key="diffusion_config", what="diffusion model")
     cfg = DiffusionConfig.model_validate_json(metadata["diffusion_config"])
     meta = json.loads(metadata.get("meta", "{}"))
     model = dit_from_config(cfg, meta["latent_shape"], len(meta["classes"]))
     model.load_state_dict(state)
-    meta["sha256"] = sha256_file(path)
+    meta["sha256"] = digest
     return model.to(device).eval(), cfg, meta

@@ -75,6 +75,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         raise ConfigError("--from and --only exclude each other")
     run = Path(run_dir)
     layout = RunDir(run)
+    if runtime.is_main():
+        layout.check_holds_a_run()  # a user's non-empty folder is refused before anything is written into it
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
     ctx.cohort()  # a missing input fails here, before anything runs
     # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
@@ -84,6 +86,8 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     main = runtime.is_main()
     if main:
         run.mkdir(parents=True, exist_ok=True)
+        if not layout.pipeline.exists():  # the run's mark, before anything else is written
+            write_json_atomic(layout.pipeline, {"stages": {}, "order": list(STAGE_NAMES)})
         layout.save_config(cfg)
     runtime.barrier()
     state = layout.read_pipeline()

@@ -90,6 +90,15 @@ def load_state(path: str | Path, device: str | torch.device = "cpu") -> dict[str
     return _unflatten(json.loads(meta[_META_KEY]), tensors)
 
 
+def checkpoint_step(path: str | Path) -> int:
+    """The training step of a file written by `save_state`, from its metadata alone (-1 when unreadable)."""
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return int(json.loads((f.metadata() or {})[_META_KEY]).get("step", -1))
+    except Exception:  # noqa: BLE001 (a damaged checkpoint is simply not a candidate to resume from)
+        return -1
+
+
 def load_tensors(path: str | Path, device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
     """Just the tensors of a safetensors file, by name (for plain weight files)."""
     with safe_open(str(path), framework="pt", device=str(device)) as f:

@@ -42,7 +42,7 @@ from neuroldm.errors import NeuroLDMError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import ModelDir
 from neuroldm.train.batches import BatchPlan
-from neuroldm.train.checkpoint import load_state, save_state
+from neuroldm.train.checkpoint import checkpoint_step, load_state, save_state
 
 log = logging.getLogger(__name__)
 
@@ -231,17 +231,27 @@ class Trainer:
     def save_checkpoint(self, name: str) -> Path:
         path = self.checkpoints.named(name)
         if self.world.is_main:
-            save_state(self.state_dict(), path)
+            try:
+                save_state(self.state_dict(), path)
+            except OSError as e:  # a full disk: the write is atomic, so the earlier checkpoints are whole
+                kept = [f"{p.name} (step {checkpoint_step(p)})" for p in self._checkpoints()]
+                raise NeuroLDMError(f"{path}: cannot write the step {self.step} checkpoint ({e.strerror or e}); "
+                                    f"{'kept: ' + ', '.join(kept) if kept else 'no checkpoint kept'}; a rerun "
+                                    f"resumes from the latest") from None
         return path
 
+    def _checkpoints(self) -> list[Path]:
+        return [p for p in (self.checkpoints.last, self.checkpoints.best) if p.exists()]
+
     def _resume(self) -> bool:
-        last = self.checkpoints.last
-        if not last.exists():
-            return False
-        self.load_state_dict(load_state(last, device="cpu"))
+        """Resume from the latest whole checkpoint: ``last``, or ``best`` when it is newer (a ``last`` that could
+        not be written); the log keeps only the rows of the steps it has seen."""
+        found = sorted(self._checkpoints(), key=checkpoint_step)
+        if found:
+            self.load_state_dict(load_state(found[-1], device="cpu"))
+            log.info("resumed from %s at step %d", found[-1], self.step)
         self._truncate_log()
-        log.info("resumed from %s at step %d", last, self.step)
-        return True
+        return bool(found)
 
     # ------------------------------------------------------------------------------------------------ log
     def _truncate_log(self) -> None:

@@ -19,6 +19,7 @@ from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.image import ms_ssim, psnr, ssim
+from neuroldm.names import UniqueNames
 from neuroldm.runs import PreparedDir, RunDir
 from neuroldm.vae.decode import decode_volume, encode_volume
 from neuroldm.vae.weights import load_vae
@@ -41,6 +42,7 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
     if rows.empty:
         raise InputError(PreparedDir(prepared).manifest, f"no volumes in split '{split}'")
     per_volume, figure_rows = [], []
+    names = UniqueNames()
     with torch.no_grad():
         for row in tqdm(rows.itertuples(), total=len(rows), desc="reconstruct", unit="vol", disable=not progress):
             x = torch.from_numpy(load_prepared_volume(row.path))[None, None].to(device)
@@ -50,7 +52,7 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
             real, rec = x[0, 0].cpu().numpy(), recon[0, 0].cpu().numpy()
             if save_volumes:
                 affine = nib.load(row.path).affine
-                stem = "_".join(p for p in (row.subject, row.session) if p)
+                stem = names.take("_".join(p for p in (row.subject, row.session) if p))
                 save_nifti_atomic(rec.astype(np.float32), affine, out.volume(stem))
             if len(figure_rows) < figure_subjects:
                 lo, hi = np.percentile(real, [0.5, 99.5])

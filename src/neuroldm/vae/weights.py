@@ -13,13 +13,14 @@ import torch
 
 from neuroldm.config import VAEConfig
 from neuroldm.errors import InputError
-from neuroldm.io import load_weights, save_weights_atomic, sha256_file
-from neuroldm.runs import RunDir
+from neuroldm.io import load_weights, save_weights_atomic, verified_sha256
+from neuroldm.runs import RunDir, model_record
 from neuroldm.vae.network import build_vae
 
 
 def export_vae(model: torch.nn.Module, cfg: VAEConfig, path: str | Path, meta: dict | None = None) -> Path:
-    return save_weights_atomic(model, path, {"vae_config": cfg.model_dump_json(), "meta": json.dumps(meta or {})})
+    return save_weights_atomic(model, path, {"vae_config": cfg.model_dump_json(), "meta": json.dumps(meta or {})},
+                               record=model_record(path))
 
 
 def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, VAEConfig, dict]:
@@ -27,10 +28,11 @@ def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
     path = RunDir(run_dir).vae.model
     if not path.exists():
         raise InputError(path, "no trained autoencoder; run `neuroldm train-vae` first")
+    digest = verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
     state, metadata = load_weights(path, device, required_key="vae_config", what="autoencoder")
     cfg = VAEConfig.model_validate_json(metadata["vae_config"])
     model = build_vae(cfg)
     model.load_state_dict(state)  # strict: a key mismatch is an error, not a silently half-loaded model
     meta = json.loads(metadata.get("meta", "{}"))
-    meta["sha256"] = sha256_file(path)
+    meta["sha256"] = digest
     return model.to(device).eval(), cfg, meta
