@@ -85,3 +85,17 @@ def test_saved_config_round_trips(tmp_path):
     path = save_config(cfg, RunDir(tmp_path / "run").config)
     assert Config.model_validate(yaml.safe_load(path.read_text())) == cfg
     assert load_config(None, path) == cfg
+
+
+def test_on_off_yes_no_stay_words_where_a_setting_takes_words(tmp_path):
+    # YAML 1.1 would read `off` as false, and amp takes auto/bf16/off
+    cfg = load_config(None, None, ["vae.train.amp=off", "vae.augment.left_right_flip=yes"])
+    assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
+    assert parse_override("data.classes=[no, yes]") == (["data", "classes"], ["no", "yes"])
+    assert parse_override("vae.augment.left_right_flip=true")[1] is True
+    f = tmp_path / "amp.yaml"
+    f.write_text("vae:\n  train:\n    amp: off\n  augment:\n    left_right_flip: on\n")
+    cfg = load_config(None, f)
+    assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
+    with pytest.raises(ConfigError, match=r"config key 'vae.train.amp'.*got 'no'"):
+        load_config(None, None, ["vae.train.amp=no"])

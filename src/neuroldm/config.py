@@ -8,6 +8,7 @@ settings that produced it.
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
@@ -420,9 +421,28 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's booleans: only true/false, so ``amp: off`` stays the string 'off'.
+
+    YAML 1.1 (PyYAML's default) reads on/off/yes/no as booleans; a boolean setting given as one of them still
+    validates, because pydantic reads those strings as booleans where a field is one."""
+
+
+_Yaml12Loader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML as config files and ``--set`` values are read: YAML 1.2 booleans (see `_Yaml12Loader`)."""
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+
+
 def _read_yaml(path: Path, source: str) -> dict:
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
     except yaml.YAMLError as e:
@@ -443,7 +463,8 @@ def preset_dict(name: str) -> dict:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML."""
+    """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML 1.2
+    (`yaml_load`: ``vae.train.amp=off`` is the string 'off', ``vae.augment.left_right_flip=no`` still a false boolean)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. prepare.spacing=[2,2,2]")
     key, raw = item.split("=", 1)
@@ -451,7 +472,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
