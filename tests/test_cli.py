@@ -123,3 +123,64 @@ def test_evaluate_refuses_a_missing_medicalnet_file_before_reading_volumes(tmp_p
                  "--set", f"evaluate.medicalnet_path={tmp_path / 'nope.pth'}"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "evaluate.medicalnet_path" in err and not out.exists()
+
+
+def _run_with_config(tmp_path, *sets):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.yaml").write_text(load_config("demo", None, list(sets)).to_yaml())
+    return run
+
+
+def test_sample_uses_the_runs_config_unless_told_otherwise(tmp_path, monkeypatch):
+    import neuroldm.diffusion.sample as sample_module
+
+    seen = []
+
+    def fake_sample_to_folder(run, out, n, label, scfg, **kw):
+        seen.append(scfg)
+        return {"written": 0, "label": label, "skipped": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(sample_module, "sample_to_folder", fake_sample_to_folder)
+    run = _run_with_config(tmp_path, "sample.guidance=3", "sample.steps=9")
+    argv = ["sample", "--run", str(run), "--n", "1", "--label", "TLE", "--out", str(tmp_path / "s"), "--no-progress"]
+    assert main(argv) == 0
+    assert (seen[-1].guidance, seen[-1].steps) == (3, 9)  # the run's, not the built-in guidance 1
+    assert main([*argv, "--set", "sample.steps=5"]) == 0  # --set applies over the run's config
+    assert (seen[-1].guidance, seen[-1].steps) == (3, 5)
+    assert main([*argv, "--preset", "paper"]) == 0  # --preset (or --config) is another base
+    assert seen[-1].guidance == load_config("paper").sample.guidance
+    other = tmp_path / "other.yaml"
+    other.write_text("sample:\n  guidance: 2\n")
+    assert main([*argv, "--config", str(other)]) == 0
+    assert (seen[-1].guidance, seen[-1].steps) == (2, load_config().sample.steps)
+
+
+@pytest.mark.parametrize("command", ["train-vae", "encode", "train-diffusion", "sample", "classify", "classify-grid",
+                                     "saliency"])
+def test_every_command_on_a_run_starts_from_its_config(tmp_path, monkeypatch, capsys, command):
+    import neuroldm.cli as cli
+
+    bases = []
+
+    def stop(preset, config, overrides):
+        bases.append((preset, config))
+        raise cli.ConfigError("stopped here")
+
+    monkeypatch.setattr(cli, "load_config", stop)
+    run = _run_with_config(tmp_path)
+    extra = ["--n", "1", "--label", "HC", "--out", str(tmp_path / "s")] if command == "sample" else []
+    assert main([command, "--run", str(run), "--no-progress", *extra]) == 2
+    assert bases == [(None, run / "config.yaml")]
+    assert main([command, "--run", str(run), "--no-progress", "--preset", "demo", *extra]) == 2
+    assert bases[-1] == ("demo", None)
+    assert main([command, "--run", str(tmp_path / "new"), "--no-progress", *extra]) == 2
+    assert bases[-1] == (None, None)  # a new run: the built-in defaults
+
+
+@pytest.mark.parametrize("command", ["reconstruct", "vae-sample"])
+def test_commands_that_read_the_models_settings_take_no_config_options(tmp_path, capsys, command):
+    out = ["--out", str(tmp_path / "o")] if command == "vae-sample" else []
+    with pytest.raises(SystemExit) as e:
+        main([command, "--run", str(tmp_path), *out, "--preset", "demo"])
+    assert e.value.code == 2 and "unrecognized arguments: --preset demo" in capsys.readouterr().err

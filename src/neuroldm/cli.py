@@ -1,7 +1,8 @@
 """The ``neuroldm`` command: a thin layer of argument parsing over the stage functions.
 
-Every subcommand takes the same configuration options (``--preset``, ``--config``, ``--set key=value``),
-prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
+Every command that reads settings takes the same configuration options (``--preset``, ``--config``,
+``--set key=value``); one acting on an existing run starts from that run's ``config.yaml`` unless ``--preset`` or
+``--config`` is given (`_resolve`). Every command prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
 
 Each command imports its stage's modules inside its function, so that ``neuroldm --help`` and a bad argument
 answer at once without loading torch, MONAI or Captum: this is the one module where function-level imports are
@@ -38,17 +39,27 @@ def _config_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("configuration")
     g.add_argument("--preset", choices=PRESETS, default=None,
-                   help="packaged preset to start from (default: built-in defaults, which are the paper setting)")
+                   help="packaged preset to start from (default: the run's config.yaml for a command on an existing "
+                        "run, else the built-in defaults, which are the paper setting)")
     g.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML file of settings over the preset (may name its own 'preset:')")
+                   help="YAML file of settings over the preset (may name its own 'preset:'); replaces the run's "
+                        "config.yaml as the base")
     g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one setting, e.g. --set prepare.spacing=[2,2,2] (repeatable)")
+                   help="override one setting, e.g. --set prepare.spacing=[2,2,2] (repeatable); applies over the "
+                        "run's config.yaml too")
     return p
 
 
-def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()) -> Config:
-    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts."""
-    cfg = load_config(args.preset, args.config, [*args.overrides, *extra])
+def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = (),
+             run: str | Path | None = None) -> Config:
+    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts.
+
+    A command acting on an existing `run` starts from the run's saved config (what its earlier stages ran with)
+    unless --preset or --config names another base; --set applies over either."""
+    config = args.config
+    if run is not None and args.preset is None and config is None and RunDir(run).config.exists():
+        config = RunDir(run).config
+    cfg = load_config(args.preset, config, [*args.overrides, *extra])
     if stages:
         from neuroldm.preflight import preflight
 
@@ -58,7 +69,7 @@ def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory."""
-    cfg = _resolve(args, stage)
+    cfg = _resolve(args, stage, run=args.run)
     run = RunDir(args.run)
     prepared = run.prepared_cohort(args.prepared).root
     run.record_stage(stage, cfg, prepared=prepared.resolve())
@@ -161,7 +172,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.diffusion.train import train_diffusion
 
-    cfg = _resolve(args, "train-diffusion")
+    cfg = _resolve(args, "train-diffusion", run=args.run)
     RunDir(args.run).record_stage("train-diffusion", cfg)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
@@ -180,7 +191,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
 
-    cfg = _resolve(args, "sample").sample
+    cfg = _resolve(args, "sample", run=args.run).sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -440,9 +451,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train_vae)
 
     p = sub.add_parser(
-        "reconstruct", parents=[common], formatter_class=_Formatter, help="autoencoder reconstruction metrics",
+        "reconstruct", formatter_class=_Formatter, help="autoencoder reconstruction metrics",
         description="Reconstruct a split with the trained autoencoder: PSNR, SSIM and MS-SSIM per volume and "
-                    "their means (metrics.json) and a PNG of real vs reconstruction vs error.")
+                    "their means (metrics.json) and a PNG of real vs reconstruction vs error. The autoencoder's "
+                    "settings are those it was trained with (stored in its model file).")
     _run_options(p)
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split")
     p.add_argument("--save-volumes", action="store_true", help="also write the reconstructions as NIfTI")
@@ -456,9 +468,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser(
-        "vae-sample", parents=[common], formatter_class=_Formatter, help="decode random latents (a baseline)",
+        "vae-sample", formatter_class=_Formatter, help="decode random latents (a baseline)",
         description="Decode random latents drawn from the training latents' per-channel Gaussian (or N(0, I) "
-                    "with --raw, as the seed did): the sanity baseline a diffusion model must beat.")
+                    "with --raw, as the seed did): the sanity baseline a diffusion model must beat. The "
+                    "autoencoder's settings are those it was trained with (stored in its model file).")
     p.add_argument("--run", required=True, help="run directory")
     p.add_argument("--n", type=int, default=8, help="number of volumes")
     p.add_argument("--out", required=True, help="output folder for the NIfTI volumes")
