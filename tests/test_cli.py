@@ -184,3 +184,30 @@ def test_commands_that_read_the_models_settings_take_no_config_options(tmp_path,
     with pytest.raises(SystemExit) as e:
         main([command, "--run", str(tmp_path), *out, "--preset", "demo"])
     assert e.value.code == 2 and "unrecognized arguments: --preset demo" in capsys.readouterr().err
+
+
+def test_demo_honours_config_and_refuses_another_preset(tmp_path, monkeypatch, capsys):
+    import neuroldm.cli as cli
+
+    seen = []
+    monkeypatch.setattr(cli, "_run_pipeline", lambda args, cfg: seen.append(cfg) or 0)
+    out = ["--out", str(tmp_path / "d"), "--no-progress"]
+    assert main(["demo", *out, "--preset", "paper"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--preset paper: demo runs the demo preset" in err
+    assert main(["demo", *out, "--config", "/nope.yaml"]) == 2
+    assert capsys.readouterr().err.strip() == "neuroldm demo: error: /nope.yaml: config file not found"
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("sample:\n  guidance: 2.5\ndiffusion:\n  train:\n    steps: 11\n")
+    assert main(["demo", *out, "--config", str(mine), "--set", "sample.steps=7"]) == 0
+    cfg = seen[-1]
+    assert cfg.preset == "demo" and cfg.pipeline.input == "demo-cohort"
+    assert (cfg.sample.guidance, cfg.sample.steps, cfg.diffusion.train.steps) == (2.5, 7, 11)
+    assert cfg.prepare.grid == load_config("demo").prepare.grid
+    assert main(["demo", *out, "--quick", "--preset", "demo", "--config", str(mine)]) == 0
+    quick = seen[-1]  # the file applies over --quick's settings
+    assert quick.diffusion.train.steps == 11 and quick.vae.train.steps == 6 and quick.demo_cohort.subjects == 24
+    mine.write_text("preset: paper\n")
+    assert main(["demo", *out, "--config", str(mine)]) == 2
+    assert "names preset 'paper', but preset 'demo' was asked for" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()

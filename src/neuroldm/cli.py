@@ -375,12 +375,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from importlib import resources
 
+    if args.preset not in (None, "demo"):
+        raise ConfigError(f"--preset {args.preset}: demo runs the demo preset; for another, use "
+                          f"`neuroldm run --preset {args.preset} --set pipeline.input=demo-cohort --out DIR`")
     overrides = ["pipeline.input=demo-cohort", *args.overrides]
+    user = [args.config] if args.config is not None else []
     if args.quick:
         with resources.as_file(resources.files("neuroldm.configs") / "demo_quick.yaml") as quick:
-            cfg = load_config("demo", quick, overrides)
+            cfg = load_config("demo", [quick, *user], overrides)
     else:
-        cfg = load_config("demo", None, overrides)
+        cfg = load_config("demo", user, overrides)
     return _run_pipeline(args, cfg)
 
 
@@ -611,7 +615,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
                     "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
-                    "minutes, only to see every stage work). OUT is a run directory that `neuroldm sample --run` "
+                    "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
+                    "--quick's settings); --preset can only be demo. OUT is a run directory that `neuroldm sample --run` "
                     "and `neuroldm report` accept.")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--quick", action="store_true",

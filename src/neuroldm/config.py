@@ -485,13 +485,21 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
-def load_config(preset: str | None = None, config_file: str | Path | None = None,
+def load_config(preset: str | None = None, config_file: str | Path | list[str | Path] | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Resolve a config: defaults, then `preset` (or the file's own ``preset:`` key), the file, the overrides."""
+    """Resolve a config: defaults, then `preset` (or the file's own ``preset:`` key), the file, the overrides.
+
+    `config_file` may be a list of files, applied in order. A file naming another preset than `preset` is refused
+    rather than silently overruled."""
     user: dict = {}
-    if config_file is not None:
-        user = _read_yaml(Path(config_file), str(config_file))
-        _check_keys(user, Config, "", str(config_file))
+    files = [] if config_file is None else config_file if isinstance(config_file, list) else [config_file]
+    for file in files:
+        data = _read_yaml(Path(file), str(file))
+        _check_keys(data, Config, "", str(file))
+        if preset and data.get("preset") not in (None, preset):
+            raise ConfigError(f"{file}: names preset '{data['preset']}', but preset '{preset}' was asked for; "
+                              f"give one of them")
+        user = _merge(user, data)
     name = preset or user.get("preset")
     merged = preset_dict(name) if name else {}
     merged = _merge(merged, user)
