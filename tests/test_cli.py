@@ -1,3 +1,5 @@
+import argparse
+import json
 import re
 import subprocess
 import sys
@@ -211,3 +213,137 @@ def test_demo_honours_config_and_refuses_another_preset(tmp_path, monkeypatch, c
     assert main(["demo", *out, "--config", str(mine)]) == 2
     assert "names preset 'paper', but preset 'demo' was asked for" in capsys.readouterr().err
     assert not (tmp_path / "d").exists()
+
+
+def _all_parsers(parser, prefix=()):
+    for name, sub in _subcommands(parser).items():
+        if any(a.__class__.__name__ == "_SubParsersAction" for a in sub._actions):
+            yield from _all_parsers(sub, (*prefix, name))
+        else:
+            yield (*prefix, name), sub
+
+
+def test_torchrun_passes_every_documented_option_through():
+    # torchrun's parser (abbreviations allowed) reads the options after `-m neuroldm` too: an option of ours that
+    # abbreviates two of its own (`--run`: --run-path/--run_path; `--n`: --nnodes/--nproc-per-node/...) stops it
+    from torch.distributed.run import parse_args
+
+    seen = 0
+    for command, sub in _all_parsers(build_parser()):
+        for action in sub._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            for option in action.option_strings:
+                for argv in ([*command, option, "x"], [*command, f"{option}=x"]):
+                    ns = parse_args(["--nproc_per_node=2", "-m", "neuroldm", *argv])
+                    assert (ns.module, ns.training_script, ns.training_script_args) == (True, "neuroldm", argv)
+                    seen += 1
+    assert seen > 200
+    with pytest.raises(SystemExit):  # why it is --run-dir: torchrun stops at --run before neuroldm starts
+        parse_args(["--nproc_per_node=2", "-m", "neuroldm", "train-vae", "--run", "R"])
+
+
+def _documented_torchrun_lines():
+    import neuroldm.cli as cli
+
+    texts = [(ROOT / "README.md").read_text(), cli.__doc__]
+    for _, sub in _all_parsers(build_parser()):  # what --help shows
+        texts += [sub.description or "", *(a.help or "" for a in sub._actions)]
+    lines = set()
+    for text in texts:
+        lines |= set(re.findall(r"`(torchrun [^`]*)`", text))
+        lines |= {ln.strip() for ln in re.findall(r"^\s*(torchrun .*)$", text, flags=re.M)}
+    return sorted(line for line in lines if "-m neuroldm " in line)  # not "drop `torchrun ... -m`"
+
+
+def test_every_documented_torchrun_line_parses_as_written():
+    import shlex
+
+    from torch.distributed.run import parse_args
+
+    lines = _documented_torchrun_lines()
+    for command in ("train-vae", "train-diffusion", "classify", "classify-grid", "run"):
+        assert any(f" {command} " in line for line in lines), command
+    for line in lines:
+        words = shlex.split(line)
+        ns = parse_args(words[1:])
+        assert ns.module and ns.training_script == "neuroldm", line
+        args = build_parser().parse_args(ns.training_script_args)  # exits on an unknown option
+        assert args.command == ns.training_script_args[0]
+
+
+TORCHRUN_TINY = [
+    "prepare.spacing=[8,8,8]", "prepare.grid=[20,24,20]", "split.folds=0", "split.val_fraction=0.25",
+    "split.test_fraction=0.25", "vae.arch=demo", "vae.perceptual=none", "vae.train.batch_size=1",
+    "vae.train.steps=2", "vae.train.val_every=2", "diffusion.model=tiny", "diffusion.patch=[1,2,1]",
+    "diffusion.window=[2,2,2]", "diffusion.train.steps=2", "diffusion.train.batch_size=2",
+    "diffusion.train.val_every=2", "diffusion.train.warmup_steps=0", "classifier.arch=cnn",
+    "classifier.train.batch_size=2", "classifier.train.steps=2", "classifier.train.warmup_steps=0",
+    "classifier.train.val_every=2", "classifier.patience=null", "classifier.bootstrap=10", "classifier.seeds=[0]",
+    "classifier.regimes=[real]"]
+
+
+@pytest.mark.slow  # five torchrun launches of two processes each: about a minute on two free cores
+def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
+    """`torchrun --nproc_per_node=2 -m neuroldm STAGE --run-dir R ...`, as the README and --help write it: the DDP
+    stages train on both ranks, the others (here encode) run on rank 0 alone."""
+    from neuroldm.data.prepare import prepare_cohort
+
+    from phantoms import write_bids
+
+    groups = {f"sub-{i:02d}": "HC" if i % 2 else "TLE" for i in range(12)}
+    prepare_cohort(write_bids(tmp_path / "bids", groups), tmp_path / "prep", load_config(None, None, TORCHRUN_TINY),
+                   progress=False, workers=1)
+    run, port = tmp_path / "run", 29541
+
+    def torchrun(*argv):
+        nonlocal port
+        port += 1
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                               f"--master_port={port}", "-m", "neuroldm", *argv, "--run-dir", str(run),
+                               "--no-progress"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return proc.stdout
+
+    sets = [x for t in TORCHRUN_TINY for x in ("--set", t)]
+    out = torchrun("train-vae", "--prepared", str(tmp_path / "prep"), *sets)
+    assert out.count("trained the autoencoder") == 1  # rank 0 speaks
+    assert json.loads((run / "vae" / "train_summary.json").read_text())["world_size"] == 2
+    assert torchrun("encode").count("encoded 12 volumes") == 1  # the run's config, on rank 0 alone
+    torchrun("train-diffusion")
+    assert json.loads((run / "diffusion" / "train_summary.json").read_text())["world_size"] == 2
+    torchrun("classify")
+    assert json.loads((run / "classifier" / "result.json").read_text())["test"]["n"] == 3
+    torchrun("classify-grid")
+    assert (run / "classify-grid" / "summary.md").exists()
+
+
+def test_run_and_n_stay_as_hidden_aliases(tmp_path, capsys):
+    parser = build_parser()
+    new = parser.parse_args(["sample", "--run-dir", "R", "-n", "3", "--label", "HC", "--out", "S"])
+    old = parser.parse_args(["sample", "--run", "R", "--n", "3", "--label", "HC", "--out", "S"])
+    assert (new.run, new.n) == (old.run, old.n) == ("R", 3)
+    assert parser.parse_args(["vae-sample", "--run-dir", "R", "--out", "S"]).n == 8
+    for command in ("train-vae", "sample"):
+        text = _subcommands(parser)[command].format_help()
+        assert "--run-dir RUN_DIR" in text and "--run " not in text and "--n " not in text
+    with pytest.raises(SystemExit) as e:
+        parser.parse_args(["encode"])
+    assert e.value.code == 2 and "--run-dir is required" in capsys.readouterr().err
+
+
+def test_under_torchrun_a_one_process_command_is_left_to_rank_0(tmp_path, monkeypatch):
+    import neuroldm.cli as cli
+
+    parser = build_parser()
+    encode = parser.parse_args(["encode", "--run-dir", str(tmp_path)])
+    assert not parser.parse_args(["report", str(tmp_path)]).__dict__.get("distributed")
+    assert all(parser.parse_args([c, "--run-dir", "R"]).distributed for c in ("train-vae", "train-diffusion",
+                                                                           "classify", "classify-grid"))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert cli._left_to_rank_0(encode)
+    monkeypatch.setenv("RANK", "0")
+    assert not cli._left_to_rank_0(encode)
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    assert not cli._left_to_rank_0(encode)

@@ -69,10 +69,13 @@ def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory."""
+    from neuroldm import runtime
+
     cfg = _resolve(args, stage, run=args.run)
     run = RunDir(args.run)
     prepared = run.prepared_cohort(args.prepared).root
-    run.record_stage(stage, cfg, prepared=prepared.resolve())
+    if runtime.is_main():  # under torchrun, rank 0 keeps the books
+        run.record_stage(stage, cfg, prepared=prepared.resolve())
     return cfg, prepared
 
 
@@ -122,6 +125,8 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     cfg, prepared = _start_stage(args, "train-vae")
     summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                         progress=not args.no_progress)
+    if not runtime.is_main():  # under torchrun, rank 0 speaks
+        return 0
     val = summary.get("last_validation") or {}
     print(f"trained the autoencoder for {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
           f"SSIM {summary['best'] if summary['best'] is not None else float('nan'):.4f}"
@@ -173,9 +178,12 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm.diffusion.train import train_diffusion
 
     cfg = _resolve(args, "train-diffusion", run=args.run)
-    RunDir(args.run).record_stage("train-diffusion", cfg)
+    if runtime.is_main():
+        RunDir(args.run).record_stage("train-diffusion", cfg)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
+    if not runtime.is_main():  # under torchrun, rank 0 speaks
+        return 0
     best = summary["best"]
     print(f"trained the diffusion model for {summary['steps']} steps in {summary['seconds']:.0f} s; last loss "
           f"{summary['last_terms'].get('loss', float('nan')):.4f}"
@@ -449,10 +457,11 @@ def build_parser() -> argparse.ArgumentParser:
         "train-vae", parents=[common], formatter_class=_Formatter, help="train the 3D KL autoencoder",
         description="Train the 3D KL autoencoder (vae.* settings) on the prepared cohort's train split, select "
                     "on validation SSIM, and export RUN/vae/model.safetensors. Resumes from the last checkpoint "
-                    "unless --no-resume. Launch with torchrun for several processes.")
+                    "unless --no-resume. Several processes: `torchrun --nproc_per_node=4 -m neuroldm train-vae "
+                    "--run-dir R --prepared P`.")
     _run_options(p)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
-    p.set_defaults(func=cmd_train_vae)
+    p.set_defaults(func=cmd_train_vae, distributed=True)
 
     p = sub.add_parser(
         "reconstruct", formatter_class=_Formatter, help="autoencoder reconstruction metrics",
@@ -476,8 +485,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Decode random latents drawn from the training latents' per-channel Gaussian (or N(0, I) "
                     "with --raw, as the seed did): the sanity baseline a diffusion model must beat. The "
                     "autoencoder's settings are those it was trained with (stored in its model file).")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--n", type=int, default=8, help="number of volumes")
+    _run_dir_option(p, "run directory holding the autoencoder and latents")
+    _count_option(p, default=8)
     p.add_argument("--out", required=True, help="output folder for the NIfTI volumes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="decode N(0, I) latents")
@@ -491,12 +500,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the class-conditional 3D diffusion transformer (diffusion.* settings) on the run's "
                     "encoded training latents (DDPM, EMA), validate on the val latents, and export the EMA "
                     "weights to RUN/diffusion/model.safetensors. Resumes from the last checkpoint unless "
-                    "--no-resume. Launch with torchrun for several processes.")
-    p.add_argument("--run", required=True, help="run directory holding vae/ and latents/")
+                    "--no-resume. Several processes: `torchrun --nproc_per_node=4 -m neuroldm train-diffusion "
+                    "--run-dir R`.")
+    _run_dir_option(p, "run directory holding vae/ and latents/")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     _device_option(p)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_diffusion)
+    p.set_defaults(func=cmd_train_diffusion, distributed=True)
 
     p = sub.add_parser(
         "sample", parents=[common], formatter_class=_Formatter, help="write labelled synthetic volumes (NIfTI)",
@@ -504,8 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with its autoencoder: one NIfTI per volume on the prepared grid with the cohort's affine, a "
                     "JSON sidecar each, manifest.csv and samples.json. Volume i has seed SEED+i; files already "
                     "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings.")
-    p.add_argument("--run", required=True, help="run directory holding the VAE and diffusion models")
-    p.add_argument("--n", type=int, required=True, help="number of volumes")
+    _run_dir_option(p, "run directory holding the VAE and diffusion models")
+    _count_option(p, required=True)
     p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
                    help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + " (default: sample.sampler)")
@@ -527,7 +537,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the classifier (classifier.* settings) on one data regime of the prepared cohort's "
                     "train split (real, synthetic[-R], mixed-R, subset-F), select on validation AUC with early "
                     "stopping, and report on the real test split with 95% CIs. Writes RUN/classifier/ "
-                    "(model.safetensors, predictions.csv, result.json). Launch with torchrun for several processes.")
+                    "(model.safetensors, predictions.csv, result.json). Several processes: "
+                    "`torchrun --nproc_per_node=4 -m neuroldm classify --run-dir R`.")
     _run_options(p)
     p.add_argument("--regime", default="real", help="training data: real, synthetic[-R], mixed-R or subset-F")
     p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes)")
@@ -535,19 +546,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed (default: classifier.train.seed)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
-    p.set_defaults(func=cmd_classify)
+    p.set_defaults(func=cmd_classify, distributed=True)
 
     p = sub.add_parser(
         "classify-grid", parents=[common], formatter_class=_Formatter, help="classifier over regimes x seeds x folds",
         description="Train one classifier per data regime (classifier.regimes, mix_ratios, subset_fractions), seed "
                     "and fold; write RUN/classify-grid/runs.csv and summary.md/.html: mean ± std with 95% CIs of "
                     "every test metric, pooled AUCs with DeLong CIs and paired DeLong tests against real-only. "
-                    "Finished runs are reused.")
+                    "Finished runs are reused. Several processes: `torchrun --nproc_per_node=4 -m neuroldm "
+                    "classify-grid --run-dir R`.")
     _run_options(p)
     p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes are "
                                                    "skipped without it)")
     p.add_argument("--no-resume", action="store_true", help="retrain every run")
-    p.set_defaults(func=cmd_classify_grid)
+    p.set_defaults(func=cmd_classify_grid, distributed=True)
 
     p = sub.add_parser(
         "saliency", parents=[common], formatter_class=_Formatter, help="Captum attribution maps of a classifier",
@@ -609,20 +621,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML settings (may name its own 'preset:'); same as --config")
     p.add_argument("--out", required=True, help="run directory")
     _pipeline_options(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, distributed=True)
 
     p = sub.add_parser(
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
                     "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
                     "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
-                    "--quick's settings); --preset can only be demo. OUT is a run directory that `neuroldm sample --run` "
+                    "--quick's settings); --preset can only be demo. OUT is a run directory that `neuroldm sample --run-dir` "
                     "and `neuroldm report` accept.")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--quick", action="store_true",
                    help="tiny cohort and a few training steps per model: completion and well-formed outputs only")
     _pipeline_options(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, distributed=True)
     return parser
 
 
@@ -631,8 +643,25 @@ def _device_option(p: argparse.ArgumentParser) -> None:
                                                   "else cpu; under torchrun, each rank's own GPU)")
 
 
+def _run_dir_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--run-dir``, not ``--run``: torchrun's own parser reads every option before the module name's arguments
+    too, and takes ``--run`` for an abbreviation of its ``--run-path``. ``--run`` stays as a hidden alias for a
+    plain ``neuroldm`` command (torchrun refuses it before neuroldm starts)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run-dir", dest="run", metavar="RUN_DIR", help=help)
+    g.add_argument("--run", dest="run", help=argparse.SUPPRESS)
+
+
+def _count_option(p: argparse.ArgumentParser, default: int | None = None, required: bool = False) -> None:
+    """``-n/--count``, not ``--n`` (kept as a hidden alias), which torchrun's parser finds ambiguous (``--nnodes``,
+    ``--nproc-per-node``, ...)."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("-n", "--count", dest="n", type=int, metavar="N", default=default, help="number of volumes")
+    g.add_argument("--n", dest="n", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory (created if needed)")
+    _run_dir_option(p, "run directory (created if needed)")
     p.add_argument("--prepared", default=None,
                    help="prepared cohort folder (default: the one this run used before)")
     _device_option(p)
@@ -648,11 +677,26 @@ def _setup_logging(verbose: bool) -> None:
             logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _left_to_rank_0(args: argparse.Namespace) -> bool:
+    """Under torchrun, a command that runs in one process (all but the DDP training commands, `run` and `demo`) is
+    done by rank 0 alone; the other ranks exit at once, so that two processes never write the same files."""
+    if getattr(args, "distributed", False) or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from neuroldm import runtime
+
+    if runtime.is_main():
+        log.info(f"{args.command} runs in one process: rank 0 does it, the other {runtime.world_size() - 1} exit")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     _setup_logging(args.verbose)
     try:
+        if _left_to_rank_0(args):
+            return 0
         return int(args.func(args) or 0)
     except NeuroLDMError as e:
         print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
