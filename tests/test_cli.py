@@ -1,5 +1,6 @@
 import argparse
 import json
+import logging
 import re
 import subprocess
 import sys
@@ -161,7 +162,7 @@ def test_sample_uses_the_runs_config_unless_told_otherwise(tmp_path, monkeypatch
 @pytest.mark.parametrize("command", ["train-vae", "encode", "train-diffusion", "sample", "classify", "classify-grid",
                                      "saliency"])
 def test_every_command_on_a_run_starts_from_its_config(tmp_path, monkeypatch, capsys, command):
-    import neuroldm.cli as cli
+    from neuroldm import cli
 
     bases = []
 
@@ -189,7 +190,7 @@ def test_commands_that_read_the_models_settings_take_no_config_options(tmp_path,
 
 
 def test_demo_honours_config_and_refuses_another_preset(tmp_path, monkeypatch, capsys):
-    import neuroldm.cli as cli
+    from neuroldm import cli
 
     seen = []
     monkeypatch.setattr(cli, "_run_pipeline", lambda args, cfg: seen.append(cfg) or 0)
@@ -244,7 +245,7 @@ def test_torchrun_passes_every_documented_option_through():
 
 
 def _documented_torchrun_lines():
-    import neuroldm.cli as cli
+    from neuroldm import cli
 
     texts = [(ROOT / "README.md").read_text(), cli.__doc__]
     for _, sub in _all_parsers(build_parser()):  # what --help shows
@@ -252,7 +253,7 @@ def _documented_torchrun_lines():
     lines = set()
     for text in texts:
         lines |= set(re.findall(r"`(torchrun [^`]*)`", text))
-        lines |= {ln.strip() for ln in re.findall(r"^\s*(torchrun .*)$", text, flags=re.M)}
+        lines |= {ln.strip() for ln in re.findall(r"^\s*(torchrun .*)$", text, flags=re.MULTILINE)}
     return sorted(line for line in lines if "-m neuroldm " in line)  # not "drop `torchrun ... -m`"
 
 
@@ -301,7 +302,7 @@ def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
         port += 1
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
                                f"--master_port={port}", "-m", "neuroldm", *argv, "--run-dir", str(run),
-                               "--no-progress"], capture_output=True, text=True, timeout=300)
+                               "--no-progress"], capture_output=True, text=True, timeout=300, check=False)
         assert proc.returncode == 0, proc.stderr[-3000:]
         return proc.stdout
 
@@ -333,7 +334,7 @@ def test_run_and_n_stay_as_hidden_aliases(tmp_path, capsys):
 
 
 def test_under_torchrun_a_one_process_command_is_left_to_rank_0(tmp_path, monkeypatch):
-    import neuroldm.cli as cli
+    from neuroldm import cli
 
     parser = build_parser()
     encode = parser.parse_args(["encode", "--run-dir", str(tmp_path)])
@@ -347,3 +348,43 @@ def test_under_torchrun_a_one_process_command_is_left_to_rank_0(tmp_path, monkey
     assert not cli._left_to_rank_0(encode)
     monkeypatch.setenv("WORLD_SIZE", "1")
     assert not cli._left_to_rank_0(encode)
+
+
+def test_a_command_on_a_run_appends_the_console_to_run_log(tmp_path, monkeypatch, capsys):
+    import neuroldm.diffusion.sample as sample_module
+
+    progress = []
+
+    def fake_sample_to_folder(run, out, n, label, scfg, **kw):
+        progress.append(kw["progress"])
+        logging.getLogger("neuroldm.diffusion.sample").info("sampling %d volume(s)", n)
+        sys.stderr.write("\rTLE:  50%|#####     | 1/2\rTLE: 100%|##########| 2/2\n")  # a progress bar's redraws
+        return {"written": n, "label": label, "skipped": 0, "seconds": 0.0}
+
+    monkeypatch.setattr(sample_module, "sample_to_folder", fake_sample_to_folder)
+    run = _run_with_config(tmp_path)
+    argv = ["sample", "--run-dir", str(run), "-n", "2", "--label", "TLE", "--out", str(tmp_path / "s")]
+    assert main(argv) == 0 and main([*argv, "--steps", "0"]) == 2
+    assert progress == [False]  # stderr is not a terminal here: no progress bars
+    lines = (run / "run.log").read_text().splitlines()
+    stamp = r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d "
+    assert all(re.match(stamp, ln) for ln in lines) and not any("\r" in ln or "%|" in ln for ln in lines)
+    text = [re.sub(stamp, "", ln, count=1) for ln in lines]
+    assert text[0] == f"$ neuroldm {' '.join(argv)}"
+    written = f"2 TLE volume(s) written, 0 already there, in 0.0 s; manifest: {tmp_path / 's' / 'manifest.csv'}"
+    assert text[1:] == ["sampling 2 volume(s)", written]
+    assert capsys.readouterr().out.count("2 TLE volume(s) written") == 1  # the console still shows it, once
+    assert not hasattr(sys.stdout, "run_log")  # stdout is given back
+
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True, raising=False)
+    assert main(argv) == 0 and progress[-1] is True
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    assert main(argv) == 0
+    assert (run / "run.log").read_text().count("$ neuroldm sample") == 3  # appended per invocation, on rank 0
+
+
+def test_a_refused_command_writes_no_run_log(tmp_path, capsys):
+    run = _run_with_config(tmp_path)
+    assert main(["train-diffusion", "--run-dir", str(run), "--set", "diffusion.model=DiT-S/3"]) == 2
+    assert not (run / "run.log").exists()

@@ -14,7 +14,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from neuroldm import __version__
@@ -24,6 +26,82 @@ from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
 
 log = logging.getLogger("neuroldm")
+
+
+class _RunLog(logging.Handler):
+    """``RUN/run.log`` (`RunDir.log`): what the console shows, timestamped, appended by each command on a run.
+
+    Opened once the command's settings are checked, on rank 0 only; it takes the log records and the lines printed
+    on stdout, not the progress bars. Without `create`, the lines wait until the run directory exists (a command
+    refused before it starts leaves no trace, and no folder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: Path | None = None
+        self.file = None
+        self.pending: list[str] = []
+        self._stdout = None
+        self._partial = ""
+
+    def open(self, run: str | Path, argv: list[str], create: bool = True) -> None:
+        from neuroldm import runtime
+
+        if self.path is not None or not runtime.is_main():
+            return
+        self.path = RunDir(run).log
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.line(f"$ neuroldm {shlex.join(argv)}")
+        logging.getLogger().addHandler(self)
+        self._stdout, sys.stdout = sys.stdout, _Tee(sys.stdout, self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.line(record.getMessage())
+
+    def line(self, text: str) -> None:
+        if self.path is None or not text.strip() or "\r" in text:
+            return
+        self.pending.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
+        if self.file is None and self.path.parent.is_dir():
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if self.file is not None:
+            self.file.writelines(self.pending)
+            self.file.flush()
+            self.pending = []
+
+    def close(self) -> None:
+        if self.path is not None:
+            if isinstance(sys.stdout, _Tee):
+                self.line(sys.stdout.partial)  # a last line printed without its newline
+            sys.stdout = self._stdout
+            logging.getLogger().removeHandler(self)
+            if self.file is not None:
+                self.file.close()
+        self.path, self.file, self.pending, self._stdout = None, None, [], None
+        super().close()
+
+
+class _Tee:
+    """stdout, each whole line also to the run log."""
+
+    def __init__(self, stream, run_log: _RunLog) -> None:
+        self.stream, self.run_log, self.partial = stream, run_log, ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for ln in lines:
+            self.run_log.line(ln)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... of the real stdout
+        return getattr(self.stream, name)
+
+
+_RUN_LOG = _RunLog()
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -76,6 +154,7 @@ def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     prepared = run.prepared_cohort(args.prepared).root
     if runtime.is_main():  # under torchrun, rank 0 keeps the books
         run.record_stage(stage, cfg, prepared=prepared.resolve())
+        _RUN_LOG.open(run.root, args.argv)
     return cfg, prepared
 
 
@@ -140,6 +219,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     from neuroldm.vae.reconstruct import reconstruct
 
     run = RunDir(args.run)
+    _RUN_LOG.open(run.root, args.argv, create=False)
     result = reconstruct(args.run, run.prepared_cohort(args.prepared).root, split=args.split,
                          save_volumes=args.save_volumes, device=runtime.resolve_device(args.device),
                          progress=not args.no_progress)
@@ -166,6 +246,7 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.vae.prior import sample_prior
 
+    _RUN_LOG.open(args.run, args.argv, create=False)
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
                          prepared=RunDir(args.run).read_record().get("prepared"),
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
@@ -180,6 +261,7 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     cfg = _resolve(args, "train-diffusion", run=args.run)
     if runtime.is_main():
         RunDir(args.run).record_stage("train-diffusion", cfg)
+        _RUN_LOG.open(args.run, args.argv)
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
     if not runtime.is_main():  # under torchrun, rank 0 speaks
@@ -209,6 +291,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         err = e.errors()[0]
         raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") \
             from None
+    _RUN_LOG.open(args.run, args.argv, create=False)
     result = sample_to_folder(args.run, args.out, args.n, args.label, scfg, seed=args.seed,
                               device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
@@ -326,6 +409,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from neuroldm.report import write_report
 
+    _RUN_LOG.open(args.run_dir, args.argv, create=False)
     print(f"report: {write_report(args.run_dir, args.out)}")
     return 0
 
@@ -365,6 +449,8 @@ def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from neuroldm.pipeline.runner import run_pipeline
 
     out = Path(args.out)
+    if not out.exists() or RunDir(out).config.exists():  # not into a folder that is not a run (yet)
+        _RUN_LOG.open(out, args.argv, create=False)  # the pipeline creates it once its own checks pass
     state = run_pipeline(out, cfg, from_stage=args.from_stage, only=args.only,
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
     if runtime.is_main():  # under torchrun, rank 0 speaks
@@ -401,7 +487,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
                    help=f"rebuild this stage and every later one ({', '.join(STAGE_ORDER)})")
     p.add_argument("--only", metavar="STAGE", default=None, help="run this stage alone (its inputs must exist)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -437,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="leave bad inputs out (recorded in the manifest) instead of stopping")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -450,7 +536,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: demo_cohort.subjects)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: demo_cohort.seed)")
     p.add_argument("--spacing", type=float, default=None, help="voxel size in mm (default: demo_cohort.spacing)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_demo_cohort)
 
     p = sub.add_parser(
@@ -491,7 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="decode N(0, I) latents")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_vae_sample)
 
     p = sub.add_parser(
@@ -505,7 +591,7 @@ def build_parser() -> argparse.ArgumentParser:
     _run_dir_option(p, "run directory holding vae/ and latents/")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_train_diffusion, distributed=True)
 
     p = sub.add_parser(
@@ -529,7 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="volumes per batch (default: sample.batch_size)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
@@ -597,7 +683,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run with a trained autoencoder and encoded latents: adds the latent-space memorization")
     p.add_argument("--device", default=None, help="torch device for the feature networks (default: cuda when "
                                                   "available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -665,7 +751,7 @@ def _run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prepared", default=None,
                    help="prepared cohort folder (default: the one this run used before)")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -692,7 +778,11 @@ def _left_to_rank_0(args: argparse.Namespace) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "no_progress", True) is False and not sys.stderr.isatty():
+        args.no_progress = True  # a log file or a pipe gets no progress bars (each a stream of \r-redrawn lines)
     _setup_logging(args.verbose)
     try:
         if _left_to_rank_0(args):
@@ -700,10 +790,14 @@ def main(argv: list[str] | None = None) -> int:
         return int(args.func(args) or 0)
     except NeuroLDMError as e:
         print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
+        _RUN_LOG.line(f"error: {e}")
         return 2
     except KeyboardInterrupt:
         print(f"neuroldm {args.command}: interrupted", file=sys.stderr)
+        _RUN_LOG.line("interrupted")
         return 130
+    finally:
+        _RUN_LOG.close()
 
 
 if __name__ == "__main__":

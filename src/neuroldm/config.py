@@ -437,7 +437,7 @@ _Yaml12Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:t
 
 def yaml_load(text: str) -> Any:
     """Parse YAML as config files and ``--set`` values are read: YAML 1.2 booleans (see `_Yaml12Loader`)."""
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 (a SafeLoader subclass)
+    return yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass: no arbitrary objects
 
 
 def _read_yaml(path: Path, source: str) -> dict:

@@ -5,6 +5,7 @@
       run.json             where the prepared cohort is, and which stages ran when
       pipeline.json        `neuroldm run`: per stage its fingerprint, state and wall time; the stage order
       metrics.json         the run's headline numbers (flat keys)
+      run.log              what the commands run here showed on the console, with timestamps (appended)
       report.html          `neuroldm report`
       cohort/              demo-cohort (only with pipeline.input = demo-cohort)
       prepared/            prepare: manifest.csv, prepare_summary.json, volumes/, rois/
@@ -378,6 +379,11 @@ class RunDir(Folder):
     @property
     def pipeline(self) -> Path:
         return self.root / "pipeline.json"
+
+    @property
+    def log(self) -> Path:
+        """The console's record: each command run here appends its lines, timestamped (rank 0 only)."""
+        return self.root / "run.log"
 
     @property
     def metrics(self) -> Path:
