@@ -2,7 +2,8 @@
 
 Every command that reads settings takes the same configuration options (``--preset``, ``--config``,
 ``--set key=value``); one acting on an existing run starts from that run's ``config.yaml`` unless ``--preset`` or
-``--config`` is given (`_resolve`). Every command prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
+``--config`` is given (`_resolve`). Every command prints progress on stderr (and, on a run, appends what the
+console shows to ``RUN/run.log``), and turns a user error (`NeuroLDMError`) into one line and exit status 2.
 
 Each command imports its stage's modules inside its function, so that ``neuroldm --help`` and a bad argument
 answer at once without loading torch, MONAI or Captum: this is the one module where function-level imports are
@@ -41,7 +42,6 @@ class _RunLog(logging.Handler):
         self.file = None
         self.pending: list[str] = []
         self._stdout = None
-        self._partial = ""
 
     def open(self, run: str | Path, argv: list[str], create: bool = True) -> None:
         from neuroldm import runtime
@@ -714,8 +714,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
                     "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
                     "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
-                    "--quick's settings); --preset can only be demo. OUT is a run directory that `neuroldm sample --run-dir` "
-                    "and `neuroldm report` accept.")
+                    "--quick's settings); --preset can only be demo. OUT is a run directory that "
+                    "`neuroldm sample --run-dir` and `neuroldm report` accept.")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--quick", action="store_true",
                    help="tiny cohort and a few training steps per model: completion and well-formed outputs only")
