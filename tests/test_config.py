@@ -104,3 +104,17 @@ def test_a_key_given_twice_in_a_config_file_is_refused(tmp_path):
     path.write_text("vae:\n  train:\n    steps: 5\n    lr: 0.1\n    steps: 7\n")
     with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: duplicate key 'steps' \(line 5\)"):
         load_config(None, path)
+
+
+def test_on_off_yes_no_stay_words_where_a_setting_takes_words(tmp_path):
+    # YAML 1.1 would read `off` as false, and amp takes auto/bf16/off
+    cfg = load_config(None, None, ["vae.train.amp=off", "vae.augment.left_right_flip=yes"])
+    assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
+    assert parse_override("data.classes=[no, yes]") == (["data", "classes"], ["no", "yes"])
+    assert parse_override("vae.augment.left_right_flip=true")[1] is True
+    f = tmp_path / "amp.yaml"
+    f.write_text("vae:\n  train:\n    amp: off\n  augment:\n    left_right_flip: on\n")
+    cfg = load_config(None, f)
+    assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
+    with pytest.raises(ConfigError, match=r"config key 'vae.train.amp'.*got 'no'"):
+        load_config(None, None, ["vae.train.amp=no"])

@@ -14,7 +14,7 @@ from neuroldm.runs import STAGE_ORDER, Folder, RunDir, SaliencyDir
 # The layout the README and every user's scripts rely on, spelled out independently of neuroldm.runs.
 GOLDEN = {
     "config": "config.yaml", "record": "run.json", "pipeline": "pipeline.json", "metrics": "metrics.json",
-    "report": "report.html", "cohort": "cohort", "cohort_participants": "cohort/participants.tsv",
+    "report": "report.html", "log": "run.log", "cohort": "cohort", "cohort_participants": "cohort/participants.tsv",
     "prepared.manifest": "prepared/manifest.csv", "prepared.summary": "prepared/prepare_summary.json",
     "prepared.config": "prepared/config.yaml",
     "vae.model": "vae/model.safetensors", "vae.checkpoints.last": "vae/checkpoints/last.safetensors",

@@ -1,7 +1,9 @@
 """The ``neuroldm`` command: a thin layer of argument parsing over the stage functions.
 
-Every subcommand takes the same configuration options (``--preset``, ``--config``, ``--set key=value``),
-prints progress on stderr, and turns a user error (`NeuroLDMError`) into one line and exit status 2.
+Every command that reads settings takes the same configuration options (``--preset``, ``--config``,
+``--set key=value``); one acting on an existing run starts from that run's ``config.yaml`` unless ``--preset`` or
+``--config`` is given (`_resolve`). Every command prints progress on stderr (and, on a run, appends what the
+console shows to ``RUN/run.log``), and turns a user error (`NeuroLDMError`) into one line and exit status 2.
 
 Each command imports its stage's modules inside its function, so that ``neuroldm --help`` and a bad argument
 answer at once without loading torch, MONAI or Captum: this is the one module where function-level imports are
@@ -15,7 +17,9 @@ import contextlib
 import errno
 import logging
 import os
+import shlex
 import sys
+import time
 from pathlib import Path
 
 from neuroldm import __version__
@@ -25,6 +29,81 @@ from neuroldm.errors import ConfigError, NeuroLDMError
 from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
 
 log = logging.getLogger("neuroldm")
+
+
+class _RunLog(logging.Handler):
+    """``RUN/run.log`` (`RunDir.log`): what the console shows, timestamped, appended by each command on a run.
+
+    Opened once the command's settings are checked, on rank 0 only; it takes the log records and the lines printed
+    on stdout, not the progress bars. Without `create`, the lines wait until the run directory exists (a command
+    refused before it starts leaves no trace, and no folder)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.path: Path | None = None
+        self.file = None
+        self.pending: list[str] = []
+        self._stdout = None
+
+    def open(self, run: str | Path, argv: list[str], create: bool = True) -> None:
+        from neuroldm import runtime
+
+        if self.path is not None or not runtime.is_main():
+            return
+        self.path = RunDir(run).log
+        if create:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.line(f"$ neuroldm {shlex.join(argv)}")
+        logging.getLogger().addHandler(self)
+        self._stdout, sys.stdout = sys.stdout, _Tee(sys.stdout, self)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.line(record.getMessage())
+
+    def line(self, text: str) -> None:
+        if self.path is None or not text.strip() or "\r" in text:
+            return
+        self.pending.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {text.rstrip()}\n")
+        if self.file is None and self.path.parent.is_dir():
+            self.file = open(self.path, "a", encoding="utf-8")  # noqa: SIM115 (closed by close())
+        if self.file is not None:
+            self.file.writelines(self.pending)
+            self.file.flush()
+            self.pending = []
+
+    def close(self) -> None:
+        if self.path is not None:
+            if isinstance(sys.stdout, _Tee):
+                self.line(sys.stdout.partial)  # a last line printed without its newline
+            sys.stdout = self._stdout
+            logging.getLogger().removeHandler(self)
+            if self.file is not None:
+                self.file.close()
+        self.path, self.file, self.pending, self._stdout = None, None, [], None
+        super().close()
+
+
+class _Tee:
+    """stdout, each whole line also to the run log."""
+
+    def __init__(self, stream, run_log: _RunLog) -> None:
+        self.stream, self.run_log, self.partial = stream, run_log, ""
+
+    def write(self, text: str) -> int:
+        self.stream.write(text)
+        *lines, self.partial = (self.partial + text).split("\n")
+        for ln in lines:
+            self.run_log.line(ln)
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def __getattr__(self, name):  # isatty, fileno, encoding, ... of the real stdout
+        return getattr(self.stream, name)
+
+
+_RUN_LOG = _RunLog()
 
 
 class _Formatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -40,17 +119,27 @@ def _config_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("configuration")
     g.add_argument("--preset", choices=PRESETS, default=None,
-                   help="packaged preset to start from (default: built-in defaults, which are the paper setting)")
+                   help="packaged preset to start from (default: the run's config.yaml for a command on an existing "
+                        "run, else the built-in defaults, which are the paper setting)")
     g.add_argument("--config", metavar="FILE", default=None,
-                   help="YAML file of settings over the preset (may name its own 'preset:')")
+                   help="YAML file of settings over the preset (may name its own 'preset:'); replaces the run's "
+                        "config.yaml as the base")
     g.add_argument("--set", metavar="KEY=VALUE", action="append", default=[], dest="overrides",
-                   help="override one setting, e.g. --set prepare.spacing=[2,2,2] (repeatable)")
+                   help="override one setting, e.g. --set prepare.spacing=[2,2,2] (repeatable); applies over the "
+                        "run's config.yaml too")
     return p
 
 
-def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()) -> Config:
-    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts."""
-    cfg = load_config(args.preset, args.config, [*args.overrides, *extra])
+def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = (),
+             run: str | Path | None = None) -> Config:
+    """The resolved config (with `extra` overrides last), checked for `stages` before any work starts.
+
+    A command acting on an existing `run` starts from the run's saved config (what its earlier stages ran with)
+    unless --preset or --config names another base; --set applies over either."""
+    config = args.config
+    if run is not None and args.preset is None and config is None and RunDir(run).config.exists():
+        config = RunDir(run).config
+    cfg = load_config(args.preset, config, [*args.overrides, *extra])
     if stages:
         from neuroldm.preflight import preflight
 
@@ -60,7 +149,7 @@ def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = ()
 
 def _start_stage(args: argparse.Namespace, stage: str) -> tuple[Config, Path]:
     """The resolved config and the run's prepared cohort; both recorded in the run directory if the stage succeeds."""
-    cfg = _resolve(args, stage)
+    cfg = _resolve(args, stage, run=args.run)
     run = RunDir(args.run)
     prepared = run.prepared_cohort(args.prepared).root
     _claim_run(args, run, cfg, stage, prepared=prepared.resolve())
@@ -76,6 +165,7 @@ def _claim_run(args: argparse.Namespace, run: RunDir, cfg: Config | None, stage:
     if not runtime.is_main():
         return
     args.exit_stack.enter_context(run.locked(f"neuroldm {args.command}"))
+    _RUN_LOG.open(run.root, args.argv, create=False)  # what the console shows, from here on
     changed = run.config_changes(cfg) if cfg is not None else []
     if changed:
         log.warning("%s: these settings differ from the run's: %s%s; the run's config is replaced if `%s` succeeds",
@@ -135,6 +225,8 @@ def cmd_train_vae(args: argparse.Namespace) -> int:
     cfg, prepared = _start_stage(args, "train-vae")
     summary = train_vae(prepared, args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                         progress=not args.no_progress)
+    if not runtime.is_main():  # under torchrun, rank 0 speaks
+        return 0
     val = summary.get("last_validation") or {}
     print(f"trained the autoencoder for {summary['steps']} steps in {summary['seconds']:.0f} s; best validation "
           f"SSIM {summary['best'] if summary['best'] is not None else float('nan'):.4f}"
@@ -177,6 +269,7 @@ def cmd_vae_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
+    _RUN_LOG.open(args.run, args.argv, create=False)
     paths = sample_prior(args.run, args.n, args.out, seed=args.seed, raw=args.raw,
                          prepared=RunDir(args.run).read_record().get("prepared"),
                          device=runtime.resolve_device(args.device), progress=not args.no_progress)
@@ -188,10 +281,12 @@ def cmd_train_diffusion(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.diffusion.train import train_diffusion
 
-    cfg = _resolve(args, "train-diffusion")
+    cfg = _resolve(args, "train-diffusion", run=args.run)
     _claim_run(args, RunDir(args.run), cfg, "train-diffusion")
     summary = train_diffusion(args.run, cfg, resume=not args.no_resume, device=runtime.resolve_device(args.device),
                               progress=not args.no_progress)
+    if not runtime.is_main():  # under torchrun, rank 0 speaks
+        return 0
     best = summary["best"]
     print(f"trained the diffusion model for {summary['steps']} steps in {summary['seconds']:.0f} s; last loss "
           f"{summary['last_terms'].get('loss', float('nan')):.4f}"
@@ -209,7 +304,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
-    cfg = _resolve(args, "sample").sample
+    cfg = _resolve(args, "sample", run=args.run).sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -219,6 +314,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
         err = e.errors()[0]
         raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") \
             from None
+    _RUN_LOG.open(args.run, args.argv, create=False)
     result = sample_to_folder(args.run, args.out, args.n, args.label, scfg, seed=args.seed,
                               device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
@@ -336,6 +432,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from neuroldm.report import write_report
 
+    _RUN_LOG.open(args.run_dir, args.argv, create=False)
     print(f"report: {write_report(args.run_dir, args.out)}")
     return 0
 
@@ -385,9 +482,10 @@ def _with_ci(value, low=None, high=None, n=None) -> str:
 
 def _run_pipeline(args: argparse.Namespace, cfg: Config) -> int:
     from neuroldm import runtime
-    from neuroldm.preflight import check_pipeline_input, preflight
+    from neuroldm.preflight import check_pipeline_input, check_stage_options, preflight
 
     # a bad setting is refused in seconds, before the pipeline's modules load (run_pipeline checks again)
+    check_stage_options(args.from_stage, args.only)
     check_pipeline_input(cfg)
     preflight(cfg, [args.only] if args.only else STAGE_ORDER)
     out = Path(args.out)
@@ -417,12 +515,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from importlib import resources
 
+    if args.preset not in (None, "demo"):
+        raise ConfigError(f"--preset {args.preset}: demo runs the demo preset; for another, use "
+                          f"`neuroldm run --preset {args.preset} --set pipeline.input=demo-cohort --out DIR`")
     overrides = ["pipeline.input=demo-cohort", *args.overrides]
+    user = [args.config] if args.config is not None else []
     if args.quick:
         with resources.as_file(resources.files("neuroldm.configs") / "demo_quick.yaml") as quick:
-            cfg = load_config("demo", quick, overrides)
+            cfg = load_config("demo", [quick, *user], overrides)
     else:
-        cfg = load_config("demo", None, overrides)
+        cfg = load_config("demo", user, overrides)
     return _run_pipeline(args, cfg)
 
 
@@ -434,7 +536,7 @@ def _pipeline_options(p: argparse.ArgumentParser) -> None:
                    help="exit 1 when a quality bar of pipeline.bars is missed (otherwise the verdicts are printed "
                         "and the exit status is 0)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -470,7 +572,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--skip-invalid", action="store_true",
                    help="leave bad inputs out (recorded in the manifest) instead of stopping")
     p.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="worker processes")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser(
@@ -483,22 +585,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: demo_cohort.subjects)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: demo_cohort.seed)")
     p.add_argument("--spacing", type=float, default=None, help="voxel size in mm (default: demo_cohort.spacing)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_demo_cohort)
 
     p = sub.add_parser(
         "train-vae", parents=[common], formatter_class=_Formatter, help="train the 3D KL autoencoder",
         description="Train the 3D KL autoencoder (vae.* settings) on the prepared cohort's train split, select "
                     "on validation SSIM, and export RUN/vae/model.safetensors. Resumes from the last checkpoint "
-                    "unless --no-resume. Launch with torchrun for several processes.")
+                    "unless --no-resume. Several processes: `torchrun --nproc_per_node=4 -m neuroldm train-vae "
+                    "--run-dir R --prepared P`.")
     _run_options(p)
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
-    p.set_defaults(func=cmd_train_vae)
+    p.set_defaults(func=cmd_train_vae, distributed=True)
 
     p = sub.add_parser(
-        "reconstruct", parents=[common], formatter_class=_Formatter, help="autoencoder reconstruction metrics",
+        "reconstruct", formatter_class=_Formatter, help="autoencoder reconstruction metrics",
         description="Reconstruct a split with the trained autoencoder: PSNR, SSIM and MS-SSIM per volume and "
-                    "their means (metrics.json) and a PNG of real vs reconstruction vs error.")
+                    "their means (metrics.json) and a PNG of real vs reconstruction vs error. The autoencoder's "
+                    "settings are those it was trained with (stored in its model file).")
     _run_options(p)
     p.add_argument("--split", default="val", choices=("train", "val", "test"), help="which split")
     p.add_argument("--save-volumes", action="store_true", help="also write the reconstructions as NIfTI")
@@ -512,16 +616,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_encode)
 
     p = sub.add_parser(
-        "vae-sample", parents=[common], formatter_class=_Formatter, help="decode random latents (a baseline)",
+        "vae-sample", formatter_class=_Formatter, help="decode random latents (a baseline)",
         description="Decode random latents drawn from the training latents' per-channel Gaussian (or N(0, I) "
-                    "with --raw, as the seed did): the sanity baseline a diffusion model must beat.")
-    p.add_argument("--run", required=True, help="run directory")
-    p.add_argument("--n", type=int, default=8, help="number of volumes")
+                    "with --raw, as the seed did): the sanity baseline a diffusion model must beat. The "
+                    "autoencoder's settings are those it was trained with (stored in its model file).")
+    _run_dir_option(p, "run directory holding the autoencoder and latents")
+    _count_option(p, default=8)
     p.add_argument("--out", required=True, help="output folder for the NIfTI volumes")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--raw", action="store_true", help="decode N(0, I) latents")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_vae_sample)
 
     p = sub.add_parser(
@@ -530,12 +635,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the class-conditional 3D diffusion transformer (diffusion.* settings) on the run's "
                     "encoded training latents (DDPM, EMA), validate on the val latents, and export the EMA "
                     "weights to RUN/diffusion/model.safetensors. Resumes from the last checkpoint unless "
-                    "--no-resume. Launch with torchrun for several processes.")
-    p.add_argument("--run", required=True, help="run directory holding vae/ and latents/")
+                    "--no-resume. Several processes: `torchrun --nproc_per_node=4 -m neuroldm train-diffusion "
+                    "--run-dir R`.")
+    _run_dir_option(p, "run directory holding vae/ and latents/")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
-    p.set_defaults(func=cmd_train_diffusion)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
+    p.set_defaults(func=cmd_train_diffusion, distributed=True)
 
     p = sub.add_parser(
         "sample", parents=[common], formatter_class=_Formatter, help="write labelled synthetic volumes (NIfTI)",
@@ -543,8 +649,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "with its autoencoder: one NIfTI per volume on the prepared grid with the cohort's affine, a "
                     "JSON sidecar each, manifest.csv and samples.json. Volume i has seed SEED+i; files already "
                     "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings.")
-    p.add_argument("--run", required=True, help="run directory holding the VAE and diffusion models")
-    p.add_argument("--n", type=int, required=True, help="number of volumes")
+    _run_dir_option(p, "run directory holding the VAE and diffusion models")
+    _count_option(p, required=True)
     p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
                    help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + " (default: sample.sampler)")
@@ -558,7 +664,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=None, help="volumes per batch (default: sample.batch_size)")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
@@ -566,7 +672,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Train the classifier (classifier.* settings) on one data regime of the prepared cohort's "
                     "train split (real, synthetic[-R], mixed-R, subset-F), select on validation AUC with early "
                     "stopping, and report on the real test split with 95% CIs. Writes RUN/classifier/ "
-                    "(model.safetensors, predictions.csv, result.json). Launch with torchrun for several processes.")
+                    "(model.safetensors, predictions.csv, result.json). Several processes: "
+                    "`torchrun --nproc_per_node=4 -m neuroldm classify --run-dir R`.")
     _run_options(p)
     p.add_argument("--regime", default="real", help="training data: real, synthetic[-R], mixed-R or subset-F")
     p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes)")
@@ -574,19 +681,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None, help="seed (default: classifier.train.seed)")
     p.add_argument("--out", default=None, help="output folder (default: RUN/classifier)")
     p.add_argument("--no-resume", action="store_true", help="start afresh even if a checkpoint exists")
-    p.set_defaults(func=cmd_classify)
+    p.set_defaults(func=cmd_classify, distributed=True)
 
     p = sub.add_parser(
         "classify-grid", parents=[common], formatter_class=_Formatter, help="classifier over regimes x seeds x folds",
         description="Train one classifier per data regime (classifier.regimes, mix_ratios, subset_fractions), seed "
                     "and fold; write RUN/classify-grid/runs.csv and summary.md/.html: mean ± std with 95% CIs of "
                     "every test metric, pooled AUCs with DeLong CIs and paired DeLong tests against real-only. "
-                    "Finished runs are reused.")
+                    "Finished runs are reused. Several processes: `torchrun --nproc_per_node=4 -m neuroldm "
+                    "classify-grid --run-dir R`.")
     _run_options(p)
     p.add_argument("--samples", default=None, help="sample folder of `neuroldm sample` (synthetic regimes are "
                                                    "skipped without it)")
     p.add_argument("--no-resume", action="store_true", help="retrain every run")
-    p.set_defaults(func=cmd_classify_grid)
+    p.set_defaults(func=cmd_classify_grid, distributed=True)
 
     p = sub.add_parser(
         "saliency", parents=[common], formatter_class=_Formatter, help="Captum attribution maps of a classifier",
@@ -624,7 +732,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run with a trained autoencoder and encoded latents: adds the latent-space memorization")
     p.add_argument("--device", default=None, help="torch device for the feature networks (default: cuda when "
                                                   "available, else cpu)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
@@ -648,19 +756,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="YAML settings (may name its own 'preset:'); same as --config")
     p.add_argument("--out", required=True, help="run directory")
     _pipeline_options(p)
-    p.set_defaults(func=cmd_run)
+    p.set_defaults(func=cmd_run, distributed=True)
 
     p = sub.add_parser(
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
                     "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
-                    "minutes, only to see every stage work). OUT is a run directory that `neuroldm sample --run` "
-                    "and `neuroldm report` accept.")
+                    "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
+                    "--quick's settings); --preset can only be demo. OUT is a run directory that "
+                    "`neuroldm sample --run-dir` and `neuroldm report` accept.")
     p.add_argument("--out", default="runs/demo", help="run directory")
     p.add_argument("--quick", action="store_true",
                    help="tiny cohort and a few training steps per model: completion and well-formed outputs only")
     _pipeline_options(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=cmd_demo, distributed=True)
     return parser
 
 
@@ -669,12 +778,29 @@ def _device_option(p: argparse.ArgumentParser) -> None:
                                                   "else cpu; under torchrun, each rank's own GPU)")
 
 
+def _run_dir_option(p: argparse.ArgumentParser, help: str) -> None:
+    """``--run-dir``, not ``--run``: torchrun's own parser reads every option before the module name's arguments
+    too, and takes ``--run`` for an abbreviation of its ``--run-path``. ``--run`` stays as a hidden alias for a
+    plain ``neuroldm`` command (torchrun refuses it before neuroldm starts)."""
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--run-dir", dest="run", metavar="RUN_DIR", help=help)
+    g.add_argument("--run", dest="run", help=argparse.SUPPRESS)
+
+
+def _count_option(p: argparse.ArgumentParser, default: int | None = None, required: bool = False) -> None:
+    """``-n/--count``, not ``--n`` (kept as a hidden alias), which torchrun's parser finds ambiguous (``--nnodes``,
+    ``--nproc-per-node``, ...)."""
+    g = p.add_mutually_exclusive_group(required=required)
+    g.add_argument("-n", "--count", dest="n", type=int, metavar="N", default=default, help="number of volumes")
+    g.add_argument("--n", dest="n", type=int, default=argparse.SUPPRESS, help=argparse.SUPPRESS)
+
+
 def _run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--run", required=True, help="run directory (created if needed)")
+    _run_dir_option(p, "run directory (created if needed)")
     p.add_argument("--prepared", default=None,
                    help="prepared cohort folder (default: the one this run used before)")
     _device_option(p)
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -689,15 +815,35 @@ def _setup_logging(verbose: bool) -> None:
 _USER_OS_ERRORS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT}
 
 
+def _left_to_rank_0(args: argparse.Namespace) -> bool:
+    """Under torchrun, a command that runs in one process (all but the DDP training commands, `run` and `demo`) is
+    done by rank 0 alone; the other ranks exit at once, so that two processes never write the same files."""
+    if getattr(args, "distributed", False) or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    from neuroldm import runtime
+
+    if runtime.is_main():
+        log.info(f"{args.command} runs in one process: rank 0 does it, the other {runtime.world_size() - 1} exit")
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
+    args.argv = argv
+    if getattr(args, "no_progress", True) is False and not sys.stderr.isatty():
+        args.no_progress = True  # a log file or a pipe gets no progress bars (each a stream of \r-redrawn lines)
     _setup_logging(args.verbose)
     try:
+        if _left_to_rank_0(args):
+            return 0
         with contextlib.ExitStack() as args.exit_stack:  # a command's run lock and what it records on success
             return int(args.func(args) or 0)
     except NeuroLDMError as e:
         print(f"neuroldm {args.command}: error: {e}", file=sys.stderr)
+        _RUN_LOG.line(f"error: {e}")
         return 2
     except OSError as e:  # a read-only folder, a full disk: the user's to fix, said in one line
         if e.errno not in _USER_OS_ERRORS:
@@ -706,7 +852,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         print(f"neuroldm {args.command}: interrupted", file=sys.stderr)
+        _RUN_LOG.line("interrupted")
         return 130
+    finally:
+        _RUN_LOG.close()
 
 
 if __name__ == "__main__":

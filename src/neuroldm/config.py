@@ -471,8 +471,13 @@ def _merge(base: dict, override: dict) -> dict:
     return out
 
 
-class _UniqueKeyLoader(yaml.SafeLoader):
-    """YAML's safe loader, except that a key given twice in one mapping is an error (PyYAML keeps the last)."""
+class _ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, as config files and ``--set`` values are read:
+
+    - YAML 1.2's booleans: only true/false, so ``amp: off`` stays the string 'off' (YAML 1.1, PyYAML's default,
+      reads on/off/yes/no as booleans; a boolean setting given as one of them still validates, because pydantic
+      reads those strings as booleans where a field is one);
+    - a key given twice in one mapping is an error (PyYAML keeps the last)."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
@@ -484,9 +489,21 @@ class _UniqueKeyLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+_ConfigLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()}
+_ConfigLoader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"),
+                                    list("tTfF"))
+
+
+def yaml_load(text: str) -> Any:
+    """Parse YAML as config files and ``--set`` values are read (see `_ConfigLoader`)."""
+    return yaml.load(text, Loader=_ConfigLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
 def _read_yaml(path: Path, source: str) -> dict:
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_UniqueKeyLoader) or {}
+        data = yaml_load(path.read_text(encoding="utf-8")) or {}
     except FileNotFoundError:
         raise ConfigError(f"{source}: config file not found") from None
     except ConfigError as e:
@@ -509,7 +526,8 @@ def preset_dict(name: str) -> dict:
 
 
 def parse_override(item: str) -> tuple[list[str], Any]:
-    """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML."""
+    """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML 1.2
+    (`yaml_load`: ``vae.train.amp=off`` is the string 'off', ``vae.augment.left_right_flip=no`` still a false boolean)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. prepare.spacing=[2,2,2]")
     key, raw = item.split("=", 1)
@@ -517,7 +535,7 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     if not key:
         raise ConfigError(f"--set {item!r}: empty key")
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
         value = raw
     return key.split("."), value
@@ -530,13 +548,21 @@ def _nest(path: list[str], value: Any) -> dict:
     return out
 
 
-def load_config(preset: str | None = None, config_file: str | Path | None = None,
+def load_config(preset: str | None = None, config_file: str | Path | list[str | Path] | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> Config:
-    """Resolve a config: defaults, then `preset` (or the file's own ``preset:`` key), the file, the overrides."""
+    """Resolve a config: defaults, then `preset` (or the file's own ``preset:`` key), the file, the overrides.
+
+    `config_file` may be a list of files, applied in order. A file naming another preset than `preset` is refused
+    rather than silently overruled."""
     user: dict = {}
-    if config_file is not None:
-        user = _read_yaml(Path(config_file), str(config_file))
-        _check_keys(user, Config, "", str(config_file))
+    files = [] if config_file is None else config_file if isinstance(config_file, list) else [config_file]
+    for file in files:
+        data = _read_yaml(Path(file), str(file))
+        _check_keys(data, Config, "", str(file))
+        if preset and data.get("preset") not in (None, preset):
+            raise ConfigError(f"{file}: names preset '{data['preset']}', but preset '{preset}' was asked for; "
+                              f"give one of them")
+        user = _merge(user, data)
     name = preset or user.get("preset")
     merged = preset_dict(name) if name else {}
     merged = _merge(merged, user)

@@ -43,6 +43,7 @@ from neuroldm.diffusion.dit import DIT_MODELS
 from neuroldm.errors import ConfigError, InputError
 from neuroldm.evaluate.inception import find_inception, resolve_feature_network
 from neuroldm.report.headline import check_bar_keys
+from neuroldm.runs import STAGE_ORDER
 from neuroldm.vae.network import VAE_ARCHS
 from neuroldm.vae.perceptual import backbone_weights_path
 
@@ -55,6 +56,15 @@ def preflight(cfg: Config, stages: Iterable[str]) -> None:
     stages = set(stages)
     check_config(cfg, stages)
     check_files(cfg, stages)
+
+
+def check_stage_options(from_stage: str | None, only: str | None, stages=STAGE_ORDER) -> None:
+    """``--from`` and ``--only`` name stages of `stages`, and not both."""
+    for option, name in (("--from", from_stage), ("--only", only)):
+        if name is not None and name not in stages:
+            raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(stages)}")
+    if from_stage and only:
+        raise ConfigError("--from and --only exclude each other")
 
 
 def check_pipeline_input(cfg: Config) -> None:

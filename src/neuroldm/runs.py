@@ -6,6 +6,7 @@
       pipeline.json        `neuroldm run`: per stage its fingerprint, state and wall time; the stage order
       .neuroldm.lock       held (flock) by the process writing the run: its pid, host, command, start time
       metrics.json         the run's headline numbers (flat keys)
+      run.log              what the commands run here showed on the console, with timestamps (appended)
       report.html          `neuroldm report`
       cohort/              demo-cohort (only with pipeline.input = demo-cohort)
       prepared/            prepare: manifest.csv, prepare_summary.json, volumes/, rois/
@@ -415,6 +416,11 @@ class RunDir(Folder):
     @property
     def lock_file(self) -> Path:
         return self.root / LOCK_NAME
+
+    @property
+    def log(self) -> Path:
+        """The console's record: each command run here appends its lines, timestamped (rank 0 only)."""
+        return self.root / "run.log"
 
     @property
     def metrics(self) -> Path:

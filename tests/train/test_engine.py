@@ -69,6 +69,17 @@ def test_training_reduces_the_loss(tmp_path):
     assert float(last["loss"].detach()) < 0.2 * float(first["loss"].detach())
 
 
+def test_without_a_bar_a_plain_line_says_where_training_is(tmp_path, monkeypatch, caplog):
+    from neuroldm.train import engine
+
+    monkeypatch.setattr(engine, "PLAIN_PROGRESS_SECONDS", 0.0)  # a line every step
+    with caplog.at_level("INFO", logger="neuroldm.train.engine"):
+        _trainer(tmp_path, _cfg(steps=3)).fit()
+    lines = [r.getMessage() for r in caplog.records if ": step " in r.getMessage()]
+    assert [ln.split(", loss")[0] for ln in lines] == [f"train: step {s}/3" for s in (1, 2, 3)]
+    assert all("\r" not in ln for ln in lines)
+
+
 def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     straight = _trainer(tmp_path / "a")
     straight.fit()

@@ -32,10 +32,10 @@ import torch
 
 from neuroldm import __version__, runtime
 from neuroldm.config import Config
-from neuroldm.errors import ConfigError, NeuroLDMError
+from neuroldm.errors import NeuroLDMError
 from neuroldm.io import write_json_atomic
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
-from neuroldm.preflight import preflight
+from neuroldm.preflight import check_stage_options, preflight
 from neuroldm.runs import RunDir
 
 log = logging.getLogger(__name__)
@@ -59,20 +59,12 @@ def _output_digest(run: Path, stage: Stage) -> str:
     return h.hexdigest()[:16]
 
 
-def _check_stage(name: str | None, option: str) -> None:
-    if name is not None and name not in STAGE_NAMES:
-        raise ConfigError(f"{option} {name!r}: unknown stage; stages: {', '.join(STAGE_NAMES)}")
-
-
 
 
 def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = None, only: str | None = None,
                  device: str | torch.device = "cpu", progress: bool = True) -> dict:
     """Run every enabled stage that is out of date; returns the invocation's summary (also in pipeline.json)."""
-    _check_stage(from_stage, "--from")
-    _check_stage(only, "--only")
-    if from_stage and only:
-        raise ConfigError("--from and --only exclude each other")
+    check_stage_options(from_stage, only, STAGE_NAMES)
     run = Path(run_dir)
     layout = RunDir(run)
     if runtime.is_main():

@@ -46,6 +46,9 @@ from neuroldm.train.checkpoint import checkpoint_step, load_state, save_state
 
 log = logging.getLogger(__name__)
 
+# without a progress bar (--no-progress, or stderr not a terminal), one plain line this often says where training is
+PLAIN_PROGRESS_SECONDS = 60.0
+
 
 class TrainingDiverged(NeuroLDMError):
     """The loss became NaN or Inf; the last good checkpoint is kept."""
@@ -394,12 +397,16 @@ class Trainer:
         terms: dict[str, float] = {}
         val: dict[str, float] = {}
         stopped_early = patience_out = False
+        next_line = PLAIN_PROGRESS_SECONDS
         try:
             while self.step < end:
                 terms = runtime.mean_across(self._train_step(batches), self.world)
                 lr = self.schedulers[self.model_name].get_last_lr()[0]
                 bar.update()
                 bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+                if not self.progress and self.world.is_main and time.perf_counter() - start_time >= next_line:
+                    next_line += PLAIN_PROGRESS_SECONDS
+                    log.info("%s: step %d/%d, loss %.4g", self.desc, self.step, end, terms["loss"])
                 val = self._validate() if (self.step % cfg.val_every == 0 or self.step == cfg.steps) else {}
                 if self.step % cfg.log_every == 0 or val or self.step == end:
                     self._log({"step": self.step, "seconds": round(time.perf_counter() - start_time, 3),
