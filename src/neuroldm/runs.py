@@ -558,7 +558,8 @@ class RunDir(Folder):
         (a user's data folder whose contents a stage's clean-up would remove). Absent or empty is fine."""
         if self.root.exists() and not self.root.is_dir():
             raise InputError(self.root, "not a folder; give a new or empty folder, or an earlier run")
-        if self.root.is_dir() and not self.is_run() and any(p.name != LOCK_NAME for p in self.root.iterdir()):
+        ours = {LOCK_NAME, self.log.name}  # what this command wrote before the check: its lock and its log
+        if self.root.is_dir() and not self.is_run() and any(p.name not in ours for p in self.root.iterdir()):
             raise InputError(self.root, f"not empty and not a neuroldm run (no {' or '.join(RUN_MARKERS)}); give a "
                                         f"new or empty folder, or an earlier run; nothing was written")
 
