@@ -22,9 +22,6 @@ from neuroldm.runs import RunDir
 
 KEYS: dict[str, str] = {
     "wall_seconds": "sum of the wall times of the stages that produced this run directory (pipeline.json)",
-    "truncated_stages": "stages whose training stopped before its planned steps (max_minutes, pipeline.json); "
-                        "empty when every model trained its planned steps. The numbers of a truncated run are "
-                        "not comparable with others: run it again to complete them",
     "vae.val.ssim": "autoencoder: mean SSIM of posterior-mean reconstructions of the validation volumes (normal CI "
                     "of the mean; N: .n)",
     "vae.val.psnr": "autoencoder: mean PSNR (dB) of the same reconstructions",
@@ -61,6 +58,9 @@ KEYS: dict[str, str] = {
     "bars": "each quality bar of pipeline.bars: the metric's value (with low, high, n), the bar, pass (a metric "
             "the run did not produce fails, marked missing); the CLI and the report list them in pipeline order",
     "bars_passed": "true when every bar passed",
+    "truncated_stages": "stages whose training stopped before its planned steps (max_minutes, pipeline.json); "
+                        "empty when every model trained its planned steps. The numbers of a truncated run are "
+                        "not comparable with others: run it again to complete them",
 }
 # what the run promised or left undone, not what it measured (the CLI and the report say them apart)
 VERDICT_KEYS = ("quick", "bars", "bars_passed", "truncated_stages")
