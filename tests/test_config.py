@@ -22,6 +22,17 @@ def test_presets_load_and_name_themselves(preset):
     assert all(n % 4 == 0 for n in cfg.prepare.grid), "the VAE downsamples 4x: the grid must divide by 4"
 
 
+def test_no_preset_caps_the_wall_time():
+    """Issue 16: the same seed and settings train the same steps on any machine; max_minutes is the user's."""
+    from importlib import resources
+
+    with resources.as_file(resources.files("neuroldm.configs") / "demo_quick.yaml") as quick:
+        configs = [load_config("demo"), load_config("paper"), load_config("demo", quick)]
+    for cfg in configs:
+        trains = [cfg.vae.train, cfg.diffusion.train, cfg.classifier.train]
+        assert all(t.max_minutes is None for t in trains), cfg.preset
+
+
 def test_demo_preset_is_coarser_than_paper():
     demo, paper = load_config("demo"), load_config("paper")
     assert min(demo.prepare.spacing) > max(paper.prepare.spacing)

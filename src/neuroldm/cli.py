@@ -444,15 +444,16 @@ QUICK_BANNER = ("QUICK RUN: a smoke test of every stage; the models are far too 
 def _print_pipeline(state: dict, run: Path) -> dict | None:
     """The stage table, the headline metrics and the bars; returns metrics.json (None before the report)."""
     from neuroldm.report.headline import KEYS, VERDICT_KEYS, pipeline_order
+    from neuroldm.runs import truncation_text
 
     inv = state["last_invocation"]
     recorded = state["stages"]
-    print(f"\n{'stage':<16} {'status':<8} {'this run':>9} {'when built':>11}")
+    print(f"\n{'stage':<16} {'status':<9} {'this run':>9} {'when built':>11}")
     for s in inv["stages"]:
         built = recorded.get(s["name"], {}).get("seconds")
-        print(f"{s['name']:<16} {s['status']:<8} {s['seconds']:>8.1f}s "
+        print(f"{s['name']:<16} {s['status']:<9} {s['seconds']:>8.1f}s "
               f"{'' if built is None else f'{built:>10.1f}s'}")
-    print(f"{'total':<16} {'':<8} {inv['seconds']:>8.1f}s")
+    print(f"{'total':<16} {'':<9} {inv['seconds']:>8.1f}s")
     metrics = RunDir(run).read_metrics()
     if metrics is not None:
         print()
@@ -470,6 +471,9 @@ def _print_pipeline(state: dict, run: Path) -> dict | None:
                                                                     bar.get("n"))
                 print(f"{key:<34} {value:<30} {bar['bar']:<8} {'✓' if bar['pass'] else '✗ FAILED'}")
             print(f"{'every bar met' if metrics['bars_passed'] else 'NOT every bar met'}")
+    for name, stopped in RunDir(run).truncated_stages().items():
+        print(f"\nWARNING: {name} is truncated ({truncation_text(stopped)}): its model is under-trained and the "
+              f"numbers above are not the configuration's; run again without max_minutes to complete it")
     print(f"\nrun directory: {run}; report: {RunDir(run).report}")
     return metrics
 

@@ -192,7 +192,9 @@ class TrainConfig(Section):
     val_every: int = Field(500, ge=1)  # steps between validations (and best-checkpoint updates)
     ckpt_every: int = Field(500, ge=1)  # steps between 'last' checkpoints
     log_every: int = Field(10, ge=1)
-    max_minutes: float | None = None  # stop (with a checkpoint) after this much wall time
+    # a user's wall-time cap (no preset sets one: steps are the contract); a stage it stops is recorded as
+    # truncated and the next run resumes it to `steps`
+    max_minutes: float | None = None
     num_workers: int = Field(0, ge=0)  # DataLoader workers
     seed: int = 0
 

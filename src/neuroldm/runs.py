@@ -63,6 +63,12 @@ STAGE_ORDER = ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion
                "evaluate", "saliency", "report")
 
 
+def truncation_text(truncated: list[dict]) -> str:
+    """``train-vae 147 of 1400 steps`` for a truncated stage's record (`RunDir.truncated_stages`): the log, the
+    CLI's table and the report say it alike."""
+    return ", ".join(f"{t['name']} {t['steps']} of {t['planned_steps']} steps" for t in truncated)
+
+
 def read_json(path: str | Path) -> dict | None:
     """A stage's JSON output, or None when the file is absent (a stage that has not run)."""
     path = Path(path)
@@ -495,6 +501,13 @@ class RunDir(Folder):
 
     def read_metrics(self) -> dict | None:
         return read_json(self.metrics)
+
+    def truncated_stages(self) -> dict[str, list[dict]]:
+        """The stages pipeline.json records as truncated (stopped before their planned steps), in stage order, each
+        with its stopped trainings ``[{"name", "steps", "planned_steps"}]`` (`truncation_text` says them)."""
+        records = self.read_pipeline().get("stages", {})
+        return {name: records[name].get("truncated") or [] for name in self.stage_order()
+                if records.get(name, {}).get("state") == "truncated"}
 
     def stage_order(self) -> tuple[str, ...]:
         """The stage order recorded in pipeline.json by the run that wrote it, else today's `STAGE_ORDER`."""

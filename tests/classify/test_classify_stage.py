@@ -94,6 +94,19 @@ def test_grid_tables_and_paired_delong(cohort, tmp_path):
     assert json.loads((grid / "summary.json").read_text())["skipped_regimes"] == []
 
 
+def test_a_truncated_grid_run_is_listed_then_resumed_not_reused(cohort, tmp_path):
+    cfg = tiny_cfg("classifier.regimes=[]")  # the real-only run alone
+    stopped = run_grid(cohort, tmp_path / "run", tiny_cfg("classifier.regimes=[]", "classifier.train.max_minutes=0"),
+                       progress=False)
+    assert stopped["truncated_runs"] == [{"name": "real seed 0", "steps": 1, "planned_steps": 4}]
+    result = tmp_path / "run" / "classify-grid" / "real" / "seed-0" / "result.json"
+    assert json.loads(result.read_text())["train_summary"]["truncated"]
+    done = run_grid(cohort, tmp_path / "run", cfg, progress=False)  # resumed to the planned steps
+    assert done["truncated_runs"] == []
+    summary = json.loads(result.read_text())["train_summary"]
+    assert summary["steps"] == 4 and summary["steps_this_run"] == 3 and not summary["truncated"]
+
+
 def test_selection_prefers_auc_and_breaks_ties_by_loss():
     from neuroldm.classify.train import selection_score
 

@@ -9,7 +9,10 @@ from neuroldm.errors import ConfigError
 def test_defaults_are_the_paper_setting_and_demo_is_cpu_sized():
     paper, demo = load_config().classifier, load_config("demo").classifier
     assert paper.arch == "efficientnetv2-s" and paper.mix_ratios == [0.25, 0.5, 0.75, 1.0]
-    assert demo.arch == "efficientnetv2-tiny" and demo.train.max_minutes <= 5  # issue 5: at most 5 CPU minutes
+    assert demo.arch == "efficientnetv2-tiny"
+    # issue 5: at most 5 CPU minutes, now by the step count (issue 16: no preset caps the wall time) at the
+    # measured 0.21-0.24 s per step of batch 8 on one CPU core
+    assert demo.train.max_minutes is None and demo.train.steps * 0.24 <= 5 * 60
 
 
 def test_bad_values_stop_with_the_key():

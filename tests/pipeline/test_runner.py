@@ -7,7 +7,7 @@ import pytest
 import neuroldm.pipeline.runner as runner
 from neuroldm.config import load_config
 from neuroldm.errors import ConfigError, NeuroLDMError
-from neuroldm.pipeline.stages import STAGE_NAMES, Stage
+from neuroldm.pipeline.stages import STAGE_NAMES, Stage, truncated
 
 
 def _toy_stages(calls: list[str], fail: set[str] | None = None):
@@ -176,3 +176,73 @@ def test_torchrun_runs_training_stages_on_every_rank_and_the_rest_on_rank_0(tmp_
     assert [(run / "b" / f"rank{r}.txt").read_text() for r in (0, 1)] == ["2", "2"]  # both ranks joined the DDP one
     state = json.loads((run / "pipeline.json").read_text())
     assert state["stages"]["a"]["summary"] == {"rank": 0} and state["stages"]["b"]["summary"] == {"world": 2}
+
+
+def _truncating_stages(calls: list[str]):
+    """The toy stages, with b a training that a user's vae.train.max_minutes stops at step 3 of 8."""
+    a, b, c = _toy_stages(calls)
+
+    def train(ctx):
+        calls.append("b")
+        (ctx.run / "b").mkdir(exist_ok=True)
+        (ctx.run / "b" / "out.txt").write_text("a model")
+        last = ctx.run / "b" / "checkpoint"
+        resumed_from = int(last.read_text()) if last.exists() else 0
+        steps = 3 if ctx.cfg.vae.train.max_minutes is not None else 8
+        last.write_text(str(steps))
+        summary = {"steps": steps, "planned_steps": 8, "truncated": steps < 8, "resumed_from": resumed_from}
+        return {"resumed_from": resumed_from, **({"truncated": truncated("b", summary)} if steps < 8 else {})}
+
+    return a, Stage("b", train, b.keys, b.after, b.outputs, clean=b.clean), c
+
+
+@pytest.fixture
+def truncating(monkeypatch):
+    calls: list[str] = []
+    stages = _truncating_stages(calls)
+    monkeypatch.setattr(runner, "STAGES", stages)
+    monkeypatch.setattr(runner, "STAGE_NAMES", tuple(s.name for s in stages))
+    return calls
+
+
+def test_a_truncated_stage_says_so_and_the_next_run_completes_it_and_rebuilds_below(truncating, tmp_path, capsys):
+    from neuroldm.cli import _print_pipeline
+    from neuroldm.report.headline import write_metrics
+    from neuroldm.report.html import render_block
+    from neuroldm.report.sections import summary_blocks
+    from neuroldm.runs import RunDir
+
+    calls = truncating
+    state = runner.run_pipeline(tmp_path, _cfg("vae.train.max_minutes=0.5"), progress=False)
+    record = json.loads((tmp_path / "pipeline.json").read_text())["stages"]["b"]
+    assert record["state"] == "truncated" and record["truncated"] == [{"name": "b", "steps": 3, "planned_steps": 8}]
+    assert [s["status"] for s in state["last_invocation"]["stages"]] == ["ran", "truncated", "ran"]
+    assert write_metrics(tmp_path)["truncated_stages"] == ["b"]
+    _print_pipeline(state, tmp_path)
+    printed = capsys.readouterr().out
+    assert "b                truncated" in printed
+    assert "WARNING: b is truncated (b 3 of 8 steps)" in printed
+    banner = render_block(summary_blocks(RunDir(tmp_path))[0])
+    assert 'class="note"' in banner and "Truncated: b stopped before its planned steps (b 3 of 8 steps)" in banner
+
+    # the same settings again: a truncated stage is never up to date; it resumes (its checkpoint kept) and stays
+    # truncated while the cap holds, and c, built on the under-trained b, is rebuilt each time b changes
+    runner.run_pipeline(tmp_path, _cfg("vae.train.max_minutes=0.5"), progress=False)
+    assert calls == ["a", "b", "c", "b"]
+    assert json.loads((tmp_path / "pipeline.json").read_text())["stages"]["b"]["summary"]["resumed_from"] == 3
+    state = runner.run_pipeline(tmp_path, _cfg(), progress=False)  # without the cap: completes, rebuilds c
+    assert calls == ["a", "b", "c", "b", "b", "c"]
+    record = json.loads((tmp_path / "pipeline.json").read_text())["stages"]["b"]
+    assert record["state"] == "done" and "truncated" not in record and record["summary"]["resumed_from"] == 3
+    assert [s["status"] for s in state["last_invocation"]["stages"]] == ["reused", "ran", "ran"]
+    assert write_metrics(tmp_path)["truncated_stages"] == []
+    assert not any("Truncated" in render_block(b) for b in summary_blocks(RunDir(tmp_path)))
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    assert calls[6:] == []  # done now: reused like any other stage
+
+
+def test_only_accepts_a_truncated_earlier_stage(truncating, tmp_path):
+    calls = truncating
+    runner.run_pipeline(tmp_path, _cfg("vae.train.max_minutes=0.5"), progress=False)
+    runner.run_pipeline(tmp_path, _cfg("vae.train.max_minutes=0.5"), only="c", progress=False)
+    assert calls == ["a", "b", "c", "c"]

@@ -1,5 +1,8 @@
 import csv
+import json
 import math
+import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +14,7 @@ from torch.utils.data import Dataset
 
 from neuroldm.config import TrainConfig
 from neuroldm.train.checkpoint import load_state
-from neuroldm.train.engine import Part, Trainer, TrainingDiverged, eval_weights, lr_factor
+from neuroldm.train.engine import Part, Trainer, TrainingDiverged, eval_weights, lr_factor, time_left
 
 
 class Regression(Dataset):
@@ -263,3 +266,114 @@ def test_a_full_disk_at_a_checkpoint_is_one_line_and_the_rerun_resumes(tmp_path,
         state = load_state(run / "checkpoints" / "last.safetensors")
         ref = load_state(tmp_path / "straight" / "checkpoints" / "last.safetensors")
         assert all(torch.equal(state["modules"]["model"][k], v) for k, v in ref["modules"]["model"].items())
+
+
+class SlowClock:
+    """`time.perf_counter` of a machine where every reading is `tick` seconds after the last one."""
+
+    def __init__(self, tick: float):
+        self.now, self.tick = 0.0, tick
+
+    def __call__(self) -> float:
+        self.now += self.tick
+        return self.now
+
+
+def test_a_slow_machine_trains_the_same_steps_to_the_same_weights(tmp_path, monkeypatch):
+    fast = _trainer(tmp_path / "fast")
+    fast_summary = fast.fit()
+    monkeypatch.setattr("neuroldm.train.engine.time.perf_counter", SlowClock(tick=3600.0))  # an hour per reading
+    slow = _trainer(tmp_path / "slow")
+    slow_summary = slow.fit()
+    assert slow_summary["steps"] == fast_summary["steps"] == 8 and not slow_summary["truncated"]
+    assert slow_summary["last_terms"] == fast_summary["last_terms"] and slow_summary["best"] == fast_summary["best"]
+    for (k, a), b in zip(_weights(fast.model).items(), _weights(slow.model).values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_a_time_budget_truncates_validates_and_a_second_fit_completes_the_plan(tmp_path, monkeypatch, caplog):
+    straight = _trainer(tmp_path / "a")
+    straight.fit()
+    clock = SlowClock(tick=20.0)  # the 1-minute budget is spent within the first steps
+    monkeypatch.setattr("neuroldm.train.engine.time.perf_counter", clock)
+    stopped = _trainer(tmp_path / "b", _cfg(max_minutes=1))
+    with caplog.at_level("WARNING", logger="neuroldm.train.engine"):
+        summary = stopped.fit()
+    assert summary["truncated"] and summary["stop_reason"] == "max_minutes" and summary["stopped_early"]
+    assert 1 <= summary["steps"] < summary["planned_steps"] == 8
+    assert f"truncated at step {summary['steps']} of 8 planned steps" in caplog.text
+    # stopped before the first scheduled validation (step 4): validated at the stop, so a best checkpoint exists
+    assert summary["best"] == pytest.approx(1 / (1 + summary["steps"]))
+    assert load_state(tmp_path / "b" / "checkpoints" / "best.safetensors")["step"] == summary["steps"]
+    assert load_state(tmp_path / "b" / "checkpoints" / "last.safetensors")["step"] == summary["steps"]
+    on_disk = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert on_disk["truncated"] and on_disk["steps"] == summary["steps"] and on_disk["planned_steps"] == 8
+
+    resumed = _trainer(tmp_path / "b")  # no budget: the planned steps, the weights and selection of a straight run
+    done = resumed.fit()
+    assert done["steps"] == 8 and not done["truncated"] and done["best"] == pytest.approx(1 / 9)
+    for (k, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values(), strict=True):
+        assert torch.equal(a, b), k
+    assert load_state(tmp_path / "b" / "checkpoints" / "best.safetensors")["step"] == 8
+
+
+def test_patience_is_part_of_the_plan_not_a_truncation(tmp_path):
+    t = Trainer(_model(), _cfg(steps=40, val_every=2), tmp_path, dataset=Regression(), loss_fn=mse, progress=False,
+                validate=lambda t: {"loss": 1.0}, patience=2)
+    summary = t.fit()
+    assert summary["early_stopped"] and summary["steps"] < 40 and not summary["truncated"]
+
+
+def test_ctrl_c_stops_after_the_step_with_a_checkpoint_and_resumes(tmp_path):
+    straight = _trainer(tmp_path / "a")
+    straight.fit()
+
+    def interrupted_at_step_3(ctx, batch):
+        if ctx.step == 2:  # during the third step, as a user's Ctrl-C would
+            os.kill(os.getpid(), signal.SIGINT)
+        return noisy_mse(ctx, batch)
+
+    t = _trainer(tmp_path / "b", loss=interrupted_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        t.fit()
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is put back
+    assert load_state(tmp_path / "b" / "checkpoints" / "last.safetensors")["step"] == 3  # the whole step, saved
+    summary = json.loads((tmp_path / "b" / "train_summary.json").read_text())
+    assert summary["truncated"] and summary["stop_reason"] == "interrupted" and summary["steps"] == 3
+    resumed = _trainer(tmp_path / "b")
+    assert resumed.fit()["steps"] == 8
+    for (k, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_time_left_reads_like_a_person_would_say_it():
+    assert time_left(0.3, 1400) == "~7 min left at 0.3 s/step"
+    assert time_left(0.25, 100) == "~25 s left at 0.25 s/step"
+    assert time_left(2.0, 9000) == "~5.0 h left at 2 s/step"
+
+
+def test_the_estimate_is_logged_after_the_first_steps_and_every_tenth(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr("neuroldm.train.engine.time.perf_counter", SlowClock(tick=0.1))
+    with caplog.at_level("INFO", logger="neuroldm.train.engine"):
+        _trainer(tmp_path, _cfg(steps=20, val_every=20, ckpt_every=20), loss=mse).fit()
+    lines = [r.getMessage() for r in caplog.records if "left at" in r.getMessage()]
+    assert [line.split("(")[1] for line in lines] == [f"step {s} of 20)" for s in (2, 4, 5, 6, 8, 10, 12, 14, 16, 18)]
+    assert all(line.startswith("train: ~") and line.split(" (")[0].endswith(" s/step") for line in lines)
+
+
+def test_the_validation_at_a_stop_does_not_enter_the_resumed_selection(tmp_path):
+    """The stop's own validation gives a best checkpoint, but a resumed run selects as a straight one would: from
+    the scheduled validations only (it resumes from `last`, written before that validation)."""
+    def val(t):  # the best value of all would be the one at the stop (step 3), not a scheduled one (4, 8)
+        return {"loss": 0.0 if t.step == 3 else 1.0 / (1 + t.step)}
+
+    straight = Trainer(_model(), _cfg(), tmp_path / "a", dataset=Regression(), loss_fn=noisy_mse, progress=False,
+                       validate=val)
+    straight.fit()
+    stopped = Trainer(_model(), _cfg(), tmp_path / "b", dataset=Regression(), loss_fn=noisy_mse, progress=False,
+                      validate=val)
+    assert stopped.fit(until_step=3)["best"] == 0.0
+    resumed = Trainer(_model(), _cfg(), tmp_path / "b", dataset=Regression(), loss_fn=noisy_mse, progress=False,
+                      validate=val)
+    assert resumed.fit()["best"] == straight.best == pytest.approx(1 / 9)
+    assert load_state(tmp_path / "b" / "checkpoints" / "best.safetensors")["step"] == 8

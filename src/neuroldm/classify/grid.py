@@ -14,8 +14,10 @@ whose ``result.json`` exists is reused, so an interrupted grid continues where i
   per seed by the fold that held it out).
 
 Regimes that need synthetic volumes are skipped (with a warning, recorded in ``summary.json``) when no sample
-folder is given. Under ``folds: cv`` the leak guard is checked for every fold before anything is trained: a
-generator trained on the manifest's train split has seen the other folds' validation subjects.
+folder is given. A run stopped before its planned steps (a user's ``max_minutes``) is listed in ``summary.json``
+as ``truncated_runs`` and is resumed, not reused, by the next grid. Under ``folds: cv`` the leak guard is checked
+for every fold before anything is trained: a generator trained on the manifest's train split has seen the other
+folds' validation subjects.
 """
 
 from __future__ import annotations
@@ -163,19 +165,22 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
             _, val, test = fold_split(rows, fold)
             check_leak(sample_set, val, test)
 
-    results, predictions = [], []
+    results, predictions, truncated_runs = [], [], []
     plan = [(r, s, f) for r in regimes for s in ccfg.seeds for f in folds]
     for k, (regime, seed, fold) in enumerate(plan, 1):
         out = root.run(regime.name, seed, fold)
-        if resume and out.result.exists():
-            result = out.read_result()
-        else:
+        result = out.read_result() if resume and out.result.exists() else None
+        if result is None or (result.get("train_summary") or {}).get("truncated"):  # a truncated run resumes
             log.info("grid run %d/%d: %s seed %d%s", k, len(plan), regime.name, seed,
                      f" fold {fold}" if fold is not None else "")
             result = train_classifier(prepared, out.root, cfg, regime=regime, samples=sample_set, fold=fold, seed=seed,
                                       resume=resume, device=device, progress=progress)
             if not result:  # a non-main torchrun process: rank 0 keeps the books
                 continue
+        if result["train_summary"].get("truncated"):
+            truncated_runs.append({"name": f"{regime.name} seed {seed}" + (f" fold {fold}" if fold is not None else ""),
+                                   "steps": result["train_summary"]["steps"],
+                                   "planned_steps": result["train_summary"]["planned_steps"]})
         results.append(_run_row(result))
         pred = pd.read_csv(out.predictions, dtype={"subject": str, "session": str}, keep_default_na=False)
         predictions.append(pred.assign(regime=regime.name, seed=seed, fold=-1 if fold is None else fold))
@@ -203,6 +208,7 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
                       f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><p>{note}</p>"
                       + per_run.to_html(index=False, border=0) + tests.to_html(index=False, border=0))
     out = {"runs": len(runs), "regimes": order, "skipped_regimes": skipped, "folds": folds, "seeds": ccfg.seeds,
-           "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records")}
+           "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records"),
+           "truncated_runs": truncated_runs}
     write_json_atomic(root.summary, out)
     return out

@@ -12,8 +12,11 @@
 A stage is *up to date* when its recorded state is ``done``, its fingerprint equals the one computed now, and its
 outputs exist. A stage that was interrupted (state ``running``) with an unchanged fingerprint is re-entered, and
 the training stages resume from their last checkpoint; with a changed fingerprint its old outputs are removed first,
-so a stale checkpoint is never resumed under new settings. ``--from STAGE`` rebuilds STAGE and everything after
-it; ``--only STAGE`` runs STAGE alone (its inputs must be there).
+so a stale checkpoint is never resumed under new settings. A training stage stopped before its planned steps
+(``max_minutes``: its summary lists ``truncated`` trainings) is recorded with state ``truncated`` and the steps
+done and planned; it is not up to date, so the next run resumes it like an interrupted one, and the stages below
+it see another fingerprint (their inputs were under-trained) and are rebuilt once it completes. ``--from STAGE``
+rebuilds STAGE and everything after it; ``--only STAGE`` runs STAGE alone (its inputs must be there).
 
 Under ``torchrun --nproc_per_node N -m neuroldm run ...`` every process walks the same stages: the training stages
 (`Stage.distributed`) run on every rank through the engine's DDP, every other stage and all bookkeeping on rank 0
@@ -36,7 +39,7 @@ from neuroldm.errors import NeuroLDMError
 from neuroldm.io import write_json_atomic
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
 from neuroldm.preflight import check_stage_options, preflight
-from neuroldm.runs import RunDir
+from neuroldm.runs import RunDir, truncation_text
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +48,17 @@ def _section(cfg: dict, dotted: str):
     node = cfg
     for part in dotted.split("."):
         node = node[part]
+    return node
+
+
+# settings that decide when a training stops, never what it computes (steps are the contract): out of the
+# fingerprints, so a stage truncated by a user's max_minutes resumes when the cap is lifted, instead of restarting
+_WHEN_TO_STOP = ("max_minutes",)
+
+
+def _without_stop_settings(node):
+    if isinstance(node, dict):
+        return {k: _without_stop_settings(v) for k, v in node.items() if k not in _WHEN_TO_STOP}
     return node
 
 
@@ -57,6 +71,11 @@ def _output_digest(run: Path, stage: Stage) -> str:
     h = hashlib.sha256()
     h.update((run / stage.outputs[0]).read_bytes())
     return h.hexdigest()[:16]
+
+
+def _built_fingerprint(fp: str, truncated: list[dict]) -> str:
+    """What the stages below see of a built stage: its fingerprint, or another one while it is truncated."""
+    return _digest({"inputs": fp, "truncated": truncated}) if truncated else fp
 
 
 
@@ -101,7 +120,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             continue
         forced = forced or stage.name == from_stage
         inputs = {"stage": stage.name, "neuroldm": __version__,
-                  "config": {k: _section(cfg_dict, k) for k in stage.keys},
+                  "config": {k: _without_stop_settings(_section(cfg_dict, k)) for k in stage.keys},
                   "after": {a: fingerprints.get(a) for a in stage.after if a in fingerprints}}
         fp = _digest(inputs)
         # the fingerprint without the upstream stages whose change only part of the outputs depends on
@@ -109,12 +128,12 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         rec = records.get(stage.name, {})
         outputs_there = all((run / o).exists() for o in stage.outputs)
         if only is not None and stage.name != only:
-            if not (rec.get("state") == "done" and outputs_there):
+            if not (rec.get("state") in ("done", "truncated") and outputs_there):
                 if STAGE_NAMES.index(stage.name) < STAGE_NAMES.index(only):
                     raise NeuroLDMError(f"--only {only}: the earlier stage '{stage.name}' has not been run in "
                                         f"{run}; run the pipeline up to it first")
                 continue
-            fingerprints[stage.name] = rec.get("fingerprint", fp)
+            fingerprints[stage.name] = _built_fingerprint(rec.get("fingerprint", fp), rec.get("truncated") or [])
             continue
         up_to_date = (not stage.always and not forced and only is None and rec.get("state") == "done"
                       and rec.get("fingerprint") == fp and outputs_there)
@@ -124,7 +143,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             if main:
                 log.info("[%s] up to date: reused", stage.name)
             continue
-        resuming = rec.get("state") == "running" and rec.get("fingerprint") == fp and not forced
+        resuming = rec.get("state") in ("running", "truncated") and rec.get("fingerprint") == fp and not forced
         if main and not resuming and not stage.always:
             if (stage.partial_clean is not None and not forced and rec.get("state") == "done"
                     and rec.get("base_fingerprint") == base_fp):
@@ -153,13 +172,19 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
             unchanged = rec.get("fingerprint") == fp and rec.get("state") == "done"
         else:
             unchanged = False
-        records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp, "state": "done",
+        truncated = (summary or {}).get("truncated") or []  # trainings stopped before their planned steps
+        records[stage.name] = {"fingerprint": fp, "base_fingerprint": base_fp,
+                               "state": "truncated" if truncated else "done",
                                "seconds": seconds if not unchanged
                                else rec.get("seconds", seconds), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "summary": summary}
-        fingerprints[stage.name] = fp
-        invocation.append({"name": stage.name, "status": "reused" if unchanged else "ran", "seconds": seconds})
-        if main:
+                               "summary": summary, **({"truncated": truncated} if truncated else {})}
+        fingerprints[stage.name] = _built_fingerprint(fp, truncated)
+        status = "truncated" if truncated else "reused" if unchanged else "ran"
+        invocation.append({"name": stage.name, "status": status, "seconds": seconds})
+        if main and truncated:
+            log.warning("[%s] truncated in %.1f s: %s; the next run resumes it and rebuilds the stages below",
+                        stage.name, seconds, truncation_text(truncated))
+        elif main:
             log.info("[%s] %s in %.1f s", stage.name, "up to date" if unchanged else "done", seconds)
         # kept current after every stage, so the report (the last stage) shows this invocation
         state["last_invocation"] = {"stages": invocation, "seconds": round(time.perf_counter() - start, 1)}

@@ -93,6 +93,15 @@ def _rel(*paths) -> tuple[str, ...]:
 # Stage functions: each returns a small JSON-able summary for pipeline.json
 # --------------------------------------------------------------------------------------------------------------
 
+def truncated(name: str, summary: dict) -> list[dict]:
+    """The ``truncated`` entry of a stage summary for one training (`Trainer.fit`'s summary): ``[]`` when it ran
+    its planned steps, else ``[{"name", "steps", "planned_steps"}]``; the runner then records the stage as
+    truncated."""
+    if not summary.get("truncated"):
+        return []
+    return [{"name": name, "steps": summary["steps"], "planned_steps": summary["planned_steps"]}]
+
+
 def _demo_cohort(ctx: Context) -> dict:
     table = make_demo_cohort(ctx.layout.cohort, ctx.cfg.demo_cohort, progress=ctx.progress)
     return {"subjects": len(table), "tle": int((table["group"] == "TLE").sum())}
@@ -112,11 +121,14 @@ def _train_vae(ctx: Context) -> dict:
     if main:
         ctx.layout.record_stage("train-vae", ctx.cfg, prepared=prepared.resolve())
     summary = train_vae(prepared, ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress and main)
+    stopped = truncated("train-vae", summary)  # every rank stops at the same step: they agree on it
     if not main:
-        return {}
+        return {"truncated": stopped} if stopped else {}
     recon = reconstruct(ctx.run, prepared, split="val", device=ctx.device, progress=ctx.progress)
-    return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "val_n": recon["n"],
-            **{f"val_{k}": round(v, 4) for k, v in recon["mean"].items()}}
+    return {"steps": summary["steps"], "planned_steps": summary["planned_steps"],
+            "train_seconds": round(summary["seconds"], 1), "val_n": recon["n"],
+            **{f"val_{k}": round(v, 4) for k, v in recon["mean"].items()},
+            **({"truncated": stopped} if stopped else {})}
 
 
 def _encode(ctx: Context) -> dict:
@@ -126,9 +138,12 @@ def _encode(ctx: Context) -> dict:
 
 def _train_diffusion(ctx: Context) -> dict:
     summary = train_diffusion(ctx.run, ctx.cfg, device=ctx.device, progress=ctx.progress)
+    stopped = truncated("train-diffusion", summary)
     if not runtime.is_main():
-        return {}
-    return {"steps": summary["steps"], "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"]}
+        return {"truncated": stopped} if stopped else {}
+    return {"steps": summary["steps"], "planned_steps": summary["planned_steps"],
+            "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"],
+            **({"truncated": stopped} if stopped else {})}
 
 
 def samples_per_class(cfg: Config, prepared: Path) -> dict[str, int]:
@@ -174,7 +189,9 @@ def headline_classifier(ctx: Context) -> ClassifierDir:
 def _classify_grid(ctx: Context) -> dict:
     summary = run_grid(ctx.layout.prepared.root, ctx.run, ctx.cfg, samples=ctx.layout.samples.root, device=ctx.device,
                        progress=ctx.progress)
-    return {"runs": summary.get("runs"), "regimes": summary.get("regimes")}
+    stopped = summary.get("truncated_runs") or []
+    return {"runs": summary.get("runs"), "regimes": summary.get("regimes"),
+            **({"truncated": stopped} if stopped else {})}
 
 
 def _clean_synthetic_runs(run: Path) -> None:

@@ -58,8 +58,12 @@ KEYS: dict[str, str] = {
     "bars": "each quality bar of pipeline.bars: the metric's value (with low, high, n), the bar, pass (a metric "
             "the run did not produce fails, marked missing); the CLI and the report list them in pipeline order",
     "bars_passed": "true when every bar passed",
+    "truncated_stages": "stages whose training stopped before its planned steps (max_minutes, pipeline.json); "
+                        "empty when every model trained its planned steps. The numbers of a truncated run are "
+                        "not comparable with others: run it again to complete them",
 }
-VERDICT_KEYS = ("quick", "bars", "bars_passed")  # what the run promised, not what it measured
+# what the run promised or left undone, not what it measured (the CLI and the report say them apart)
+VERDICT_KEYS = ("quick", "bars", "bars_passed", "truncated_stages")
 
 # why a headline number has no interval (the report prints it in the interval's place)
 NO_INTERVAL: dict[str, str] = {
@@ -99,9 +103,11 @@ def collect_metrics(run: str | Path) -> dict:
     out: dict = {}
     pipeline = run.read_pipeline()
     seconds = [s.get("seconds", 0.0) for name, s in pipeline.get("stages", {}).items()
-               if s.get("state") == "done" and name != "report"]
+               if s.get("state") in ("done", "truncated") and name != "report"]
     if seconds:
         out["wall_seconds"] = round(float(sum(seconds)), 1)
+    if pipeline.get("stages"):
+        out["truncated_stages"] = list(run.truncated_stages())
 
     recon = run.vae.reconstruction.read_metrics()
     if recon:

@@ -29,7 +29,7 @@ from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
 from neuroldm.report.headline import KEYS, NO_INTERVAL, VERDICT_KEYS, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
-from neuroldm.runs import ModelDir, RunDir, SaliencyDir
+from neuroldm.runs import ModelDir, RunDir, SaliencyDir, truncation_text
 from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
@@ -118,7 +118,9 @@ def _train_summary(folder: ModelDir) -> list[str]:
         return []
     return [f"{s.get('steps', '–')} steps in {fmt(s.get('seconds'))} s",
             f"best {s.get('monitor', 'validation')} {fmt(s.get('best'))}",
-            *(["stopped early (no validation improvement)"] if s.get("early_stopped") else [])]
+            *(["stopped early (no validation improvement)"] if s.get("early_stopped") else []),
+            *([f"TRUNCATED: stopped at step {s.get('steps')} of {s.get('planned_steps')} planned"]
+              if s.get("truncated") else [])]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -141,8 +143,18 @@ def summary_meaning(key: str) -> str:
     return last.replace("_", " ")
 
 
+def truncation_notes(run: RunDir) -> list[Block]:
+    """The banner of a run with a training stopped before its planned steps (pipeline.json's truncated stages)."""
+    truncated = run.truncated_stages() if run.pipeline.exists() else {}
+    return [Note(f"Truncated: {name} stopped before its planned steps ({truncation_text(stopped) or 'steps unknown'})."
+                 " Its model is under-trained, and every number of this report that depends on it is not the "
+                 "configuration's result. Run `neuroldm run` again without max_minutes: it resumes the stage from "
+                 "its checkpoint, completes the planned steps and rebuilds what depends on it.")
+            for name, stopped in truncated.items()]
+
+
 def summary_blocks(run: RunDir) -> list[Block]:
-    blocks: list[Block] = []
+    blocks: list[Block] = truncation_notes(run)
     metrics = run.read_metrics()
     if metrics is None:
         blocks.append(not_run("no metrics.json (written by `neuroldm run` at the end of a full pipeline)"))
@@ -178,12 +190,13 @@ def summary_blocks(run: RunDir) -> list[Block]:
         for name, rec in sorted(records.items(), key=lambda item: order.get(item[0], len(order))):
             if name == "report" and rec.get("state") == "running":
                 continue  # this page, being written
-            seconds = float(rec.get("seconds") or 0) if rec.get("state") == "done" else None
+            seconds = float(rec.get("seconds") or 0) if rec.get("state") in ("done", "truncated") else None
             total += seconds or 0.0
             rows.append([name, rec.get("state", "?"), last.get(name, ""), fmt(seconds), rec.get("finished", "")])
         rows.append(["total", "", "", fmt(total), ""])
         blocks.append(Table(["stage", "state", "last invocation", "seconds to build", "finished"], rows,
-                            "Pipeline stages (last invocation: ran = computed, reused = up to date, failed)"))
+                            "Pipeline stages (last invocation: ran = computed, reused = up to date, failed, "
+                            "truncated = stopped before its planned steps)"))
     return blocks
 
 

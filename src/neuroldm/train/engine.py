@@ -3,7 +3,13 @@
 One loop, written once: AdamW, linear warm-up then cosine or constant learning rate, gradient accumulation and
 clipping, bf16 autocast on GPU, an optional EMA of the weights (`torch.optim.swa_utils.AveragedModel`),
 periodic validation with a *best* checkpoint, a *last* checkpoint every ``ckpt_every`` steps, exact resume, a
-NaN/Inf guard, a progress bar and a CSV metrics log, and DistributedDataParallel when launched by ``torchrun``.
+NaN/Inf guard, a progress bar with an estimate of the time left and a CSV metrics log, and DistributedDataParallel
+when launched by ``torchrun``.
+
+The number of steps is the contract: the clock never decides what is trained, unless a user sets ``max_minutes``.
+A training stopped before its planned steps (``max_minutes``, Ctrl-C) checkpoints, validates when it had not yet,
+says so in a WARNING and records ``truncated: true`` with ``steps`` and ``planned_steps`` in its summary; the next
+`Trainer.fit` resumes it to the planned steps.
 
 A model plugs in through a loss function ``loss_fn(ctx, batch) -> {"loss": tensor, <term>: tensor or float}``;
 the other terms are only logged.
@@ -22,6 +28,8 @@ import csv
 import logging
 import math
 import random
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -123,6 +131,40 @@ def eval_weights(state: dict[str, Any], model: str = "model") -> dict[str, torch
     if state.get("ema") is not None:
         return {k[len("module."):]: v for k, v in state["ema"].items() if k.startswith("module.")}
     return state["modules"][model]
+
+
+def time_left(seconds_per_step: float, steps_left: int) -> str:
+    """The estimate shown on the progress bar and in the log, e.g. ``~7 min left at 0.3 s/step``."""
+    left = seconds_per_step * steps_left
+    when = (f"~{left:.0f} s" if left < 90 else f"~{left / 60:.0f} min" if left < 90 * 60
+            else f"~{left / 3600:.1f} h")
+    return f"{when} left at {seconds_per_step:.3g} s/step"
+
+
+class _CtrlC:
+    """Ctrl-C during `Trainer.fit`: the first one asks the loop to stop after the current step (with a checkpoint,
+    so the weights are never saved half-updated); a second one interrupts at once. Installed only in the main
+    thread and only over Python's default handler."""
+
+    def __init__(self) -> None:
+        self.requested = False
+        self._previous = None
+
+    def install(self) -> _CtrlC:
+        if (threading.current_thread() is threading.main_thread()
+                and signal.getsignal(signal.SIGINT) is signal.default_int_handler):
+            self._previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("Ctrl-C: stopping after this step with a checkpoint (Ctrl-C again stops at once)")
+
+    def remove(self) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
 
 
 def _to_device(batch: Any, device: torch.device) -> Any:
@@ -248,8 +290,9 @@ class Trainer:
 
     def _resume(self) -> bool:
         """Resume from the latest whole checkpoint: ``last``, or ``best`` when it is newer (a ``last`` that could
-        not be written); the log keeps only the rows of the steps it has seen."""
-        found = sorted(self._checkpoints(), key=checkpoint_step)
+        not be written); the log keeps only the rows of the steps it has seen. At the same step ``last`` wins: a
+        stop's own validation writes ``best`` after it, and must not enter the resumed run's selection."""
+        found = sorted(self._checkpoints(), key=lambda p: (checkpoint_step(p), p == self.checkpoints.last))
         if found:
             self.load_state_dict(load_state(found[-1], device="cpu"))
             log.info("resumed from %s at step %d", found[-1], self.step)
@@ -380,7 +423,10 @@ class Trainer:
     def fit(self, resume: bool = True, until_step: int | None = None) -> dict[str, Any]:
         """Train to ``cfg.steps`` (or `until_step`, for tests that simulate an interruption).
 
-        Returns a summary: steps done, seconds, the last logged terms and validation metrics, the best value.
+        Returns a summary: steps done and planned, whether the run was truncated (stopped before its planned steps
+        by ``max_minutes`` or Ctrl-C; patience is part of the plan), seconds, the last logged terms and validation
+        metrics, the best value. After Ctrl-C the checkpoint and summary are written, then KeyboardInterrupt is
+        raised again.
         """
         cfg = self.cfg
         if resume:
@@ -389,6 +435,7 @@ class Trainer:
             self.metrics_path.unlink()
         end = min(cfg.steps, until_step or cfg.steps)
         start_time, started_at = time.perf_counter(), self.step
+        report_every = max(1, cfg.steps // 10)  # the estimate in the log: after 5 steps, then every ~10 %
         batches = self._loader(self.step * cfg.grad_accum)
         for module in self._wrapped.values():
             module.train()
@@ -398,22 +445,29 @@ class Trainer:
         val: dict[str, float] = {}
         stopped_early = patience_out = False
         next_line = PLAIN_PROGRESS_SECONDS
+        stop_reason = None
+        ctrl_c = _CtrlC().install()
         try:
             while self.step < end:
                 terms = runtime.mean_across(self._train_step(batches), self.world)
                 lr = self.schedulers[self.model_name].get_last_lr()[0]
+                done, elapsed = self.step - started_at, time.perf_counter() - start_time
+                left = time_left(elapsed / done, cfg.steps - self.step)
                 bar.update()
-                bar.set_postfix(loss=f"{terms['loss']:.4g}", refresh=False)
+                bar.set_postfix(loss=f"{terms['loss']:.4g}", eta=left, refresh=False)
                 if not self.progress and self.world.is_main and time.perf_counter() - start_time >= next_line:
                     next_line += PLAIN_PROGRESS_SECONDS
-                    log.info("%s: step %d/%d, loss %.4g", self.desc, self.step, end, terms["loss"])
+                    log.info("%s: step %d/%d, loss %.4g, %s", self.desc, self.step, end, terms["loss"], left)
+                if self.world.is_main and self.step < end and (done == 5 or self.step % report_every == 0):
+                    log.info("%s: %s (step %d of %d)", self.desc, left, self.step, cfg.steps)
                 val = self._validate() if (self.step % cfg.val_every == 0 or self.step == cfg.steps) else {}
                 if self.step % cfg.log_every == 0 or val or self.step == end:
                     self._log({"step": self.step, "seconds": round(time.perf_counter() - start_time, 3),
                                "lr": lr, **terms, **val})
                 out_of_time = (cfg.max_minutes is not None
                                and time.perf_counter() - start_time > 60 * cfg.max_minutes)
-                out_of_time = not runtime.all_true(not out_of_time, self.world)
+                # one verdict for every rank: a Ctrl-C or the budget seen by any process stops them all
+                out_of_time = not runtime.all_true(not (out_of_time or ctrl_c.requested), self.world)
                 # only the main process validates, so its verdict (true on any rank) is the one every rank follows
                 patience_out = not runtime.all_true(
                     not (self.patience is not None and self.since_best >= self.patience), self.world)
@@ -425,14 +479,34 @@ class Trainer:
                     break
                 if out_of_time:
                     stopped_early = True
-                    log.info("%s: time budget of %.1f min reached at step %d", self.desc, cfg.max_minutes, self.step)
+                    stop_reason = "interrupted" if ctrl_c.requested else "max_minutes"
                     break
+        except Exception as e:
+            if ctrl_c.requested:  # e.g. DataLoader workers that Ctrl-C ended: the interrupt is the cause
+                raise KeyboardInterrupt from e
+            raise
         finally:
             bar.close()
+            ctrl_c.remove()
+        truncated = self.step < cfg.steps and not patience_out
+        if truncated and self.step > 0:
+            if self.best is None and self.validate_fn is not None:
+                # never leave a stopped run without a best checkpoint; after the 'last' one, so a resumed run
+                # selects exactly as a straight one (its first validation replaces this best)
+                val = self._validate() or val
+            if self.world.is_main:
+                why = {"max_minutes": f"max_minutes = {cfg.max_minutes} reached", "interrupted": "Ctrl-C"}.get(
+                    stop_reason, "stopped")
+                log.warning("%s: truncated at step %d of %d planned steps (%s): the model is under-trained; "
+                            "running it again resumes from %s and completes them", self.desc, self.step, cfg.steps,
+                            why, self.checkpoints.last)
         seconds = time.perf_counter() - start_time
-        summary = {"steps": self.step, "steps_this_run": self.step - started_at, "seconds": round(seconds, 2),
+        summary = {"steps": self.step, "planned_steps": cfg.steps, "truncated": truncated,
+                   "stop_reason": stop_reason, "steps_this_run": self.step - started_at, "seconds": round(seconds, 2),
                    "stopped_early": stopped_early, "early_stopped": patience_out, "best": self.best, "monitor": f"val_{self.monitor}",
                    "last_terms": terms, "last_validation": val, "world_size": self.world.size}
         if self.world.is_main:
             write_json_atomic(self.layout.train_summary, summary)
+        if stop_reason == "interrupted":
+            raise KeyboardInterrupt
         return summary
