@@ -417,10 +417,10 @@ TORCHRUN_TINY = [
     "classifier.regimes=[real]"]
 
 
-@pytest.mark.slow  # five torchrun launches of two processes each: about a minute on two free cores
+@pytest.mark.slow  # nine torchrun launches of two processes each: about 100 s on two free cores
 def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
-    """`torchrun --nproc_per_node=2 -m neuroldm STAGE --run-dir R ...`, as the README and --help write it: the DDP
-    stages train on both ranks, the others (here encode) run on rank 0 alone."""
+    """`torchrun --nproc_per_node=2 -m neuroldm STAGE --run-dir R ...`, as the README and --help write it, for every
+    command that takes --run-dir: the DDP stages train on both ranks, the others run on rank 0 alone."""
     from neuroldm.data.prepare import prepare_cohort
 
     from phantoms import write_bids
@@ -450,6 +450,13 @@ def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
     assert json.loads((run / "classifier" / "result.json").read_text())["test"]["n"] == 3
     torchrun("classify-grid")
     assert (run / "classify-grid" / "summary.md").exists()
+    # and every other command that takes --run-dir, each on rank 0 alone
+    assert torchrun("reconstruct").count("PSNR") == 1
+    assert torchrun("vae-sample", "-n", "1", "--out", str(tmp_path / "prior")).count("wrote 1 volumes") == 1
+    assert torchrun("sample", "-n", "1", "--label", "TLE", "--steps", "2", "--out", str(tmp_path / "s")).count(
+        "volume(s) written") == 1
+    assert len(list((tmp_path / "s").glob("TLE_*.nii.gz"))) == 1
+    assert torchrun("saliency", "--limit", "2").count("maps, figures and attributions.csv") == 1
 
 
 def test_run_and_n_stay_as_hidden_aliases(tmp_path, capsys):
