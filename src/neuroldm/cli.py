@@ -860,6 +860,12 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     finally:
         _RUN_LOG.close()
+        if "torch" in sys.modules:  # only a command that ran torch can have joined a process group
+            from neuroldm import runtime
+
+            # leave the torchrun group before the interpreter exits: a gloo group still alive at exit can abort
+            # the process ("terminate called without an active exception"), failing a rank that had finished
+            runtime.teardown()
 
 
 if __name__ == "__main__":
