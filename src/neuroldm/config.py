@@ -529,7 +529,8 @@ def preset_dict(name: str) -> dict:
 
 def parse_override(item: str) -> tuple[list[str], Any]:
     """``"prepare.grid=[64,64,64]"`` -> (["prepare", "grid"], [64, 64, 64]); values are parsed as YAML 1.2
-    (`yaml_load`: ``vae.train.amp=off`` is the string 'off', ``vae.augment.left_right_flip=no`` still a false boolean)."""
+    (`yaml_load`: ``vae.train.amp=off`` is the string 'off'; ``vae.augment.left_right_flip=no`` is still a false
+    boolean, as pydantic reads it)."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. prepare.spacing=[2,2,2]")
     key, raw = item.split("=", 1)

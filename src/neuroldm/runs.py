@@ -481,16 +481,6 @@ class RunDir(Folder):
     def saliency(self) -> SaliencyDir:
         return SaliencyDir(self.root / "saliency")
 
-    def stage_paths(self, names: tuple[str, ...]) -> list[Path]:
-        """Paths of a stage's outputs by attribute path, e.g. ``("vae.model", "latents.info")``."""
-        out = []
-        for name in names:
-            node: object = self
-            for part in name.split("."):
-                node = getattr(node, part)
-            out.append(Path(node))
-        return out
-
     # ---- readers -------------------------------------------------------------------------------------------
 
     def read_record(self) -> dict:

@@ -13,7 +13,7 @@ from neuroldm.evaluate.memorization import (
     nearest_training,
     standardised_vector,
 )
-from neuroldm.evaluate.stats import wilson_interval
+from neuroldm.metrics.interval import wilson_interval
 
 
 def test_standardised_vectors_give_pearson_correlation():

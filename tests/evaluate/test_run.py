@@ -124,10 +124,10 @@ def test_cli_random_features_runs_and_names_its_metric(cohort, tmp_path, monkeyp
 def test_latent_space_audit_and_3d_fid(cohort, tmp_path, tiny_script, monkeypatch):
     from neuroldm.config import VAEConfig
     from neuroldm.evaluate import run as evaluate_run
+    from neuroldm.runs import RunDir
     from neuroldm.vae import encode
     from neuroldm.vae.network import build_vae
     from neuroldm.vae.perceptual import MedicalNetResNet10
-    from neuroldm.runs import RunDir
     from neuroldm.vae.weights import export_vae
 
     def pooled_encoder(model, x, cfg):  # a cheap deterministic stand-in for the autoencoder's posterior

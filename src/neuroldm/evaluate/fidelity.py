@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.evaluate.stats import wilson_interval
+from neuroldm.metrics.interval import wilson_interval
 
 Predict = Callable[[torch.Tensor], torch.Tensor]
 

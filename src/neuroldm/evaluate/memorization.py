@@ -37,7 +37,7 @@ from scipy.stats import mannwhitneyu
 from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.evaluate.stats import wilson_interval
+from neuroldm.metrics.interval import wilson_interval
 from neuroldm.viz.slices import comparison_figure
 
 

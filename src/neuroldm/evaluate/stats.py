@@ -1,5 +1,5 @@
-"""Intervals reported with every metric: a normal-approximation interval of a mean (and, from
-`neuroldm.metrics.interval`, the Wilson interval of a share).
+"""The normal-approximation interval of a mean, reported with KID, MS-SSIM diversity and reconstruction means (the
+Wilson interval of a share is `neuroldm.metrics.interval.wilson_interval`).
 
 Both are `neuroldm.metrics.interval.Interval` at the 95 % level, with the normal quantile rounded to 1.96 as these
 outputs have always used it.
@@ -11,9 +11,7 @@ import math
 
 import numpy as np
 
-from neuroldm.metrics.interval import NORMAL, Z95, Interval, wilson_interval
-
-__all__ = ["mean_ci", "mean_summary", "sample_std", "wilson_interval"]
+from neuroldm.metrics.interval import NORMAL, Z95, Interval
 
 
 def sample_std(values) -> float:
