@@ -31,7 +31,7 @@ GOLDEN = {
     "grid.summary_html": "classify-grid/summary.html", "grid.runs_table": "classify-grid/runs.csv",
     "grid.predictions": "classify-grid/predictions.csv",
     "evaluation.metrics": "evaluation/metrics.json", "evaluation.closest_pairs_figure":
-        "evaluation/closest_pairs.png",
+        "evaluation/closest_pairs.png", "evaluation.ladder_figure": "evaluation/realism_ladder.png",
     "saliency.summary": "saliency/summary.json", "saliency.attributions": "saliency/attributions.csv",
 }
 
@@ -64,6 +64,7 @@ def test_figure_and_mean_map_names_round_trip(tmp_path):
     ev = RunDir(tmp_path).evaluation
     assert ev.figure_kind(ev.slice_fid_figure("left TLE").name) == ("slice_fid", "left TLE")
     assert ev.figure_kind(ev.closest_pairs_figure.name) == ("closest_pairs", None)
+    assert ev.figure_kind(ev.ladder_figure.name) == ("ladder", None)
     assert ev.figure_kind("other.png") == ("other", None)
     sal = RunDir(tmp_path).saliency
     assert SaliencyDir.mean_class(sal.figure("ig", sal.mean_name("TLE"))) == "TLE"

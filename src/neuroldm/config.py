@@ -384,8 +384,20 @@ class EvaluateConfig(Section):
     # a copy: nearer to a training volume than this times the closest held-out real volume's distance
     memorization_copy_ratio: float = Field(0.5, gt=0, le=1)
     closest_pairs: int = Field(4, ge=0)  # synthetic/training pairs in the memorization figure
-    figures: bool = True  # FID-vs-position and closest-pairs PNGs
+    figures: bool = True  # FID-vs-position, closest-pairs and realism-ladder PNGs
+    # the realism ladder (neuroldm.evaluate.ladder), given the autoencoder's run: its reconstructions of the held-out
+    # volumes and decoded prior latents compared like the samples, plus held-out volumes blurred by each sigma
+    # (voxels) to express every rung's FID as an equivalent blur
+    ladder: bool = True
+    blur_sigmas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
     seed: int = 0
+
+    @field_validator("blur_sigmas")
+    @classmethod
+    def _increasing_sigmas(cls, v):
+        if any(s <= 0 for s in v) or list(v) != sorted(set(v)):
+            raise ValueError("blur_sigmas must be positive and strictly increasing (voxels)")
+        return v
 
 
 class PipelineConfig(Section):

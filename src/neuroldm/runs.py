@@ -345,13 +345,19 @@ class EvaluationDir(Folder):
     def closest_pairs_figure(self) -> Path:
         return self.root / "closest_pairs.png"
 
+    @property
+    def ladder_figure(self) -> Path:
+        return self.root / "realism_ladder.png"
+
     def figure_kind(self, name: str) -> tuple[str, str | None]:
-        """What a figure file of this folder shows: ``("slice_fid", group)``, ``("closest_pairs", None)`` or
-        ``("other", None)``."""
+        """What a figure file of this folder shows: ``("slice_fid", group)``, ``("closest_pairs", None)``,
+        ``("ladder", None)`` or ``("other", None)``."""
         if name.startswith("slice_fid_") and name.endswith(".png"):
             return "slice_fid", name[len("slice_fid_"):-len(".png")]
         if name == self.closest_pairs_figure.name:
             return "closest_pairs", None
+        if name == self.ladder_figure.name:
+            return "ladder", None
         return "other", None
 
     def read_metrics(self) -> dict | None:

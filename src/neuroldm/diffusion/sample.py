@@ -145,9 +145,12 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
             _check_finite(z, RunDir(run_dir).diffusion.model, "sampled latents", chunk)
             vols = gen.decode(z)
             _check_finite(vols, RunDir(run_dir).vae.model, "decoded volumes", chunk)
-            for s, vol in zip(chunk, vols):
+            scaled = gen.space.scale(z).float().flatten(2)  # the diffusion model's units, before decoding
+            for s, vol, zs in zip(chunk, vols, scaled):
                 stem = stem_of(s)
                 meta = {"sample": stem, "label": idx, "label_name": name, "seed": s,
+                        # per-channel statistics of this volume's generated latent (the realism ladder's dispersion)
+                        "latent_mean": zs.mean(1).tolist(), "latent_std": zs.std(1, correction=0).tolist(),
                         **scfg.model_dump(mode="json", exclude={"batch_size"}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}

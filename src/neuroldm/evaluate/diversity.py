@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from tqdm.auto import tqdm
@@ -32,10 +34,10 @@ def random_pairs(n: int, n_pairs: int, rng: np.random.Generator) -> list[tuple[i
     return [(int(rows[0][c]), int(rows[1][c])) for c in sorted(chosen)]
 
 
-def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0, progress: bool = False,
-                      desc: str = "MS-SSIM pairs") -> dict:
+def ms_ssim_diversity(paths: list, n_pairs: int, seed: int = 0, progress: bool = False,
+                      desc: str = "MS-SSIM pairs", load: Callable[[object], np.ndarray] = load_prepared_volume) -> dict:
     """Mean MS-SSIM of random pairs of distinct volumes of `paths`: `mean_summary` (value, normal 95 % interval,
-    N pairs, std) plus ``n_volumes``."""
+    N pairs, std) plus ``n_volumes``. `load` reads one entry of `paths` (a prepared NIfTI by default)."""
     pairs = random_pairs(len(paths), n_pairs, np.random.default_rng(seed))
     if not pairs:
         return {"skipped": f"needs at least 2 volumes, have {len(paths)}"}
@@ -43,7 +45,7 @@ def ms_ssim_diversity(paths: list[str], n_pairs: int, seed: int = 0, progress: b
 
     def vol(i: int) -> torch.Tensor:
         if i not in cache:
-            cache[i] = torch.from_numpy(load_prepared_volume(paths[i]))[None, None]
+            cache[i] = torch.from_numpy(load(paths[i]))[None, None]
         return cache[i]
 
     values = [float(ms_ssim(vol(i), vol(j))[0]) for i, j in tqdm(pairs, desc=desc, unit="pair", disable=not progress)]

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pandas as pd
 import torch
@@ -32,7 +33,7 @@ from neuroldm.config import EvaluateConfig
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
-from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate import diversity, ladder, memorization
 from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.features3d import load_medicalnet, volume_features
 from neuroldm.evaluate.fidelity import conditional_fidelity
@@ -52,6 +53,7 @@ from neuroldm.samples import SampleSet, read_sample_manifest
 from neuroldm.vae.decode import encode_volume
 from neuroldm.vae.encode import load_latents
 from neuroldm.vae.weights import load_vae
+from neuroldm.viz.slices import comparison_figure
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +107,7 @@ class EvaluationSets:
 
     def compared(self) -> dict[str, pd.DataFrame]:
         """The three sets the distribution metrics compare, by the name their features go under."""
-        return {"reference": self.reference, "heldout": self.heldout, "synthetic": self.synthetic}
+        return {"reference": self.reference, "real_baseline": self.heldout, "synthetic": self.synthetic}
 
 
 def select_sets(real: str | Path, synthetic: str | Path, cfg: EvaluateConfig, reference_split: str = "train",
@@ -164,7 +166,8 @@ class Features:
 def extract_features(sets: EvaluationSets, cfg: EvaluateConfig, device: str | torch.device = "cpu",
                      progress: bool = True) -> Features:
     """Slice features of every compared volume (one intensity window, from the reference set), and 3D features
-    when ``evaluate.medicalnet_path`` is set."""
+    when ``evaluate.medicalnet_path`` is set. The ladder's rungs are added later, to the same window and
+    positions (`add_features`)."""
     net = resolve_feature_network(cfg)  # fails in one line before any heavy work when there are no weights
     window = intensity_window(list(sets.reference["path"]), cfg.window_percentiles, cfg.seed)
     positions = slice_positions(sets.grid, cfg.slice_stride)
@@ -182,44 +185,174 @@ def extract_features(sets: EvaluationSets, cfg: EvaluateConfig, device: str | to
                     volumes={k: f.volume_features() for k, f in slices.items()}, volumes_3d=volumes_3d)
 
 
+def add_features(features: Features, name: str, source: ladder.VolumeSource, cfg: EvaluateConfig,
+                 device: str | torch.device = "cpu", progress: bool = True) -> SliceFeatures:
+    """Slice features of `source` under `name`, through the same network, window and slice positions as the
+    evaluation's other sets."""
+    f = extract_slice_features(source.keys, source.ids, features.network, features.window, features.positions,
+                               batch_size=cfg.batch_size, device=device, progress=progress,
+                               desc=f"{features.network.metric} features: {name}", load=source.load)
+    features.slices[name] = f
+    features.volumes[name] = f.volume_features()
+    return f
+
 # --------------------------------------------------------------------------------------------------------------
 # Distribution metrics
 # --------------------------------------------------------------------------------------------------------------
 
+LADDER_ONLY = ("reconstruction", "vae_prior")  # the autoencoder's rungs (`ladder_rungs`)
+
+
+def compared_sources(sets: EvaluationSets, rungs: dict[str, ladder.VolumeSource] | None = None
+                     ) -> dict[str, ladder.VolumeSource]:
+    """Each comparison of ``groups`` (synthetic, real_baseline, then any ladder rung) -> the volumes it compares
+    with the reference set."""
+    out = {"synthetic": _source(sets.synthetic, list(sets.synthetic["sample"])),
+           "real_baseline": _source(sets.heldout, _ids(sets.heldout))}
+    return out | dict(rungs or {})
+
+
+def _source(rows: pd.DataFrame, ids: list[str]) -> ladder.VolumeSource:
+    return ladder.VolumeSource(list(rows["path"]), ids, rows["label"].to_numpy(int), load_prepared_volume)
+
+
 def distribution_metrics(sets: EvaluationSets, features: Features, classes: list[str], cfg: EvaluateConfig,
-                         progress: bool = True) -> dict:
-    """``groups`` of metrics.json: per group (overall, each class), the synthetic and the held-out real set each
-    against the reference set: per-slice FID, 3D FID, KID, PRDC, and the set's MS-SSIM diversity."""
+                         progress: bool = True, sources: dict[str, ladder.VolumeSource] | None = None) -> dict:
+    """``groups`` of metrics.json: per group (overall, each class), each compared set (synthetic, held-out real,
+    and the ladder's rungs when `sources` names them; `compared_sources`) against the reference set: per-slice
+    FID, 3D FID, KID, PRDC, and the set's MS-SSIM diversity. An unconditional set (no labels) is compared overall
+    only."""
     net = features.network
     suffix = "" if net.metric == "fid" else "_random_features"
-    compared = sets.compared()
+    sources = sources or compared_sources(sets)
     feats, vfeats, feats3d = features.slices, features.volumes, features.volumes_3d
     groups: dict = {}
     for group, label in [("overall", None), *[(name, c) for c, name in enumerate(classes)]]:
-        def select(part: pd.DataFrame, label=label) -> np.ndarray:
-            return np.arange(len(part)) if label is None else np.flatnonzero(part["label"].to_numpy() == label)
-
-        i_ref = select(sets.reference)
+        i_ref = (np.arange(len(sets.reference)) if label is None
+                 else np.flatnonzero(sets.reference["label"].to_numpy() == label))
         groups[group] = {}
-        for comparison, key in (("synthetic", "synthetic"), ("real_baseline", "heldout")):
-            part = compared[key]
-            idx = select(part)
+        for comparison, src in sources.items():
+            if label is not None and src.labels is None:
+                groups[group][comparison] = {"skipped": "an unconditional set: compared overall only"}
+                continue
+            idx = np.arange(len(src)) if label is None else np.flatnonzero(src.labels == label)
             res: dict = {"n_reference": len(i_ref), "n_compared": len(idx)}
             if len(i_ref) < 2 or len(idx) < 2:
                 res["skipped"] = f"needs at least 2 volumes per set, have {len(i_ref)} and {len(idx)}"
                 groups[group][comparison] = res
                 continue
-            res[net.metric] = per_slice_fid(feats["reference"], i_ref, feats[key], idx, net.metric)
-            res["fid_3d"] = ({"value": frechet_distance(feats3d["reference"][i_ref], feats3d[key][idx]),
+            res[net.metric] = per_slice_fid(feats["reference"], i_ref, feats[comparison], idx, net.metric)
+            res["fid_3d"] = ({"value": frechet_distance(feats3d["reference"][i_ref], feats3d[comparison][idx]),
                               "n_a": len(i_ref), "n_b": len(idx), "network": "MedicalNet ResNet-10"}
-                             if feats3d else {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)"})
-            res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[key][idx], cfg.kid_subsets,
-                                                cfg.kid_subset_size, cfg.seed)
-            res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[key][idx], cfg.prdc_k)
-            res["ms_ssim"] = diversity.ms_ssim_diversity(list(part["path"].iloc[idx]), cfg.ms_ssim_pairs, cfg.seed,
-                                                         progress, f"MS-SSIM pairs: {group}, {key}")
+                             if feats3d and comparison in feats3d
+                             else {"skipped": "no MedicalNet weights (evaluate.medicalnet_path)" if not feats3d
+                                   else "not computed for the ladder's rungs"})
+            res["kid" + suffix] = diversity.kid(vfeats["reference"][i_ref], vfeats[comparison][idx],
+                                                cfg.kid_subsets, cfg.kid_subset_size, cfg.seed)
+            res["prdc" + suffix] = diversity.prdc(vfeats["reference"][i_ref], vfeats[comparison][idx], cfg.prdc_k)
+            if label is not None and comparison in LADDER_ONLY:
+                res["ms_ssim"] = {"skipped": "the ladder's rungs: diversity overall only"}
+            else:
+                res["ms_ssim"] = diversity.ms_ssim_diversity([src.keys[i] for i in idx], cfg.ms_ssim_pairs,
+                                                             cfg.seed, progress, f"MS-SSIM pairs: {group}, "
+                                                             f"{comparison}", load=src.load)
             groups[group][comparison] = res
     return groups
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The realism ladder
+# --------------------------------------------------------------------------------------------------------------
+
+def ladder_rungs(sets: EvaluationSets, vae: ladder.Autoencoder, cfg: EvaluateConfig) -> dict[str, ladder.VolumeSource]:
+    """The autoencoder's rungs: reconstructions of the held-out volumes, and as many decoded prior latents."""
+    held = sets.heldout
+    return {"reconstruction": ladder.reconstruction_source(vae, list(held["path"]), _ids(held), held["label"]),
+            "vae_prior": ladder.prior_source(vae, len(held), cfg.seed)}
+
+
+def _voxel_mm(path: str) -> float:
+    """The geometric mean voxel size (mm) of a prepared volume: σ in voxels times this is σ in mm."""
+    return float(np.prod(nib.load(path).header.get_zooms()[:3]) ** (1 / 3))
+
+
+def realism_ladder(sets: EvaluationSets, features: Features, groups: dict, sources: dict[str, ladder.VolumeSource],
+                   cfg: EvaluateConfig, latent_info: dict | None, device: str | torch.device = "cpu",
+                   progress: bool = True) -> dict:
+    """``ladder`` of metrics.json (`neuroldm.evaluate.ladder`): the blur scale and each rung's equivalent blur,
+    the sharpness ratios, the latent dispersion. The rungs' FID, KID, PRDC and MS-SSIM are in ``groups``."""
+    metric = features.network.metric
+    held = sets.heldout
+    i_ref = np.arange(len(sets.reference))
+    mm = _voxel_mm(held["path"].iloc[0])
+    blur: dict = {"sigmas_voxels": [], "sigmas_mm": [], "fid": [], "fid_2_5d": [], "n_a": len(i_ref),
+                  "n_b": len(held), "set": "held-out real volumes blurred by an isotropic Gaussian"}
+    for sigma in cfg.blur_sigmas:
+        src = ladder.blurred_source(list(held["path"]), _ids(held), held["label"], sigma)
+        f = add_features(features, f"blur_{sigma:g}", src, cfg, device, progress)
+        r = per_slice_fid(features.slices["reference"], i_ref, f, np.arange(len(src)), metric)
+        blur["sigmas_voxels"].append(float(sigma))
+        blur["sigmas_mm"].append(float(sigma) * mm)
+        blur["fid"].append(r["mean"])
+        blur["fid_2_5d"].append(r["fid_2_5d"])
+    overall = groups["overall"]
+    baseline = overall["real_baseline"].get(metric, {})
+    equivalent = {}
+    for rung in ("reconstruction", "synthetic", "vae_prior"):
+        r = overall.get(rung, {}).get(metric)
+        if r and baseline:
+            e = ladder.equivalent_blur(blur["sigmas_voxels"], blur["fid"], baseline["mean"], r["mean"])
+            equivalent[rung] = e | {"sigma_mm": e["sigma_voxels"] * mm, "fid": r["mean"]}
+    ref_sum = None
+    for p in sets.reference["path"]:
+        v = load_prepared_volume(p).astype(np.float64)
+        ref_sum = v if ref_sum is None else ref_sum + v
+    mask = ladder.brain_mask(ref_sum / len(sets.reference), features.window)
+    per_volume = {name: np.array([ladder.gradient_magnitude(src.load(k), mask) for k in src.keys])
+                  for name, src in sources.items()}
+    real = per_volume["real_baseline"]
+    sharpness = {"measure": "mean gradient magnitude inside the brain mask, relative to held-out real volumes",
+                 "mask_voxels": int(mask.sum()), "real_mean": float(real.mean()), "n_real": len(real)}
+    sharpness |= {name: ladder.sharpness_ratio(v, real, cfg.seed).to_dict()
+                  for name, v in per_volume.items() if name != "real_baseline"}
+    stems = list(sets.audited["sample"])
+    latent = (ladder.latent_dispersion([SampleDir(sets.samples.folder).sidecar(s) for s in stems], latent_info)
+              if latent_info is not None else {"skipped": "no autoencoder run given"})
+    return {"rungs": [r for r in ladder.RUNGS if r in sources], "voxel_mm": mm, "blur": blur,
+            "equivalent_blur": equivalent, "sharpness": sharpness, "latent": latent}
+
+
+def ladder_figure(sets: EvaluationSets, sources: dict[str, ladder.VolumeSource], window: tuple[float, float],
+                  path: Path) -> Path:
+    """The same slices of one held-out volume, its reconstruction, a synthetic volume of its class and a prior
+    volume, in one intensity window; the second row zooms on the hippocampi (the held-out volume's ROI, else the
+    grid's centre)."""
+    held = sets.heldout
+    i = int(np.flatnonzero(held["label"].to_numpy() == held["label"].max())[0])
+    label = int(held["label"].iloc[i])
+    picks = {"real_baseline": i, "reconstruction": i, "vae_prior": 0}
+    syn = sources["synthetic"]
+    same = np.flatnonzero(syn.labels == label)
+    picks["synthetic"] = int(same[0]) if len(same) else 0
+    volumes = {name: sources[name].load(sources[name].keys[k]) for name, k in picks.items() if name in sources}
+    shape = np.array(next(iter(volumes.values())).shape)
+    centre = shape // 2
+    roi = held["roi_path"].iloc[i] if "roi_path" in held.columns else ""
+    if isinstance(roi, str) and roi and Path(roi).exists():
+        m = np.asarray(nib.load(roi).dataobj) > 0
+        if m.any():
+            centre = np.round(np.argwhere(m).mean(0)).astype(int)
+    half = np.maximum(shape // 6, 4)
+    lo_, hi_ = np.clip(centre - half, 0, shape), np.clip(centre + half, 0, shape)
+    crop = tuple(slice(int(a), int(b)) for a, b in zip(lo_, hi_, strict=True))
+    names = {"real_baseline": "held-out real", "reconstruction": "reconstruction", "synthetic": "synthetic",
+             "vae_prior": "VAE prior"}
+    kw = {"vmin": window[0], "vmax": window[1]}
+    order = [r for r in ladder.RUNGS if r in volumes]
+    rows = [("whole volume", [(names[r], volumes[r], kw) for r in order]),
+            ("hippocampi (zoom)", [(names[r], volumes[r][crop], kw) for r in order])]
+    return comparison_figure(rows, path, title="Realism ladder: one held-out volume, its reconstruction, a synthetic "
+                                               "volume of its class, a prior sample (one window)")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -344,8 +477,13 @@ def write_figures(groups: dict, metric: str, closest: list[ClosestPair], out: Ev
 
 def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: EvaluateConfig, classes: list[str], *,
              reference_split: str = "train", heldout_split: str = "test", predict: Predict | None = None,
-             vae_run: str | Path | None = None, device: str | torch.device = "cpu", progress: bool = True) -> dict:
+             vae_run: str | Path | None = None, latent_memorization: bool = True, device: str | torch.device = "cpu",
+             progress: bool = True) -> dict:
     """Evaluate a sample folder against a prepared cohort; write ``OUT/metrics.json`` and figures; return the dict.
+
+    `vae_run`: the run whose autoencoder made the samples; with it (and ``evaluate.ladder``) the realism ladder's
+    reconstruction and prior rungs are compared too, and (with `latent_memorization`) the memorization audit also
+    runs in its latent space.
 
     ``metrics.json``:
 
@@ -354,8 +492,10 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
       ``total``); ``synthetic``: ``folder``, ``n_available``, ``n_used`` (after ``match_n``), ``n_audited``;
     - ``feature_network``: ``name``, ``metric`` (``fid``, or ``fid_random_features`` for the seeded stand-in),
       ``dim``, ``input_size``, ``file``, ``sha1``; ``intensity_window`` ``[lo, hi]``; ``slice_positions`` per axis;
-    - ``groups``: ``{"overall" | <class>: {"synthetic" | "real_baseline": {...}}}``, each comparing a set
-      (synthetic, or held-out real) with the reference real volumes of that group:
+    - ``groups``: ``{"overall" | <class>: {"synthetic" | "real_baseline" | "reconstruction" | "vae_prior": {...}}}``,
+      each comparing a set (synthetic, held-out real, and with `vae_run` the ladder's rungs: the autoencoder's
+      reconstructions of the held-out volumes and decoded prior latents, overall only) with the reference real
+      volumes of that group:
         - ``<metric>`` (``fid`` / ``fid_random_features``): per-slice FID — ``n_a`` (reference volumes), ``n_b``,
           ``axes.<sagittal|coronal|axial>`` = ``positions``, ``fid`` (one per position), ``mean``, ``pooled``,
           ``n_slices_a``, ``n_slices_b``; ``mean`` over all positions; ``fid_2_5d`` (mean of the pooled FIDs);
@@ -366,6 +506,9 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
           (features: each volume's slice features averaged over positions and axes);
         - ``ms_ssim``: within-set diversity, the mean over random pairs as an interval (``n`` pairs, normal 95 %
           interval), plus ``std``, ``n_volumes``;
+    - ``ladder``: `realism_ladder` — ``blur`` (FID of blurred held-out volumes per σ), ``equivalent_blur`` per
+      rung (``sigma_voxels``, ``sigma_mm``, ``censored``), ``sharpness`` per rung (an interval, percentile
+      bootstrap), ``latent`` (generated vs real latent std per channel and overall), or ``{"skipped"}``;
     - ``memorization``: ``image`` (and ``latent`` with `vae_run`): see `memorization.audit` (``flagged_share`` is
       an interval, Wilson); ``training_set`` says whether the training volumes are the generator's own
       (``samples.json`` ``train_subjects``);
@@ -382,10 +525,21 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
     t0 = time.time()
     out = EvaluationDir(out)
     sets = select_sets(real, synthetic, cfg, reference_split, heldout_split)
+    vae = ladder.Autoencoder(vae_run, device) if vae_run is not None and cfg.ladder else None
     features = extract_features(sets, cfg, device, progress)
-    groups = distribution_metrics(sets, features, classes, cfg, progress)
-    mem, closest = memorization_audits(sets, cfg, vae_run, device, progress)
+    rungs = ladder_rungs(sets, vae, cfg) if vae is not None else {}
+    for name, src in rungs.items():
+        add_features(features, name, src, cfg, device, progress)
+    sources = compared_sources(sets, rungs)
+    groups = distribution_metrics(sets, features, classes, cfg, progress, sources)
+    realism = (realism_ladder(sets, features, groups, sources, cfg, RunDir(vae_run).latents.read_info(), device,
+                              progress)
+               if vae is not None else {"skipped": "no autoencoder run given" if cfg.ladder
+                                        else "evaluate.ladder is off"})
+    mem, closest = memorization_audits(sets, cfg, vae_run if latent_memorization else None, device, progress)
     figures = write_figures(groups, features.network.metric, closest, out, cfg)
+    if vae is not None and cfg.figures:
+        figures.append(ladder_figure(sets, sources, features.window, out.ladder_figure).name)
     class_diff = class_difference_agreement(sets, classes, progress)
     fidelity = synthetic_fidelity(sets, classes, predict)
     metrics = {
@@ -398,7 +552,7 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
         "feature_network": features.network.describe(), "intensity_window": list(features.window),
         "grid": list(sets.grid),
         "slice_positions": {a: len(p) for a, p in zip(AXES, features.positions, strict=True)},
-        "groups": groups, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
+        "groups": groups, "ladder": realism, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
         "figures": figures,
         "seconds": round(time.time() - t0, 1),
     }

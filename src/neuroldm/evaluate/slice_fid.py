@@ -25,6 +25,7 @@ Fixes of the seed's faults:
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def _store(shape: tuple[int, ...], tmp: tempfile.TemporaryDirectory | None, name
     return np.lib.format.open_memmap(Path(tmp.name) / f"{name}.npy", mode="w+", dtype=np.float32, shape=shape)
 
 
-def extract_slice_features(paths: list[str], ids: list[str], net: FeatureNetwork, window: tuple[float, float],
+def extract_slice_features(paths: list, ids: list[str], net: FeatureNetwork, window: tuple[float, float],
                            positions: list[np.ndarray], *, batch_size: int = 32, device: str = "cpu",
-                           progress: bool = True, desc: str = "slice features") -> SliceFeatures:
-    """Features of every chosen slice of every volume in `paths` (each volume read once)."""
+                           progress: bool = True, desc: str = "slice features",
+                           load: Callable[[object], np.ndarray] = load_prepared_volume) -> SliceFeatures:
+    """Features of every chosen slice of every volume in `paths` (each volume read once, by `load`: a prepared
+    NIfTI by default; `neuroldm.evaluate.ladder` passes decoders and blurs)."""
     n = len(paths)
     total = sum(len(p) for p in positions) * n * net.dim * 4
     tmp = tempfile.TemporaryDirectory(prefix="neuroldm-features-") if total > IN_MEMORY_LIMIT else None
@@ -108,7 +111,7 @@ def extract_slice_features(paths: list[str], ids: list[str], net: FeatureNetwork
     net.to(device)
     bar = tqdm(total=n * sum(len(p) for p in positions), desc=desc, unit="slice", disable=not progress)
     for i, path in enumerate(paths):
-        vol = torch.from_numpy(load_prepared_volume(path))
+        vol = torch.from_numpy(np.ascontiguousarray(load(path), np.float32))
         for k, pos in enumerate(positions):
             slices = vol.movedim(k, 0)[torch.as_tensor(pos)]  # (P, ., .)
             for s in range(0, len(pos), batch_size):

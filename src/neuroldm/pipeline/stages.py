@@ -212,7 +212,7 @@ def _evaluate(ctx: Context) -> dict:
     layout = ctx.layout
     m = evaluate(layout.prepared.root, layout.samples.root, layout.evaluation.root, ctx.cfg.evaluate,
                  ctx.cfg.data.classes, predict=lambda volumes: predict_proba(model, volumes),
-                 vae_run=ctx.run if ctx.cfg.pipeline.latent_memorization else None, device=ctx.device,
+                 vae_run=ctx.run, latent_memorization=ctx.cfg.pipeline.latent_memorization, device=ctx.device,
                  progress=ctx.progress)
     return {"seconds": m.get("seconds"), "metric": m["feature_network"]["metric"]}
 

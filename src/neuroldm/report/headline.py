@@ -54,6 +54,24 @@ KEYS: dict[str, str] = {
     "fid.real_baseline.overall": "the same FID of held-out real vs reference real volumes: what real data scores",
     "fid.synthetic.2_5d": "2.5D FID (mean of the three pooled-axis FIDs) of synthetic vs reference real volumes",
     "fid.real_baseline.2_5d": "the same for held-out real volumes",
+    "fid.reconstruction.overall": "realism ladder: the same FID of the autoencoder's posterior-mean reconstructions "
+                                  "of the held-out volumes (the ceiling this autoencoder allows)",
+    "fid.reconstruction.2_5d": "the same 2.5D FID for the reconstructions",
+    "fid.vae_prior.overall": "realism ladder: the same FID of decoded Gaussian latents with the training latents' "
+                             "per-channel mean and std (the floor the diffusion model must beat)",
+    "fid.vae_prior.2_5d": "the same 2.5D FID for the prior samples",
+    "fid.synthetic.baseline_ratio": "fid.synthetic.overall / fid.real_baseline.overall (1 = as real as held-out "
+                                    "real volumes)",
+    "fid.reconstruction.baseline_ratio": "fid.reconstruction.overall / fid.real_baseline.overall",
+    "fid.synthetic.equivalent_blur_mm": "the Gaussian blur (sigma, mm) at which blurred held-out real volumes score "
+                                        "the synthetic FID (0: no worse than real; a lower bound when above the "
+                                        "largest sigma measured)",
+    "fid.reconstruction.equivalent_blur_mm": "the same equivalent blur for the reconstructions",
+    "sharpness.synthetic": "mean gradient magnitude inside the brain of synthetic volumes / that of held-out real "
+                           "volumes (1 = as sharp; percentile bootstrap CI over volumes)",
+    "sharpness.reconstruction": "the same sharpness ratio for the reconstructions of the held-out volumes",
+    "latent.std_ratio": "std of the generated latents (before decoding) / std of the real training latents, "
+                        "root-mean-square over channels (< 1: under-dispersed samples)",
     "quick": "true for a smoke run (`neuroldm demo --quick`): its numbers mean nothing, and no bar is judged",
     "bars": "each quality bar of pipeline.bars: the metric's value (with low, high, n), the bar, pass (a metric "
             "the run did not produce fails, marked missing); the CLI and the report list them in pipeline order",
@@ -80,6 +98,15 @@ NO_INTERVAL: dict[str, str] = {
     "fid.real_baseline.overall": "FID is one distance between two sets: the baseline itself",
     "fid.synthetic.2_5d": "FID is one distance between two sets: compare with the baseline",
     "fid.real_baseline.2_5d": "FID is one distance between two sets: the baseline itself",
+    "fid.reconstruction.overall": "FID is one distance between two sets: compare with the baseline",
+    "fid.reconstruction.2_5d": "FID is one distance between two sets: compare with the baseline",
+    "fid.vae_prior.overall": "FID is one distance between two sets: compare with the baseline",
+    "fid.vae_prior.2_5d": "FID is one distance between two sets: compare with the baseline",
+    "fid.synthetic.baseline_ratio": "a ratio of two FIDs at the same N",
+    "fid.reconstruction.baseline_ratio": "a ratio of two FIDs at the same N",
+    "fid.synthetic.equivalent_blur_mm": "read off the measured blur curve (evaluation/metrics.json ladder.blur)",
+    "fid.reconstruction.equivalent_blur_mm": "read off the measured blur curve (evaluation/metrics.json ladder.blur)",
+    "latent.std_ratio": "a ratio of pooled standard deviations (per channel in evaluation/metrics.json)",
 }
 
 
@@ -141,11 +168,25 @@ def collect_metrics(run: str | Path) -> dict:
             _put_interval(out, "synthetic.class_fidelity", fid)
         metric = ev["feature_network"]["metric"]
         prefix = "fid" if metric == "fid" else "fid_random_features"
-        for comparison in ("synthetic", "real_baseline"):
-            r = ev["groups"]["overall"].get(comparison, {}).get(metric)
+        overall = ev["groups"]["overall"]
+        for comparison in ("synthetic", "real_baseline", "reconstruction", "vae_prior"):
+            r = overall.get(comparison, {}).get(metric)
             if r:
                 _put(out, f"{prefix}.{comparison}.overall", r["mean"], n=r["n_b"])
                 _put(out, f"{prefix}.{comparison}.2_5d", r["fid_2_5d"])
+        base = out.get(f"{prefix}.real_baseline.overall")
+        for comparison in ("synthetic", "reconstruction"):
+            if base and f"{prefix}.{comparison}.overall" in out:
+                _put(out, f"{prefix}.{comparison}.baseline_ratio", out[f"{prefix}.{comparison}.overall"] / base)
+        rungs = ev.get("ladder", {})
+        for comparison, e in rungs.get("equivalent_blur", {}).items():
+            if comparison in ("synthetic", "reconstruction") and math.isfinite(e["sigma_mm"]):
+                _put(out, f"{prefix}.{comparison}.equivalent_blur_mm", e["sigma_mm"])
+        for comparison in ("synthetic", "reconstruction"):
+            if "value" in rungs.get("sharpness", {}).get(comparison, {}):
+                _put_interval(out, f"sharpness.{comparison}", rungs["sharpness"][comparison])
+        if "std_ratio" in rungs.get("latent", {}):
+            _put(out, "latent.std_ratio", rungs["latent"]["std_ratio"], n=rungs["latent"]["n_generated"])
         contrasts = ev.get("class_difference", {}).get("contrasts", {})
         first = next(iter(contrasts.values()), {})  # the first contrast: class 1 - class 0
         if "corr_heldout" in first:  # N: the held-out volumes

@@ -341,6 +341,61 @@ def _fid_rows(group: str, res: dict, metric: str) -> list[list[str]]:
     return rows
 
 
+LADDER_NAMES = {"real_baseline": "held-out real (baseline)", "reconstruction": "autoencoder reconstruction",
+                "synthetic": "diffusion samples", "vae_prior": "autoencoder prior (floor)"}
+
+
+def ladder_blocks(m: dict, metric: str) -> list[Block]:
+    """The realism ladder: one table (each rung's FID against the reference, its ratio to the baseline, the blur
+    it equals, its sharpness), the blur scale it is read on, and the latent dispersion."""
+    lad = m.get("ladder")
+    if not lad or "skipped" in lad:
+        return [Note(f"Realism ladder: skipped ({(lad or {}).get('skipped', 'not computed')}).")] if lad else []
+    overall = m.get("groups", {}).get("overall", {})
+    suffix = "" if metric == "fid" else "_random_features"
+    base = (overall.get("real_baseline", {}).get(metric) or {}).get("mean")
+    rows = []
+    for rung in lad.get("rungs", []):
+        r = overall.get(rung, {})
+        f = r.get(metric)
+        if not f:
+            rows.append([LADDER_NAMES.get(rung, rung), f"skipped ({r.get('skipped', 'not computed')})"] + ["–"] * 5)
+            continue
+        e = lad.get("equivalent_blur", {}).get(rung)
+        blur = "–" if e is None else (f"{'≥ ' if e['censored'] == 'above' else ''}{e['sigma_mm']:.2f} mm "
+                                      f"({e['sigma_voxels']:.2f} vox)")
+        sharp = lad.get("sharpness", {}).get(rung)
+        kid = r.get("kid" + suffix)
+        rows.append([LADDER_NAMES.get(rung, rung), f"{fmt(f['mean'])} (2.5D {fmt(f['fid_2_5d'])})",
+                     fmt(f["mean"] / base) if base else "–", blur,
+                     fmt_interval(sharp) if sharp else "1 (reference)" if rung == "real_baseline" else "–",
+                     fmt_interval(kid, n_name="subsets") if kid else "–", f"{f['n_b']} vs {f['n_a']}"])
+    blocks: list[Block] = [Table(
+        ["rung", f"per-slice {metric}", "÷ baseline", "equivalent blur", "sharpness ÷ real [95% CI]",
+         "KID [95% CI]", "N (set vs reference)"], rows,
+        "Realism ladder: where realism is lost. The reconstruction is the best any latent model can do with this "
+        "autoencoder; the prior is what a model that learned nothing but the latent scale makes. Equivalent blur: "
+        "the Gaussian that, applied to held-out real volumes, gives the same FID")]
+    blur = lad.get("blur", {})
+    if blur.get("sigmas_voxels"):
+        blocks.append(Table(["σ (voxels)", "σ (mm)", f"per-slice {metric}", "2.5D"],
+                            [[fmt(a), fmt(b), fmt(c), fmt(d)] for a, b, c, d in
+                             zip(blur["sigmas_voxels"], blur["sigmas_mm"], blur["fid"], blur["fid_2_5d"])],
+                            f"The blur scale: held-out real volumes blurred by a Gaussian of σ (N {blur['n_b']} vs "
+                            f"{blur['n_a']}); σ = 0 is the baseline, {fmt(base)}"))
+    lat = lad.get("latent", {})
+    if "channels" in lat:
+        rows = [[str(c["channel"]), fmt(c["generated_mean"]), fmt(c["real_mean"]), fmt(c["generated_std"]),
+                 fmt(c["real_std"]), fmt(c["std_ratio"])] for c in lat["channels"]]
+        rows.append(["all (RMS)", "", "", "", "", fmt(lat["std_ratio"])])
+        blocks.append(Table(["channel", "generated mean", "real mean", "generated std", "real std", "std ratio"],
+                            rows, f"Latent dispersion ({lat['units']}; N {lat['n_generated']} generated, "
+                                  f"{lat['n_real']} real): a ratio under 1 means samples under-dispersed"))
+    elif "skipped" in lat:
+        blocks.append(Note(f"Latent dispersion: skipped ({lat['skipped']})."))
+    return blocks
+
+
 def _prdc_text(d: dict | None) -> str:
     if not d:
         return "–"
@@ -399,6 +454,7 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
         blocks.append(Note("These distances use a fixed random feature network, not InceptionV3: compare them "
                            "with the baseline only, never with published FIDs."))
     groups = m.get("groups", {})
+    blocks += ladder_blocks(m, metric)
     rows = [r for g, res in groups.items() for r in _fid_rows(g, res, metric)]
     blocks.append(Table(["group", "measure", "synthetic vs real", "real baseline", "N (compared vs reference)"],
                         rows, f"Per-slice FID{' (random features)' if suffix else ''}, lower = closer to the real "
@@ -456,6 +512,10 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
                                      f"'{folder.figure_kind(name)[1]}': synthetic vs the real baseline."))
         elif folder.figure_kind(name)[0] == "closest_pairs":
             blocks.append(_png(path, "The synthetic volumes closest to a training volume, beside that volume."))
+        elif folder.figure_kind(name)[0] == "ladder":
+            blocks.append(_png(path, "The realism ladder in pictures: a held-out volume, its reconstruction, a "
+                                     "synthetic volume of its class and a prior sample, in one intensity window; "
+                                     "below, the same around the hippocampi."))
         else:
             blocks.append(_png(path, name))
     return blocks
