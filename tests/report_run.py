@@ -10,7 +10,7 @@ from neuroldm.classify.grid import pooled_comparison, summary_table
 from neuroldm.config import DiffusionConfig, load_config
 from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
 from neuroldm.diffusion.weights import export_dit
-from neuroldm.evaluate import diversity, memorization
+from neuroldm.evaluate import diversity, ladder, memorization
 from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.evaluate.run import _fid_figure
@@ -97,6 +97,29 @@ def _samples(run):
     return folder
 
 
+def LADDER(groups):
+    """The evaluation's ``ladder`` for the fake run: a blur scale, each rung's equivalent blur, sharpness, latents."""
+    key = "fid_random_features"
+    base = groups["overall"]["real_baseline"][key]["mean"]
+    sigmas, fids = [0.5, 1.0, 2.0], [base + 1.0, base + 4.0, base + 9.0]
+    equivalent = {r: ladder.equivalent_blur(sigmas, fids, base, groups["overall"][r][key]["mean"])
+                  for r in ("reconstruction", "synthetic", "vae_prior")}
+    rng = np.random.default_rng(3)
+    real = rng.uniform(0.9, 1.1, 6)
+    return {"rungs": list(ladder.RUNGS), "voxel_mm": 2.0,
+            "blur": {"sigmas_voxels": sigmas, "sigmas_mm": [2 * s for s in sigmas], "fid": fids,
+                     "fid_2_5d": fids, "n_a": 6, "n_b": 6, "set": "held-out real volumes blurred"},
+            "equivalent_blur": {r: e | {"sigma_mm": 2 * e["sigma_voxels"], "fid": groups["overall"][r][key]["mean"]}
+                                for r, e in equivalent.items()},
+            "sharpness": {"measure": "mean gradient magnitude", "mask_voxels": 100, "real_mean": 1.0, "n_real": 6,
+                          "reconstruction": ladder.sharpness_ratio(real * 0.8, real, n_boot=50).to_dict(),
+                          "synthetic": ladder.sharpness_ratio(real * 0.7, real, n_boot=50).to_dict(),
+                          "vae_prior": ladder.sharpness_ratio(real * 1.3, real, n_boot=50).to_dict()},
+            "latent": {"n_generated": 4, "n_real": 4, "units": "diffusion-model units", "real": "posterior means",
+                       "channels": [{"channel": 0, "generated_mean": 0.1, "generated_std": 0.8, "real_mean": 0.0,
+                                     "real_std": 1.0, "std_ratio": 0.8}], "std_ratio": 0.8}}
+
+
 def _evaluation(run, prepared, samples):
     out = run / "evaluation"
     rng = np.random.default_rng(0)
@@ -105,11 +128,16 @@ def _evaluation(run, prepared, samples):
     def features(n, shift):
         return SimpleNamespace(positions=positions, features=[rng.normal(shift, 1, (n, 3, 4)) for _ in AXES])
 
-    ref, syn, held = features(6, 0.0), features(6, 0.8), features(6, 0.1)
+    ref, syn, held, recon, prior = (features(6, 0.0), features(6, 0.8), features(6, 0.1), features(6, 0.5),
+                                    features(6, 2.0))
     groups = {}
     for group in ("overall", *CLASSES):
         groups[group] = {}
-        for comparison, other in (("synthetic", syn), ("real_baseline", held)):
+        for comparison, other in (("synthetic", syn), ("real_baseline", held), ("reconstruction", recon),
+                                  ("vae_prior", prior)):
+            if comparison == "vae_prior" and group != "overall":
+                groups[group][comparison] = {"skipped": "an unconditional set: compared overall only"}
+                continue
             vf_ref, vf_other = rng.normal(0, 1, (6, 4)), rng.normal(0.3, 1, (6, 4))
             groups[group][comparison] = {
                 "n_reference": 6, "n_compared": 6,
@@ -144,8 +172,8 @@ def _evaluation(run, prepared, samples):
                       "n_used": {"HC": 3, "TLE": 3, "total": 6}, "n_audited": {"HC": 2, "TLE": 2, "total": 4}},
         "feature_network": {"name": "random seeded CNN", "metric": "fid_random_features", "dim": 4},
         "intensity_window": [0.0, 1.3], "grid": list(GRID), "slice_positions": {a: 3 for a in AXES},
-        "groups": groups, "memorization": mem, "class_difference": class_diff, "fidelity": fidelity,
-        "figures": figures})
+        "groups": groups, "ladder": LADDER(groups), "memorization": mem, "class_difference": class_diff,
+        "fidelity": fidelity, "figures": figures})
     return groups
 
 

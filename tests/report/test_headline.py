@@ -47,6 +47,26 @@ def test_metrics_come_from_the_stage_outputs(fake):
     assert m["synthetic.class_difference.amplification"] == cd["amplification"]
 
 
+def test_the_realism_ladder_keys_come_from_the_evaluation(fake):
+    run, facts = fake
+    m = collect_metrics(run)
+    ev = json.loads((run / "evaluation" / "metrics.json").read_text())
+    overall, lad = ev["groups"]["overall"], ev["ladder"]
+    key = "fid_random_features"
+    for rung in ("reconstruction", "vae_prior"):
+        assert m[f"{key}.{rung}.overall"] == overall[rung][key]["mean"]
+        assert m[f"{key}.{rung}.overall.n"] == 6 and m[f"{key}.{rung}.2_5d"] == overall[rung][key]["fid_2_5d"]
+    base = overall["real_baseline"][key]["mean"]
+    assert m[f"{key}.synthetic.baseline_ratio"] == pytest.approx(overall["synthetic"][key]["mean"] / base)
+    assert m[f"{key}.reconstruction.baseline_ratio"] == pytest.approx(overall["reconstruction"][key]["mean"] / base)
+    assert m[f"{key}.synthetic.equivalent_blur_mm"] == lad["equivalent_blur"]["synthetic"]["sigma_mm"]
+    sharp = Interval.from_dict(lad["sharpness"]["synthetic"])
+    assert (m["sharpness.synthetic"], m["sharpness.synthetic.low"], m["sharpness.synthetic.high"],
+            m["sharpness.synthetic.n"]) == (sharp.value, sharp.low, sharp.high, 6)
+    assert m["sharpness.reconstruction"] == lad["sharpness"]["reconstruction"]["value"]
+    assert m["latent.std_ratio"] == 0.8 and m["latent.std_ratio.n"] == 4
+
+
 def test_written_atomically_and_every_headline_key_documented(fake, tmp_path):
     run, _ = fake
     m = write_metrics(run)
