@@ -38,7 +38,8 @@ def make_cohort(root):
         if group == "TLE":
             data[roi] *= 0.6
         save(bids / sub / "anat" / f"{sub}_T1w.nii.gz", data, affine)
-        save(bids / "derivatives" / "roi" / sub / "anat" / f"{sub}_mask.nii.gz", roi.astype(np.uint8), affine)
+        save(bids / "derivatives" / "roi" / sub / "anat" / f"{sub}_desc-hippocampus_dseg.nii.gz", roi.astype(np.uint8),
+             affine)
         lines.append(f"{sub}\t{group}")
     (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
     prepare_cohort(bids, root / "prep", tiny_cfg(), progress=False, workers=1)
