@@ -17,6 +17,9 @@ from neuroldm.demo import cohort as C
 from neuroldm.demo import hippocampus as H
 from neuroldm.demo import warps as W
 from neuroldm.errors import ConfigError
+from neuroldm.io import MNI_152
+
+from niftis import assert_neuroldm_header
 
 SPACING = 3.0
 CFG = DemoCohortConfig(subjects=12, spacing=SPACING, seed=7)
@@ -114,6 +117,8 @@ def test_volumes_grid_labels_and_orientation(cohort):
         assert abs(np.linalg.det(t1_img.affine[:3, :3])) == pytest.approx(SPACING**3)
         np.testing.assert_allclose(t1_img.header.get_zooms(), (SPACING,) * 3)
         assert set(np.unique(mask)) == {0, 1, 2}
+        assert_neuroldm_header(C.t1w_path(out, pid), MNI_152, "synthetic T1w")
+        assert_neuroldm_header(C.dseg_path(out, pid), MNI_152, "hippocampus dseg", labels=True)
         codes.add(nib.aff2axcodes(t1_img.affine))
         assert nib.aff2axcodes(mask_img.affine) == nib.aff2axcodes(t1_img.affine)
     assert ("R", "A", "S") in codes and len(codes) > 1, f"expected RAS and non-RAS subjects, got {codes}"
@@ -141,13 +146,16 @@ def test_image_is_a_brain_with_noisy_background(cohort):
     assert 300 < np.percentile(t1, 99) < 3000  # white matter ~ 1000 x gain
 
 
-def test_prepare_finds_every_segmentation(cohort, tmp_path, small_cfg):
-    """The reader's defaults (data.bids.roi = hippocampus) find the demo's dseg files."""
+def test_prepare_finds_every_segmentation_and_keeps_the_mni_frame(cohort, tmp_path, small_cfg):
+    """The reader's defaults (data.bids.roi = hippocampus) find the demo's dseg files, and the prepared volumes
+    and ROIs stay in the template's world (code 4)."""
     out, table = cohort
     df = prepare_cohort(out, tmp_path / "prep", small_cfg, progress=False)
     assert (df["status"] == "ok").all() and len(df) == CFG.subjects
     m = read_manifest(tmp_path / "prep", usable_only=False)
     assert (m["roi_path"] != "").all()
+    assert_neuroldm_header(m["path"][0], MNI_152, "prepared T1w")
+    assert_neuroldm_header(m["roi_path"][0], MNI_152, "prepared ROI labels", labels=True)
     assert set(np.unique(np.asarray(nib.load(m["roi_path"][0]).dataobj))) == {0, 1, 2}
 
 

@@ -30,14 +30,14 @@ from neuroldm.data.preprocess import prepare_volume
 from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_groups, find_duplicates
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError, InputErrors
-from neuroldm.io import save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
+from neuroldm.io import read_frame_code, save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
 from neuroldm.names import safe_name
 from neuroldm.runs import PreparedDir
 
 log = logging.getLogger(__name__)
 
 # bump when the preparation code changes what it writes, so caches from older code are recomputed
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: NIfTI headers with units, the input's frame code and a descrip
 
 
 def prepare_hash(cfg: PrepareConfig) -> str:
@@ -107,6 +107,7 @@ def _process(task: dict) -> dict:
     source, out_dir = task["source"], Path(task["out_dir"])
     try:
         data, affine = load_volume(source)
+        frame = read_frame_code(source)  # the prepared volume lies in the input's world, resampled
         check_field_of_view(data.shape, affine, cfg, source)
         result = prepare_volume(data, affine, cfg)
     except InputError as e:
@@ -117,7 +118,7 @@ def _process(task: dict) -> dict:
     stem = safe_name("_".join(p for p in (task["subject"], task["session"]) if p))
     layout = PreparedDir(out_dir)
     rel = layout.volume(f"{stem}_{key}")
-    save_nifti_atomic(result["image"], result["affine"], out_dir / rel)
+    save_nifti_atomic(result["image"], result["affine"], out_dir / rel, what="prepared T1w", frame=frame)
     fields = {"path": str(rel), "data_sha256": sha256_array(result["image"]), "cropped_vox": str(result["cropped_vox"])}
     if task.get("roi_source"):
         try:
@@ -125,7 +126,8 @@ def _process(task: dict) -> dict:
         except InputError as e:
             return {"reason": f"ROI mask: {e.problem}", "reason_path": e.path}
         roi_rel = layout.roi(f"{stem}_{key}")
-        save_nifti_atomic(roi, result["affine"], out_dir / roi_rel)
+        save_nifti_atomic(roi, result["affine"], out_dir / roi_rel, what="prepared ROI labels", frame=frame,
+                          labels=True)
         fields["roi_path"] = str(roi_rel)
     return fields
 

@@ -47,7 +47,8 @@ Layout written under ``out``::
 
 The ``dseg.tsv`` (and the ``.json`` describing the segmentations) lie at the derivative's root, so by BIDS
 inheritance they apply to every subject's ``*_desc-hippocampus_dseg.nii.gz``; each subject's sidecar names the
-T1w image whose grid the segmentation shares (a BIDS URI into the raw dataset, ``DatasetLinks`` "raw").
+T1w image whose grid the segmentation shares (a BIDS URI into the raw dataset, ``DatasetLinks`` "raw"). Every
+volume is written in the template's world (NIfTI sform and qform code 4, MNI_152; `neuroldm.io` states the rule).
 The licence is the template's: the images are derived from it, and its copyright notice (`TEMPLATE_NOTICE`) asks
 to travel with every copy, so LICENSE holds it.
 
@@ -77,7 +78,7 @@ from neuroldm.config import DemoCohortConfig
 from neuroldm.demo import hippocampus as hippo
 from neuroldm.demo import warps
 from neuroldm.errors import ConfigError
-from neuroldm.io import save_nifti_atomic, write_text_atomic
+from neuroldm.io import MNI_152, save_nifti_atomic, write_text_atomic
 
 WARP_KNOT_MM = 40.0  # control-point spacing of the warp: coarser knots shift the hippocampus more than they resize it
 BIAS_KNOT_MM = 70.0  # bias fields vary over the whole head, not locally
@@ -414,7 +415,8 @@ derivatives/{DERIVATIVE}/: each subject's hippocampus segmentation after its war
 (*_desc-{ROI_DESC}_dseg.nii.gz, labels in desc-{ROI_DESC}_dseg.tsv: 1 left, 2 right), a coarse ROI (an ellipsoid
 per side intersected with the template's grey matter), not an atlas label.
 
-Images are stored in the template's world coordinates; about a third are in LAS voxel order on purpose.
+Images are stored in the template's world coordinates (NIfTI sform/qform code 4, MNI_152); about a third are in
+LAS voxel order on purpose.
 
 Licence: the images are derived from the ICBM 2009 template and come under its copyright notice, in LICENSE.
 """
@@ -471,8 +473,10 @@ def _sidecar(path: Path) -> Path:
 def write_subject(out: Path, plan: SubjectPlan, img: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:
     img, oriented = reorient(img, affine, plan.orientation)
     mask, _ = reorient(mask, affine, plan.orientation)
-    save_nifti_atomic(img, oriented, t1w_path(out, plan.participant_id))
-    save_nifti_atomic(mask, oriented, dseg_path(out, plan.participant_id))
+    save_nifti_atomic(img, oriented, t1w_path(out, plan.participant_id), frame=MNI_152,
+                      what=f"synthetic T1w, demo {plan.group} (ICBM 2009a template)")
+    save_nifti_atomic(mask, oriented, dseg_path(out, plan.participant_id), frame=MNI_152, labels=True,
+                      what="demo hippocampus dseg: 1 left, 2 right")
     write_text_atomic(_sidecar(dseg_path(out, plan.participant_id)), _json(dseg_sidecar(plan.participant_id)))
 
 

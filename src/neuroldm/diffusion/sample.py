@@ -29,7 +29,7 @@ from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
-from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.names import safe_name
 from neuroldm.runs import RunDir, SampleDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
@@ -128,6 +128,7 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
             "run": str(Path(run_dir).resolve())}
     _check_same_generator(out, info)
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
+    frame = int(gen.latent_info.get("reference_frame_code", ALIGNED_ANAT))  # latents encoded before it was recorded
 
     def stem_of(s: int) -> str:
         return sample_name(name, scfg, s)
@@ -151,7 +152,8 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
                         **scfg.model_dump(mode="json", exclude={"batch_size"}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
-                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem))
+                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem), frame=frame,
+                                  what=f"synthetic T1w {name} seed {s}")
                 write_json_atomic(out.sidecar(stem), meta)
     finally:
         bar.close()
