@@ -2,12 +2,14 @@
 
 import json
 
+import monai
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import neuroldm
 from neuroldm.cli import main
 from neuroldm.config import SampleConfig, load_config
 from neuroldm.data.prepare import prepare_cohort
@@ -85,6 +87,9 @@ def test_sample_writes_one_nifti_per_volume_and_resumes(run, tmp_path, capsys):
     np.testing.assert_allclose(img.affine, latents["reference_affine"])
     side = json.loads((out / f"{s.rows['sample'][0]}.json").read_text())
     assert side["guidance"] == 2 and side["sampler"] == "ddim" and len(side["checkpoint_sha256"]) == 64
+    assert side["synthetic"] is True
+    assert side["software_versions"] == {"neuroldm": neuroldm.__version__, "torch": torch.__version__,
+                                         "monai": monai.__version__, "nibabel": nib.__version__}
     for path in s.rows["path"]:
         assert_neuroldm_header(path, ALIGNED_ANAT, "synthetic T1w TLE seed")
     assert s.train_subjects == load_dit(run)[2]["train_subjects"]
