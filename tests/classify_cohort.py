@@ -9,7 +9,7 @@ from neuroldm.config import load_config
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.data.prepare import prepare_cohort
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.samples import write_sample_manifest
 
 from phantoms import phantom, save
@@ -38,7 +38,8 @@ def make_cohort(root):
         if group == "TLE":
             data[roi] *= 0.6
         save(bids / sub / "anat" / f"{sub}_T1w.nii.gz", data, affine)
-        save(bids / "derivatives" / "roi" / sub / "anat" / f"{sub}_mask.nii.gz", roi.astype(np.uint8), affine)
+        save(bids / "derivatives" / "roi" / sub / "anat" / f"{sub}_desc-hippocampus_dseg.nii.gz", roi.astype(np.uint8),
+             affine)
         lines.append(f"{sub}\t{group}")
     (bids / "participants.tsv").write_text("\n".join(lines) + "\n")
     prepare_cohort(bids, root / "prep", tiny_cfg(), progress=False, workers=1)
@@ -57,7 +58,7 @@ def write_samples(cohort, folder, train_subjects, per_class=8, seed=0):
             src = pool.iloc[i % len(pool)]
             vol = load_prepared_volume(src["path"]) + rng.normal(0, 0.1, (20, 24, 20)).astype(np.float32)
             path = folder / f"syn-{name}-{i}.nii.gz"
-            save_nifti_atomic(vol, affine, path)
+            save_nifti_atomic(vol, affine, path, what="test volume", frame=ALIGNED_ANAT)
             out.append({"sample": f"syn-{name}-{i}", "path": str(path), "label": label, "label_name": name,
                         "seed": i, "sampler": "test", "steps": 0, "guidance": 0.0})
     write_sample_manifest(folder, pd.DataFrame(out), {"train_subjects": list(train_subjects)})

@@ -7,7 +7,7 @@ import pandas as pd
 import torch
 from scipy.ndimage import gaussian_filter
 
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.samples import write_sample_manifest
 
 GRID = (20, 24, 20)
@@ -42,7 +42,7 @@ def write_samples(folder, volumes: list[tuple[np.ndarray, int]], train_subjects:
     rows = []
     for i, (data, label) in enumerate(volumes):
         p = folder / f"syn-{i:02d}.nii"
-        save_nifti_atomic(data, np.diag([3.0, 3.0, 3.0, 1.0]), p)
+        save_nifti_atomic(data, np.diag([3.0, 3.0, 3.0, 1.0]), p, what="test volume", frame=ALIGNED_ANAT)
         rows.append({"sample": f"syn-{i:02d}", "path": str(p), "label": label, "label_name": ["HC", "TLE"][label],
                      "seed": i, "sampler": "test", "steps": 0, "guidance": 0.0})
     write_sample_manifest(folder, pd.DataFrame(rows), {"train_subjects": train_subjects})

@@ -16,7 +16,7 @@ from neuroldm.evaluate.fidelity import conditional_fidelity
 from neuroldm.evaluate.run import _fid_figure
 from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
 from neuroldm.evaluate.stats import mean_summary
-from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import METRICS, classification_report
 from neuroldm.metrics.interval import BOOTSTRAP, Interval
 from neuroldm.runs import RunDir
@@ -72,7 +72,8 @@ def _prepared(run):
     for k in range(8):
         label, split = k % 2, ("train", "train", "train", "train", "val", "val", "test", "test")[k]
         subject = f"sub-{k + 1:02d}"
-        save_nifti_atomic(_volume(k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / "volumes" / f"{subject}.nii")
+        save_nifti_atomic(_volume(k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / "volumes" / f"{subject}.nii",
+                          what="test volume", frame=ALIGNED_ANAT)
         rows.append({"subject": subject, "session": "", "label": label, "label_name": CLASSES[label],
                      "raw_label": CLASSES[label], "split": split, "fold": 0 if split != "test" else -1,
                      "path": f"volumes/{subject}.nii", "roi_path": "", "shape": "x".join(map(str, GRID)),
@@ -88,7 +89,8 @@ def _samples(run):
     for k in range(4):
         label = k % 2
         sample = f"{CLASSES[label]}_{k:04d}"
-        save_nifti_atomic(_volume(100 + k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / f"{sample}.nii.gz")
+        save_nifti_atomic(_volume(100 + k, label), np.diag([4.0, 4.0, 4.0, 1.0]), folder / f"{sample}.nii.gz",
+                          what="test volume", frame=ALIGNED_ANAT)
         rows.append({"sample": sample, "path": f"{sample}.nii.gz", "label": label, "label_name": CLASSES[label],
                      "seed": k, "sampler": "dpm++", "steps": 25, "guidance": 1.0})
     write_sample_manifest(folder, pd.DataFrame(rows, columns=SAMPLE_COLUMNS),

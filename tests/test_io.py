@@ -1,10 +1,16 @@
+from pathlib import Path
+
 import nibabel as nib
 import numpy as np
 import pytest
 
+import neuroldm
 from neuroldm.errors import InputError
-from neuroldm.io import (atomic_path, save_nifti_atomic, sha256_array, sha256_file, verified_sha256, write_json_atomic,
+from neuroldm.io import (ALIGNED_ANAT, MNI_152, SCANNER_ANAT, atomic_path, frame_code, nifti_descrip, read_frame_code,
+                         save_nifti_atomic, sha256_array, sha256_file, verified_sha256, write_json_atomic,
                          write_sha256, write_text_atomic)
+
+from niftis import assert_neuroldm_header
 
 
 def test_failed_write_keeps_the_old_file_and_leaves_no_temp(tmp_path):
@@ -25,14 +31,70 @@ def test_temp_name_keeps_the_nifti_suffix(tmp_path):
     assert (tmp_path / "vol.nii.gz").read_bytes() == b"x"
 
 
-def test_nifti_round_trip_keeps_data_and_affine(tmp_path):
+def test_nifti_round_trip_keeps_data_and_affine_and_sets_the_header(tmp_path):
     data = np.random.default_rng(0).normal(size=(5, 6, 7)).astype(np.float32)
     affine = np.array([[-2.0, 0, 0, 10], [0, 2, 0, -20], [0, 0, 2.5, 5], [0, 0, 0, 1]])
-    save_nifti_atomic(data, affine, tmp_path / "a" / "v.nii")
+    save_nifti_atomic(data, affine, tmp_path / "a" / "v.nii", what="test volume", frame=MNI_152)
     img = nib.load(tmp_path / "a" / "v.nii")
     np.testing.assert_array_equal(img.get_fdata(dtype=np.float32), data)
     np.testing.assert_allclose(img.affine, affine)
-    assert img.header["sform_code"] == 1 and img.header["qform_code"] == 1
+    assert img.header.get_xyzt_units() == ("mm", "sec")
+    assert img.header["sform_code"] == 4 and img.header["qform_code"] == 4
+    assert img.header["descrip"].item() == f"neuroldm {neuroldm.__version__} test volume".encode()
+    assert img.header.get_intent()[0] == "none"
+    assert_neuroldm_header(tmp_path / "a" / "v.nii", MNI_152, "test volume")
+
+    save_nifti_atomic(data.astype(np.uint8), affine, tmp_path / "l.nii.gz", what="labels", frame=SCANNER_ANAT,
+                      labels=True)
+    assert_neuroldm_header(tmp_path / "l.nii.gz", SCANNER_ANAT, "labels", labels=True)
+
+
+def test_descrip_is_cut_to_the_field_and_a_bad_frame_code_is_refused(tmp_path):
+    save_nifti_atomic(np.zeros((2, 2, 2), np.float32), np.eye(4), tmp_path / "v.nii", what="x" * 200,
+                      frame=ALIGNED_ANAT)
+    descrip = nib.load(tmp_path / "v.nii").header["descrip"].item()
+    assert len(nifti_descrip("x" * 200)) == 80 and descrip == nifti_descrip("x" * 200)
+    with pytest.raises(ValueError, match="xform code 7"):
+        save_nifti_atomic(np.zeros((2, 2, 2), np.float32), np.eye(4), tmp_path / "w.nii", what="x", frame=7)
+
+
+@pytest.mark.parametrize(("sform", "qform", "expected"), [(4, 1, 4), (0, 1, 1), (0, 0, 2), (3, 0, 3)])
+def test_frame_code_is_the_code_of_the_transform_nibabel_reads(tmp_path, sform, qform, expected):
+    img = nib.Nifti1Image(np.zeros((2, 2, 2), np.float32), np.eye(4))
+    img.set_sform(np.eye(4), code=sform)
+    img.set_qform(np.eye(4), code=qform)
+    nib.save(img, tmp_path / "in.nii")
+    assert frame_code(img.header) == expected and read_frame_code(tmp_path / "in.nii") == expected
+
+
+# Every module that writes a NIfTI, and the test that checks what it writes with `niftis.assert_neuroldm_header`.
+NIFTI_WRITERS = {
+    "neuroldm/data/prepare.py": "tests/data/test_prepare.py",  # prepared volumes and ROIs
+    "neuroldm/demo/cohort.py": "tests/demo/test_cohort.py",  # demo T1w and hippocampus dseg
+    "neuroldm/diffusion/sample.py": "tests/diffusion/test_stage.py",  # synthetic samples
+    "neuroldm/vae/reconstruct.py": "tests/vae/test_vae_stage.py",  # reconstructions
+    "neuroldm/vae/prior.py": "tests/vae/test_vae_stage.py",  # VAE prior samples
+    "neuroldm/classify/saliency.py": "tests/classify/test_saliency.py",  # saliency maps and class means
+}
+
+
+def test_every_nifti_writer_goes_through_the_helper_and_has_its_header_checked():
+    """A module that writes NIfTI without `save_nifti_atomic`, or a new writer whose test does not check the
+    header, fails here."""
+    package = Path(neuroldm.__file__).parent
+    writers, direct = set(), []
+    for path in sorted(package.rglob("*.py")):
+        rel = str(path.relative_to(package.parent))
+        text = path.read_text()
+        if "save_nifti_atomic(" in text and rel != "neuroldm/io.py":
+            writers.add(rel)
+        if rel != "neuroldm/io.py" and any(s in text for s in ("nib.save(", ".to_filename(", "nib.nifti1.save(")):
+            direct.append(rel)
+    assert direct == [], f"NIfTI written around neuroldm.io.save_nifti_atomic in {direct}"
+    assert writers == set(NIFTI_WRITERS)
+    root = package.parent.parent
+    for module, test in NIFTI_WRITERS.items():
+        assert "assert_neuroldm_header(" in (root / test).read_text(), f"{test} does not check {module}'s files"
 
 
 def test_array_hash_sees_dtype_shape_and_values():
@@ -73,9 +135,10 @@ def test_a_non_finite_volume_is_never_written(tmp_path):
     data[0, 0, 0] = np.inf
     target = tmp_path / "vol.nii.gz"
     with pytest.raises(InputError, match=r"vol.nii.gz: not written: 2 of 64 voxels are NaN or Inf"):
-        save_nifti_atomic(data, np.eye(4), target)
+        save_nifti_atomic(data, np.eye(4), target, what="x", frame=ALIGNED_ANAT)
     assert list(tmp_path.iterdir()) == []
-    save_nifti_atomic(np.ones((2, 2, 2), np.uint8), np.eye(4), target)  # integer masks are always finite
+    # integer masks are always finite
+    save_nifti_atomic(np.ones((2, 2, 2), np.uint8), np.eye(4), target, what="x", frame=ALIGNED_ANAT)
 
 
 def test_a_recorded_hash_is_checked(tmp_path):

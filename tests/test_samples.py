@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 
 from neuroldm.errors import InputError
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.samples import SAMPLE_COLUMNS, read_sample_manifest, write_sample_manifest
 
 
@@ -11,7 +11,7 @@ def _rows(folder, n=3):
     rows = []
     for i in range(n):
         p = folder / f"s{i}.nii.gz"
-        save_nifti_atomic(np.zeros((4, 4, 4), np.float32), np.eye(4), p)
+        save_nifti_atomic(np.zeros((4, 4, 4), np.float32), np.eye(4), p, what="test volume", frame=ALIGNED_ANAT)
         rows.append({"sample": f"s{i}", "path": str(p), "label": i % 2, "label_name": ["HC", "TLE"][i % 2],
                      "seed": i, "sampler": "ddim", "steps": 25, "guidance": 1.5})
     return pd.DataFrame(rows)

@@ -584,7 +584,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="generate the demo cohort (BIDS) from the MNI152 template",
         description="Write a BIDS dataset of synthetic subjects made from nilearn's MNI152 2009 template (no "
                     "download): random smooth warps, affine, bias field and noise per subject; TLE subjects get a "
-                    "unilateral hippocampal atrophy; hippocampus masks under derivatives/. Uses the demo preset.")
+                    "unilateral hippocampal atrophy; hippocampus segmentations (dseg) under derivatives/. Uses the "
+                    "demo preset.")
     p.add_argument("out", help="output folder of the BIDS dataset")
     p.add_argument("--subjects", type=int, default=None, help="number of subjects (default: demo_cohort.subjects)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default: demo_cohort.seed)")
@@ -704,7 +705,8 @@ def build_parser() -> argparse.ArgumentParser:
         "saliency", parents=[common], formatter_class=_Formatter, help="Captum attribution maps of a classifier",
         description="Explain a trained classifier's decisions on a real split with Captum (classifier.saliency."
                     "methods): per-subject NIfTI maps on the prepared affine, per-class mean maps, nilearn overlay "
-                    "PNGs, and the ROI enrichment of the top 1% voxels (demo cohort: hippocampus masks).")
+                    "PNGs, and the ROI enrichment of the top 1% voxels (data.bids.roi; demo cohort: hippocampus "
+                    "segmentations).")
     _run_options(p)
     p.add_argument("--model", default=None, help="classifier file or folder (default: RUN/classifier)")
     p.add_argument("--split", default=None, choices=("train", "val", "test"),

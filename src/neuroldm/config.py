@@ -58,10 +58,37 @@ class Section(BaseModel):
         return value
 
 
+BIDS_LABEL = re.compile(r"[A-Za-z0-9]*")
+
+
 class BidsColumns(Section):
-    """How to read a BIDS dataset's ``participants.tsv``."""
+    """How to read a BIDS dataset: the label column of ``participants.tsv``, which T1w image of a subject (and
+    session) to take, and which derivative is its ROI.
+
+    Each entity filter is null (any value, or none), ``""`` (the image must not have the entity) or a label the
+    image's entity must equal (``run`` compares as a number: ``1`` matches ``run-01``).
+    """
 
     label_column: str = "group"
+    space: str | None = None  # e.g. MNI152NLin2009cAsym for sMRIPrep's template-space image; "" for native
+    desc: str | None = None  # e.g. preproc
+    acq: str | None = None
+    run: str | None = None
+    rec: str | None = None
+    # ROI label image under derivatives/*/: a *_dseg or *_mask file whose desc or label entity is this (and whose
+    # space is the T1w image's); null: none
+    roi: str | None = "hippocampus"
+
+    @field_validator("space", "desc", "acq", "run", "rec", "roi", mode="before")
+    @classmethod
+    def _a_bids_label(cls, value, info):
+        if isinstance(value, int) and not isinstance(value, bool):
+            value = str(value)  # run: 1 in YAML
+        if isinstance(value, str) and not BIDS_LABEL.fullmatch(value):
+            raise ValueError(f"a BIDS label is letters and digits only, got {value!r}")
+        if info.field_name == "roi" and value == "":
+            raise ValueError("null for no ROI, or the ROI's desc/label, e.g. hippocampus")
+        return value
 
 
 class CsvColumns(Section):

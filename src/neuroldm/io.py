@@ -1,7 +1,25 @@
-"""Atomic file writes and content hashes.
+"""Atomic file writes, the NIfTI header every neuroldm volume carries, and content hashes.
 
 Every output goes to a temporary file in the destination folder and is renamed into place, so a crash leaves
 either the old file or the new one, never half of one (`os.replace` is atomic on POSIX within a filesystem).
+
+Every NIfTI neuroldm writes goes through `save_nifti_atomic`, which sets the header the same way for all of them:
+
+- ``xyzt_units``: millimetres and seconds (the affine is in mm, as nibabel and BIDS assume);
+- ``descrip``: ``neuroldm <version> <what the file is>``, at most 80 bytes (the field's size);
+- sform and qform: the affine, both with one frame code (NIfTI-1 ``xform`` code, ``nifti1.h``) saying which world
+  the affine maps into. The rule, in one place:
+
+  * the demo cohort (`neuroldm.demo.cohort`) is sampled in the coordinates of nilearn's MNI152 2009 template:
+    `MNI_152` (4). Each subject's anatomy is the template under a random pose and warp, as a real scan is after an
+    imperfect registration; the coordinate frame itself is the template's;
+  * a volume made from an input volume (a prepared volume, its ROI, a reconstruction, a saliency map) lies in the
+    input's world, resampled: it keeps the input's frame, `frame_code` of the input's header (its sform code when
+    > 0, else its qform code when > 0, the transform nibabel takes the affine from; else `ALIGNED_ANAT` (2), as a
+    new nibabel image gets);
+  * a volume of no subject (a synthetic sample, a VAE prior sample, a class-mean saliency map) is written with the
+    cohort's mean affine (`neuroldm.data.manifest.reference_affine`) and the frame the cohort's prepared volumes
+    share (`neuroldm.data.manifest.reference_frame_code`), `ALIGNED_ANAT` when they differ.
 """
 
 from __future__ import annotations
@@ -17,6 +35,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 
+from neuroldm import __version__
 from neuroldm.errors import InputError
 
 _NIFTI_SUFFIXES = (".nii.gz", ".nii")
@@ -57,18 +76,50 @@ def write_json_atomic(path: str | os.PathLike, obj: object) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
-def save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike,
-                      header: nib.Nifti1Header | None = None) -> None:
-    """Write `data` with `affine` as NIfTI-1; sform and qform both set to the affine (scanner code 1).
+# NIfTI-1 xform codes (nifti1.h): the world an sform or qform maps voxels into
+SCANNER_ANAT, ALIGNED_ANAT, TALAIRACH, MNI_152 = 1, 2, 3, 4
+DESCRIP_BYTES = 80  # size of the header's descrip field
+
+
+def frame_code(header: nib.Nifti1Header) -> int:
+    """The xform code of the transform nibabel reads a header's affine from: the sform code when > 0, else the
+    qform code when > 0, else `ALIGNED_ANAT` (no code: nibabel's affine then comes from the voxel sizes alone)."""
+    sform, qform = int(header["sform_code"]), int(header["qform_code"])
+    return sform if sform > 0 else qform if qform > 0 else ALIGNED_ANAT
+
+
+def read_frame_code(path: str | os.PathLike) -> int:
+    """`frame_code` of a NIfTI file's header (the header alone is read); `ALIGNED_ANAT` for a NIfTI-2 or other
+    image without xform codes."""
+    header = nib.load(str(path)).header
+    return frame_code(header) if isinstance(header, nib.Nifti1Header) else ALIGNED_ANAT
+
+
+def nifti_descrip(what: str) -> bytes:
+    """``neuroldm <version> <what>`` as the header stores it: ASCII, cut to `DESCRIP_BYTES`."""
+    return f"neuroldm {__version__} {what}".encode("ascii", "replace")[:DESCRIP_BYTES]
+
+
+def save_nifti_atomic(data: np.ndarray, affine: np.ndarray, path: str | os.PathLike, *, what: str, frame: int,
+                      labels: bool = False) -> None:
+    """Write `data` with `affine` as NIfTI-1 with neuroldm's header (module docstring): units mm and s, sform and
+    qform both the affine with xform code `frame`, ``descrip`` naming `what` the file is; `labels` marks a label
+    image (NIfTI intent ``label``, so viewers show it as one).
 
     A volume with a NaN or Inf voxel is refused (`InputError` naming `path`): no stage reads one back sensibly.
     """
+    if frame not in (SCANNER_ANAT, ALIGNED_ANAT, TALAIRACH, MNI_152, 5):  # 5: TEMPLATE_OTHER
+        raise ValueError(f"unknown NIfTI xform code {frame}")
     data = np.asarray(data)
     if np.issubdtype(data.dtype, np.floating) and not np.isfinite(data).all():
         raise InputError(path, f"not written: {int((~np.isfinite(data)).sum())} of {data.size} voxels are NaN or Inf")
-    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64), header=header)
-    img.set_sform(img.affine, code=1)
-    img.set_qform(img.affine, code=1)
+    img = nib.Nifti1Image(data, np.asarray(affine, dtype=np.float64))
+    img.set_sform(img.affine, code=frame)
+    img.set_qform(img.affine, code=frame)
+    img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = nifti_descrip(what)
+    if labels:
+        img.header.set_intent("label")
     with atomic_path(path) as tmp:
         nib.save(img, tmp)
 

@@ -1,7 +1,10 @@
 """The sample manifest: how synthetic volumes travel from ``neuroldm sample`` to evaluation and classification.
 
 A sample folder holds one NIfTI per synthetic volume, a JSON sidecar per volume, and two files written last,
-atomically:
+atomically. A sidecar (``<sample>.json``) holds the volume's ``sample``, ``label``, ``label_name``, ``seed``, the
+sampling settings, ``checkpoint_sha256``, ``vae_sha256``, ``run``, ``diffusion_config``, and two provenance keys:
+``"synthetic": true`` (no subject was scanned: BIDS has no key for this, so the name says it plainly) and
+``software_versions`` (`software_versions`: neuroldm, torch, monai, nibabel). The two folder files:
 
 - ``manifest.csv`` — one row per volume, columns `SAMPLE_COLUMNS`:
   ``sample`` (unique id, also the file stem), ``path`` (relative to the folder), ``label`` (class index),
@@ -18,15 +21,30 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 
 import pandas as pd
 
+from neuroldm import __version__
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import SampleDir
 
 SAMPLE_COLUMNS = ["sample", "path", "label", "label_name", "seed", "sampler", "steps", "guidance"]
+SIDECAR_PACKAGES = ("torch", "monai", "nibabel")  # the network, its building blocks, the NIfTI writer
+
+
+def software_versions() -> dict[str, str]:
+    """neuroldm's version and those of `SIDECAR_PACKAGES`, as installed (read from package metadata, so nothing
+    is imported); a package without metadata is ``"unknown"``."""
+    versions = {"neuroldm": __version__}
+    for dist in SIDECAR_PACKAGES:
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            versions[dist] = "unknown"
+    return versions
 
 
 @dataclass

@@ -13,9 +13,11 @@ from neuroldm.classify.network import build_classifier
 from neuroldm.classify.predict import export_classifier
 from neuroldm.classify.saliency import attribute, explain_cohort, make_baseline, roi_enrichment
 from neuroldm.data.manifest import read_manifest
+from neuroldm.io import ALIGNED_ANAT
 from neuroldm.metrics.interval import Interval
 
 from classify_cohort import tiny_cfg
+from niftis import assert_neuroldm_header
 
 
 @pytest.mark.parametrize("baseline", ["background", "zero", "blur"])
@@ -78,9 +80,11 @@ def test_maps_have_the_volume_shape_and_affine(cohort, model_file, tmp_path):
             img, vol = nib.load(tmp_path / method / f"{row.subject}.nii.gz"), nib.load(row.path)
             assert img.shape == vol.shape and np.allclose(img.affine, vol.affine)
             assert np.abs(np.asarray(img.dataobj)).sum() > 0
+            assert_neuroldm_header(tmp_path / method / f"{row.subject}.nii.gz", ALIGNED_ANAT, f"saliency {method}")
         for cls in ("HC", "TLE"):
             mean = nib.load(tmp_path / method / f"mean_{cls}.nii.gz")
             assert mean.shape == (20, 24, 20) and np.asarray(mean.dataobj).sum() == pytest.approx(1, rel=1e-4)
+            assert_neuroldm_header(tmp_path / method / f"mean_{cls}.nii.gz", ALIGNED_ANAT, f"mean |map| {cls}")
     enrichment = Interval.from_dict(summary["methods"]["integrated_gradients"]["enrichment"]["all"])
     assert enrichment.n == 2 and enrichment.method == "bootstrap"
     assert json.loads((tmp_path / "summary.json").read_text())["n_volumes"] == 2

@@ -1,8 +1,8 @@
 import pytest
 
 from neuroldm.config import load_config
-from neuroldm.data.cohort import cohort_errors, read_cohort
-from neuroldm.errors import InputError
+from neuroldm.data.cohort import bids_entities, cohort_errors, read_cohort
+from neuroldm.errors import ConfigError, InputError
 
 from phantoms import phantom, save, write_bids
 
@@ -110,3 +110,88 @@ def test_a_table_with_a_header_and_no_rows_is_one_line(tmp_path, cfg):
     (tmp_path / "participants.tsv").write_text("participant_id\tgroup\n")
     with pytest.raises(InputError, match=r"participants.tsv: no rows: the table has a header but lists no participant"):
         read_cohort(tmp_path, cfg)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Choosing one T1w image per subject by BIDS entities (an sMRIPrep-style derivatives layout)
+# ----------------------------------------------------------------------------------------------------------------
+
+MNI = "MNI152NLin2009cAsym"
+
+
+def _smriprep(tmp_path, sessions=False):
+    """Per subject a native ``desc-preproc_T1w`` and an MNI one (and a brain mask, which is no T1w)."""
+    root = write_bids(tmp_path / "smriprep", {"sub-01": "HC", "sub-02": "TLE"})
+    for sub in ("sub-01", "sub-02"):
+        anat = root / sub / ("ses-1" if sessions else "") / "anat"
+        ses = "_ses-1" if sessions else ""
+        (root / sub / "anat" / f"{sub}_T1w.nii.gz").unlink()
+        for name in (f"{sub}{ses}_desc-preproc_T1w.nii.gz", f"{sub}{ses}_space-{MNI}_desc-preproc_T1w.nii.gz",
+                     f"{sub}{ses}_desc-brain_mask.nii.gz"):
+            save(anat / name, *phantom(shape=(8, 8, 8)))
+    return root
+
+
+def test_several_matching_t1w_images_are_refused_in_one_line_naming_them(tmp_path, cfg):
+    root = _smriprep(tmp_path)
+    errors = cohort_errors(read_cohort(root, cfg))
+    assert len(errors) == 2 and all("\n" not in str(e) for e in errors)
+    assert errors[0].path == str(root / "sub-01" / "anat")
+    assert errors[0].problem == (f"sub-01: 2 T1w images match, sub-01_desc-preproc_T1w.nii.gz, "
+                                 f"sub-01_space-{MNI}_desc-preproc_T1w.nii.gz (they differ in space); choose one "
+                                 f"with data.bids.space")
+    # with sessions, the refusal names the session and the session's folder
+    errors = cohort_errors(read_cohort(_smriprep(tmp_path / "ses", sessions=True), cfg))
+    assert errors[0].problem.startswith("sub-01 ses-1: 2 T1w images match")
+    assert errors[0].path.endswith("sub-01/ses-1/anat")
+
+
+def test_the_space_filter_selects_one_image_per_subject(tmp_path):
+    root = _smriprep(tmp_path)
+    mni = read_cohort(root, load_config(None, None, [f"data.bids.space={MNI}"]).data)
+    assert not cohort_errors(mni) and mni["subject"].tolist() == ["sub-01", "sub-02"]
+    assert [s.rsplit("/", 1)[1] for s in mni["source"]] == [f"{s}_space-{MNI}_desc-preproc_T1w.nii.gz"
+                                                            for s in ("sub-01", "sub-02")]
+    # "" asks for the image without the entity: the native one
+    native = read_cohort(root, load_config(None, None, ['data.bids.space=""', "data.bids.desc=preproc"]).data)
+    assert [s.rsplit("/", 1)[1] for s in native["source"]] == ["sub-01_desc-preproc_T1w.nii.gz",
+                                                               "sub-02_desc-preproc_T1w.nii.gz"]
+
+
+def test_a_filter_that_matches_nothing_names_what_there_is(tmp_path):
+    root = _smriprep(tmp_path)
+    errors = cohort_errors(read_cohort(root, load_config(None, None, ["data.bids.space=MNI305"]).data))
+    assert len(errors) == 2 and errors[0].path == str(root / "participants.tsv")
+    assert errors[0].problem == (f"participant sub-01 has no T1w image with space='MNI305' (data.bids) under "
+                                 f"sub-01/[ses-*/]anat/; it has sub-01_desc-preproc_T1w.nii.gz, "
+                                 f"sub-01_space-{MNI}_desc-preproc_T1w.nii.gz")
+
+
+def test_runs_compare_as_numbers_and_other_entities_point_to_a_csv(tmp_path):
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC"})
+    anat = root / "sub-01" / "anat"
+    (anat / "sub-01_T1w.nii.gz").rename(anat / "sub-01_run-01_T1w.nii.gz")
+    save(anat / "sub-01_run-02_T1w.nii.gz", *phantom(shape=(8, 8, 8)))
+    picked = read_cohort(root, load_config(None, None, ["data.bids.run=2"]).data)
+    assert picked["source"].str.endswith("sub-01_run-02_T1w.nii.gz").tolist() == [True]
+    assert "choose one with data.bids.run" in cohort_errors(read_cohort(root, load_config().data))[0].problem
+
+    for name in ("sub-01_run-01_T1w.nii.gz", "sub-01_run-02_T1w.nii.gz"):
+        (anat / name).unlink()
+    for name in ("sub-01_ce-gad_T1w.nii.gz", "sub-01_ce-none_T1w.nii.gz"):
+        save(anat / name, *phantom(shape=(8, 8, 8)))
+    problem = cohort_errors(read_cohort(root, load_config().data))[0].problem
+    assert problem.endswith("(they differ in ce); data.bids selects by space, desc, acq, run, rec only; list the "
+                            "images in a CSV cohort instead")
+
+
+def test_entity_filters_are_bids_labels():
+    with pytest.raises(ConfigError, match="letters and digits only"):
+        load_config(None, None, ["data.bids.space=MNI_152"])
+    assert load_config(None, None, ["data.bids.run=1"]).data.bids.run == "1"
+
+
+def test_bids_entities_of_a_file_name():
+    assert bids_entities("sub-01_ses-2_space-MNI_desc-preproc_T1w.nii.gz") == (
+        {"sub": "01", "ses": "2", "space": "MNI", "desc": "preproc"}, "T1w")
+    assert bids_entities("sub-01_T1w.nii") == ({"sub": "01"}, "T1w")

@@ -5,7 +5,7 @@ import torch
 
 from neuroldm.config import AugmentConfig
 from neuroldm.data.dataset import VolumeDataset, build_augmentation
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 
 
 @pytest.fixture
@@ -15,7 +15,8 @@ def rows(tmp_path):
     for i in range(3):
         vol = rng.normal(size=(24, 28, 20)).astype(np.float32)
         vol[:, :, 10:] += 3.0  # a bright superior slab: a superior-inferior flip would move it
-        save_nifti_atomic(vol, np.diag([3.0, 3.0, 3.0, 1.0]), tmp_path / f"v{i}.nii")
+        save_nifti_atomic(vol, np.diag([3.0, 3.0, 3.0, 1.0]), tmp_path / f"v{i}.nii",
+                          what="test volume", frame=ALIGNED_ANAT)
         paths.append(str(tmp_path / f"v{i}.nii"))
     return pd.DataFrame({"path": paths, "label": [0, 1, 1], "subject": ["a", "b", "c"]})
 

@@ -10,7 +10,9 @@ from neuroldm.cli import main
 from neuroldm.data.manifest import read_manifest
 from neuroldm.data.prepare import prepare_cohort
 from neuroldm.errors import InputErrors
+from neuroldm.io import ALIGNED_ANAT, MNI_152, SCANNER_ANAT
 
+from niftis import assert_neuroldm_header
 from phantoms import phantom, save, write_bids
 
 GROUPS = {f"sub-{i:02d}": ("HC" if i % 2 else ("left" if i % 4 else "right")) for i in range(12)}
@@ -120,8 +122,13 @@ def test_identical_images_under_two_subjects_share_a_split(bids, tmp_path, small
 def test_roi_masks_from_derivatives_follow_the_volume(bids, tmp_path, small_cfg):
     data, affine = phantom()
     roi = (data > 150).astype(np.uint8) * 2  # the marker as label 2
-    save(bids / "derivatives" / "masks" / "sub-05" / "anat" / "sub-05_label-marker_mask.nii.gz", roi, affine)
-    prepare_cohort(bids, tmp_path / "prep", small_cfg, progress=False)
+    anat = bids / "derivatives" / "masks" / "sub-05" / "anat"
+    save(anat / "sub-05_label-marker_mask.nii.gz", roi, affine)
+    save(anat / "sub-05_desc-brain_mask.nii.gz", (data > 50).astype(np.uint8), affine)  # another mask: not the ROI
+    save(anat / "sub-05_space-MNI152NLin2009cAsym_label-marker_mask.nii.gz", roi, affine)  # another space
+    cfg = small_cfg.model_copy(deep=True)
+    cfg.data.bids.roi = "marker"
+    prepare_cohort(bids, tmp_path / "prep", cfg, progress=False)
     m = read_manifest(tmp_path / "prep").set_index("subject")
     img, mask = nib.load(m.loc["sub-05", "path"]), nib.load(m.loc["sub-05", "roi_path"])
     np.testing.assert_allclose(mask.affine, img.affine)
@@ -130,6 +137,35 @@ def test_roi_masks_from_derivatives_follow_the_volume(bids, tmp_path, small_cfg)
     peak = np.unravel_index(np.argmax(img.get_fdata()), img.shape)
     assert values[peak] == 2, "the ROI and the image disagree on where the marker is"
     assert m.loc["sub-04", "roi_path"] == ""
+    # the phantoms are written by a plain nibabel image: sform code 2, which the prepared files keep
+    assert_neuroldm_header(m.loc["sub-05", "path"], ALIGNED_ANAT, "prepared T1w")
+    assert_neuroldm_header(m.loc["sub-05", "roi_path"], ALIGNED_ANAT, "prepared ROI labels", labels=True)
+
+    # with the default ROI name (hippocampus) the marker mask is not a ROI; two matching ones are refused
+    prepare_cohort(bids, tmp_path / "default", small_cfg, progress=False)
+    assert (read_manifest(tmp_path / "default")["roi_path"] == "").all()
+    save(anat / "sub-05_desc-marker_dseg.nii.gz", roi, affine)
+    with pytest.raises(InputErrors) as e:
+        prepare_cohort(bids, tmp_path / "two", cfg, progress=False)
+    assert len(e.value.errors) == 1 and "\n" not in str(e.value.errors[0])
+    assert ("sub-05: 2 ROI images match data.bids.roi='marker', masks/sub-05/anat/sub-05_desc-marker_dseg.nii.gz, "
+            "masks/sub-05/anat/sub-05_label-marker_mask.nii.gz; keep one") in str(e.value.errors[0])
+
+
+@pytest.mark.parametrize(("sform", "qform", "expected"), [(MNI_152, SCANNER_ANAT, MNI_152),
+                                                          (0, SCANNER_ANAT, SCANNER_ANAT)])
+def test_prepared_volumes_keep_the_input_world(tmp_path, small_cfg, sform, qform, expected):
+    """An input registered to MNI stays MNI (code 4); one with only a scanner qform stays scanner (code 1)."""
+    root = write_bids(tmp_path / "bids", {f"sub-{i:02d}": "HC" if i % 2 else "TLE" for i in range(10)})
+    for path in root.glob("sub-*/anat/*_T1w.nii.gz"):
+        img = nib.load(path)
+        img = nib.Nifti1Image(np.asarray(img.dataobj), img.affine)
+        img.set_sform(img.affine, code=sform)
+        img.set_qform(img.affine, code=qform)
+        nib.save(img, path)
+    prepare_cohort(root, tmp_path / "prep", small_cfg, progress=False)
+    for path in read_manifest(tmp_path / "prep")["path"]:
+        assert_neuroldm_header(path, expected, "prepared T1w")
 
 
 def test_cli_prepare_reports_bad_files_in_one_line_each(bids, tmp_path, capsys):

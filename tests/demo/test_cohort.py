@@ -11,10 +11,15 @@ import pytest
 from scipy import ndimage
 
 from neuroldm.config import DemoCohortConfig
+from neuroldm.data.manifest import read_manifest
+from neuroldm.data.prepare import prepare_cohort
 from neuroldm.demo import cohort as C
 from neuroldm.demo import hippocampus as H
 from neuroldm.demo import warps as W
 from neuroldm.errors import ConfigError
+from neuroldm.io import MNI_152
+
+from niftis import assert_neuroldm_header
 
 SPACING = 3.0
 CFG = DemoCohortConfig(subjects=12, spacing=SPACING, seed=7)
@@ -41,7 +46,7 @@ def _roi_volumes(out, table) -> pd.DataFrame:
     """Hippocampus mask volume (mm3) per side and subject."""
     rows = []
     for pid in table.participant_id:
-        mask, img = _load(C.mask_path(out, pid))
+        mask, img = _load(C.dseg_path(out, pid))
         vox = float(np.prod(img.header.get_zooms()))
         rows.append({"participant_id": pid, "left": (mask == 1).sum() * vox, "right": (mask == 2).sum() * vox})
     return table.merge(pd.DataFrame(rows), on="participant_id")
@@ -56,14 +61,26 @@ def test_layout_and_descriptions(cohort):
     desc = json.loads((out / "dataset_description.json").read_text())
     assert desc["BIDSVersion"] == "1.9.0" and desc["DatasetType"] == "raw" and desc["Name"]
     assert desc["GeneratedBy"][0]["Name"] == "neuroldm" and desc["GeneratedBy"][0]["Version"]
-    deriv = json.loads((out / "derivatives" / C.DERIVATIVE / "dataset_description.json").read_text())
-    assert deriv["DatasetType"] == "derivative"
+    assert desc["Authors"] and "LICENSE" in desc["License"]
+    assert "Louis Collins, McConnell Brain Imaging Centre" in (out / "LICENSE").read_text()
+    assert f"{CFG.subjects} synthetic subjects" in (out / "README").read_text()
+    deriv_root = out / "derivatives" / C.DERIVATIVE
+    deriv = json.loads((deriv_root / "dataset_description.json").read_text())
+    assert deriv["DatasetType"] == "derivative" and deriv["License"] == desc["License"]
+    assert (deriv_root / "README").read_text()
+    assert deriv["DatasetLinks"] == {"raw": "../../"} and desc["SourceDatasets"][0]["URL"] == C.TEMPLATE_URL
+    assert "Hippocampus ROI" in json.loads((deriv_root / "desc-hippocampus_dseg.json").read_text())["Description"]
+    labels = pd.read_csv(deriv_root / "desc-hippocampus_dseg.tsv", sep="\t")
+    assert labels.to_dict("list") == {"index": [0, 1, 2],
+                                      "name": ["background", "left hippocampus", "right hippocampus"]}
     sidecar = json.loads((out / "participants.json").read_text())
     assert set(sidecar) == set(table.columns)
     for pid in table.participant_id:
         assert (out / pid / "anat" / f"{pid}_T1w.nii.gz").is_file()
-        assert (out / "derivatives" / "neuroldm-demo" / pid / "anat"
-                / f"{pid}_label-hippocampus_mask.nii.gz").is_file()
+        assert (deriv_root / pid / "anat" / f"{pid}_desc-hippocampus_dseg.nii.gz").is_file()
+        side = json.loads((deriv_root / pid / "anat" / f"{pid}_desc-hippocampus_dseg.json").read_text())
+        assert side["SpatialReference"] == f"bids:raw:{pid}/anat/{pid}_T1w.nii.gz"
+    assert not list(out.rglob("*_mask.nii*")), "the segmentations are dseg files now"
     assert not list(out.rglob(".*.tmp*")), "atomic writes left temporary files"
 
 
@@ -93,13 +110,15 @@ def test_volumes_grid_labels_and_orientation(cohort):
     codes = set()
     for pid in table.participant_id:
         t1, t1_img = _load(C.t1w_path(out, pid))
-        mask, mask_img = _load(C.mask_path(out, pid))
+        mask, mask_img = _load(C.dseg_path(out, pid))
         assert t1.dtype == np.float32 and mask.dtype == np.uint8
         assert t1.shape == mask.shape
         np.testing.assert_allclose(t1_img.affine, mask_img.affine)
         assert abs(np.linalg.det(t1_img.affine[:3, :3])) == pytest.approx(SPACING**3)
         np.testing.assert_allclose(t1_img.header.get_zooms(), (SPACING,) * 3)
         assert set(np.unique(mask)) == {0, 1, 2}
+        assert_neuroldm_header(C.t1w_path(out, pid), MNI_152, "synthetic T1w")
+        assert_neuroldm_header(C.dseg_path(out, pid), MNI_152, "hippocampus dseg", labels=True)
         codes.add(nib.aff2axcodes(t1_img.affine))
         assert nib.aff2axcodes(mask_img.affine) == nib.aff2axcodes(t1_img.affine)
     assert ("R", "A", "S") in codes and len(codes) > 1, f"expected RAS and non-RAS subjects, got {codes}"
@@ -127,6 +146,19 @@ def test_image_is_a_brain_with_noisy_background(cohort):
     assert 300 < np.percentile(t1, 99) < 3000  # white matter ~ 1000 x gain
 
 
+def test_prepare_finds_every_segmentation_and_keeps_the_mni_frame(cohort, tmp_path, small_cfg):
+    """The reader's defaults (data.bids.roi = hippocampus) find the demo's dseg files, and the prepared volumes
+    and ROIs stay in the template's world (code 4)."""
+    out, table = cohort
+    df = prepare_cohort(out, tmp_path / "prep", small_cfg, progress=False)
+    assert (df["status"] == "ok").all() and len(df) == CFG.subjects
+    m = read_manifest(tmp_path / "prep", usable_only=False)
+    assert (m["roi_path"] != "").all()
+    assert_neuroldm_header(m["path"][0], MNI_152, "prepared T1w")
+    assert_neuroldm_header(m["roi_path"][0], MNI_152, "prepared ROI labels", labels=True)
+    assert set(np.unique(np.asarray(nib.load(m["roi_path"][0]).dataobj))) == {0, 1, 2}
+
+
 def test_subjects_differ(cohort):
     out, table = cohort
     a, b = (_ras(C.t1w_path(out, p)) for p in table.participant_id[:2])
@@ -141,7 +173,7 @@ def test_same_seed_same_volumes_different_seed_differs(cohort, tmp_path):
     out, table = cohort
     C.make_demo_cohort(tmp_path / "again", CFG, progress=False, workers=1)  # thread count must not matter
     for pid in table.participant_id:
-        for path in (C.t1w_path, C.mask_path):
+        for path in (C.t1w_path, C.dseg_path):
             x, x_img = _load(path(out, pid))
             y, y_img = _load(path(tmp_path / "again", pid))
             np.testing.assert_array_equal(x, y)

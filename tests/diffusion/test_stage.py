@@ -2,12 +2,14 @@
 
 import json
 
+import monai
 import nibabel as nib
 import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import neuroldm
 from neuroldm.cli import main
 from neuroldm.config import SampleConfig, load_config
 from neuroldm.data.prepare import prepare_cohort
@@ -15,11 +17,13 @@ from neuroldm.diffusion.sample import generate
 from neuroldm.diffusion.train import train_diffusion
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
+from neuroldm.io import ALIGNED_ANAT
 from neuroldm.samples import read_sample_manifest
 from neuroldm.train.checkpoint import load_state
 from neuroldm.vae.encode import encode_cohort
 from neuroldm.vae.train import train_vae
 
+from niftis import assert_neuroldm_header
 from phantoms import write_bids
 
 TINY = ["prepare.spacing=[8,8,8]", "prepare.grid=[20,24,20]", "split.folds=0", "split.val_fraction=0.2",
@@ -83,6 +87,11 @@ def test_sample_writes_one_nifti_per_volume_and_resumes(run, tmp_path, capsys):
     np.testing.assert_allclose(img.affine, latents["reference_affine"])
     side = json.loads((out / f"{s.rows['sample'][0]}.json").read_text())
     assert side["guidance"] == 2 and side["sampler"] == "ddim" and len(side["checkpoint_sha256"]) == 64
+    assert side["synthetic"] is True
+    assert side["software_versions"] == {"neuroldm": neuroldm.__version__, "torch": torch.__version__,
+                                         "monai": monai.__version__, "nibabel": nib.__version__}
+    for path in s.rows["path"]:
+        assert_neuroldm_header(path, ALIGNED_ANAT, "synthetic T1w TLE seed")
     assert s.train_subjects == load_dit(run)[2]["train_subjects"]
 
     # the same seed gives the same volume, whatever the batch; a re-run skips what exists

@@ -12,7 +12,7 @@ import torch
 from evaluation_phantoms import TinyNet, brain
 
 from neuroldm.data.manifest import MANIFEST_COLUMNS
-from neuroldm.io import save_nifti_atomic, sha256_array
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, sha256_array
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +34,7 @@ def cohort(tmp_path_factory):
         label = k % 2
         data = brain(seed=k, label=label)
         rel = f"vol/sub-{k:02d}.nii"
-        save_nifti_atomic(data, np.diag([3.0, 3.0, 3.0, 1.0]), root / rel)
+        save_nifti_atomic(data, np.diag([3.0, 3.0, 3.0, 1.0]), root / rel, what="test volume", frame=ALIGNED_ANAT)
         rows.append({c: "" for c in MANIFEST_COLUMNS} | {
             "subject": f"sub-{k:02d}", "label": label, "label_name": ["HC", "TLE"][label], "split": split,
             "fold": -1, "path": rel, "shape": "20x24x20", "data_sha256": sha256_array(data), "status": "ok"})

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from neuroldm.evaluate.class_difference import class_difference, class_means
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.metrics.interval import Interval
 
 GRID = (8, 10, 8)
@@ -14,7 +14,7 @@ CLASSES = ["HC", "TLE"]
 
 def _write(folder, name, volume):
     path = folder / f"{name}.nii"
-    save_nifti_atomic(volume.astype(np.float32), np.eye(4), path)
+    save_nifti_atomic(volume.astype(np.float32), np.eye(4), path, what="test volume", frame=ALIGNED_ANAT)
     return str(path)
 
 

@@ -7,7 +7,7 @@ import pytest
 from evaluation_phantoms import brain
 
 from neuroldm.evaluate.diversity import kid, ms_ssim_diversity, prdc, random_pairs
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.metrics.interval import Interval
 
 
@@ -63,7 +63,7 @@ def test_ms_ssim_diversity_of_copies_is_one_and_lower_for_different_volumes(tmp_
     paths = []
     for i, v in enumerate([brain(0, 0)] * 3 + [brain(1, 0), brain(2, 1)]):
         paths.append(str(tmp_path / f"v{i}.nii"))
-        save_nifti_atomic(v, np.eye(4), paths[-1])
+        save_nifti_atomic(v, np.eye(4), paths[-1], what="test volume", frame=ALIGNED_ANAT)
     same = ms_ssim_diversity(paths[:3], n_pairs=10)
     assert same["value"] == pytest.approx(1.0, abs=1e-5) and same["n"] == 3
     mixed = Interval.from_dict(ms_ssim_diversity(paths, n_pairs=10))

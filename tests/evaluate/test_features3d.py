@@ -8,7 +8,7 @@ from safetensors.torch import save_file
 
 from neuroldm.errors import InputError
 from neuroldm.evaluate.features3d import MEDICALNET_DIM, load_medicalnet, volume_features
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.vae.perceptual import MedicalNetResNet10
 
 
@@ -27,13 +27,13 @@ def test_features_are_pooled_512d_and_deterministic(medicalnet_file, tmp_path):
     paths = []
     for i, v in enumerate([brain(0, 0), brain(1, 1), brain(0, 0)]):
         paths.append(str(tmp_path / f"v{i}.nii"))
-        save_nifti_atomic(v, np.eye(4), paths[-1])
+        save_nifti_atomic(v, np.eye(4), paths[-1], what="test volume", frame=ALIGNED_ANAT)
     f = volume_features(net, paths, progress=False)
     assert f.shape == (3, MEDICALNET_DIM) and np.isfinite(f).all()
     np.testing.assert_array_equal(f[0], f[2])
     assert not np.allclose(f[0], f[1])
     scaled = str(tmp_path / "scaled.nii")  # per-volume z-scoring: an affine intensity change does not matter
-    save_nifti_atomic(brain(0, 0) * 3.0 + 1.0, np.eye(4), scaled)
+    save_nifti_atomic(brain(0, 0) * 3.0 + 1.0, np.eye(4), scaled, what="test volume", frame=ALIGNED_ANAT)
     np.testing.assert_allclose(volume_features(net, [scaled], progress=False)[0], f[0], rtol=1e-4, atol=1e-5)
 
 

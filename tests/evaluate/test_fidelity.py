@@ -6,7 +6,7 @@ import torch
 from evaluation_phantoms import brain
 
 from neuroldm.evaluate.fidelity import conditional_fidelity
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.metrics.interval import Interval
 
 
@@ -23,7 +23,7 @@ def test_accuracy_per_requested_class(tmp_path):
     paths = []
     for i, (v, _) in enumerate(vols):
         paths.append(str(tmp_path / f"v{i}.nii"))
-        save_nifti_atomic(v, np.eye(4), paths[-1])
+        save_nifti_atomic(v, np.eye(4), paths[-1], what="test volume", frame=ALIGNED_ANAT)
     res = conditional_fidelity(toy_predict, paths, [y for _, y in vols], ["HC", "TLE"], batch_size=3)
     assert (res["per_class"]["HC"]["value"], res["per_class"]["HC"]["n"]) == (1.0, 4)
     assert (res["per_class"]["TLE"]["value"], res["per_class"]["TLE"]["n"]) == (0.75, 4)
@@ -33,6 +33,6 @@ def test_accuracy_per_requested_class(tmp_path):
 
 
 def test_wrong_prediction_shape_is_refused(tmp_path):
-    save_nifti_atomic(brain(0, 0), np.eye(4), tmp_path / "v.nii")
+    save_nifti_atomic(brain(0, 0), np.eye(4), tmp_path / "v.nii", what="test volume", frame=ALIGNED_ANAT)
     with pytest.raises(ValueError, match="predict returned shape"):
         conditional_fidelity(lambda x: torch.ones(len(x), 3) / 3, [str(tmp_path / "v.nii")], [0], ["HC", "TLE"])

@@ -14,7 +14,7 @@ from neuroldm.evaluate.slice_fid import (
     slice_positions,
     to_network_input,
 )
-from neuroldm.io import save_nifti_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic
 from neuroldm.metrics.frechet import frechet_distance
 
 
@@ -22,7 +22,7 @@ def _write(folder, vols):
     paths = []
     for i, v in enumerate(vols):
         p = folder / f"v{i}.nii"
-        save_nifti_atomic(v, np.eye(4), p)
+        save_nifti_atomic(v, np.eye(4), p, what="test volume", frame=ALIGNED_ANAT)
         paths.append(str(p))
     return paths
 

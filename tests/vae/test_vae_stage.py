@@ -12,11 +12,13 @@ from neuroldm.cli import main
 from neuroldm.config import load_config
 from neuroldm.data.prepare import prepare_cohort
 from neuroldm.errors import ConfigError
+from neuroldm.io import ALIGNED_ANAT
 from neuroldm.train.checkpoint import load_state
 from neuroldm.vae.encode import load_latents
 from neuroldm.vae.train import train_vae
 from neuroldm.vae.weights import load_vae
 
+from niftis import assert_neuroldm_header
 from phantoms import write_bids
 
 TINY = ["prepare.spacing=[8,8,8]", "prepare.grid=[20,24,20]", "split.folds=0", "split.val_fraction=0.2",
@@ -67,7 +69,11 @@ def test_cli_train_reconstruct_encode_sample(prepared, tmp_path, capsys):
     assert main(["train-vae", "--prepared", str(prepared), "--run", str(run), "--no-progress", *sets]) == 0
     assert (run / "config.yaml").exists() and json.loads((run / "run.json").read_text())["prepared"]
 
-    assert main(["reconstruct", "--run", str(run), "--no-progress"]) == 0
+    assert main(["reconstruct", "--run", str(run), "--no-progress", "--save-volumes"]) == 0
+    recons = sorted((run / "vae" / "reconstruction" / "volumes").glob("*.nii.gz"))
+    assert len(recons) == 2
+    for path in recons:  # the phantoms' frame (a plain nibabel image: code 2), through prepare
+        assert_neuroldm_header(path, ALIGNED_ANAT, "VAE reconstruction")
     metrics = json.loads((run / "vae" / "reconstruction" / "metrics.json").read_text())
     assert metrics["n"] == 2 and -1 <= metrics["mean"]["ssim"] <= 1 and np.isfinite(metrics["mean"]["psnr"])
     assert (run / "vae" / "reconstruction" / "reconstruction.png").stat().st_size > 10_000
@@ -92,3 +98,6 @@ def test_cli_train_reconstruct_encode_sample(prepared, tmp_path, capsys):
     img = nib.load(files[0])
     assert img.shape == (20, 24, 20)
     np.testing.assert_allclose(img.affine, np.asarray(latents.info["reference_affine"]))
+    assert latents.info["reference_frame_code"] == ALIGNED_ANAT
+    for path in files:
+        assert_neuroldm_header(path, ALIGNED_ANAT, "VAE prior sample")

@@ -68,9 +68,9 @@ from tqdm.auto import tqdm
 from neuroldm.classify.predict import load_classifier, predict_proba
 from neuroldm.config import Config, SaliencyConfig
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.data.manifest import read_manifest, reference_affine
+from neuroldm.data.manifest import read_manifest, reference_affine, reference_frame_code
 from neuroldm.errors import InputError, NeuroLDMError
-from neuroldm.io import atomic_path, save_nifti_atomic, write_json_atomic
+from neuroldm.io import atomic_path, read_frame_code, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import bootstrap_ci
 from neuroldm.metrics.interval import BOOTSTRAP, Interval
 from neuroldm.names import UniqueNames
@@ -198,7 +198,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
             if list(volume.shape) != list(info["grid"]):
                 raise InputError(row["path"], f"volume is {volume.shape} but the classifier was trained on "
                                               f"{tuple(info['grid'])}")
-            affine = nib.load(row["path"]).affine
+            affine, frame = nib.load(row["path"]).affine, read_frame_code(row["path"])
             roi = load_prepared_volume(row["roi_path"]) if row.get("roi_path") else None
             x = torch.from_numpy(volume)[None, None].to(device)
             probs = predict_proba(model, x)[0]
@@ -211,7 +211,7 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
                 attr, delta = attribute(model, x, target, method, scfg, seed=cfg.classifier.train.seed + i)
                 seconds = time.perf_counter() - start
                 a = attr[0, 0].cpu().numpy().astype(np.float32)
-                save_nifti_atomic(a, affine, out.map(method, name))
+                save_nifti_atomic(a, affine, out.map(method, name), what=f"saliency {method}", frame=frame)
                 absolute = np.abs(a, dtype=np.float64)
                 total = absolute.sum()
                 key = (method, label)
@@ -231,10 +231,11 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
     finally:
         bar.close()
 
-    ref = reference_affine(rows)
+    ref, ref_frame = reference_affine(rows), reference_frame_code(rows)
     for (method, label), total in sums.items():
         mean = (total / counts[(method, label)]).astype(np.float32)
-        save_nifti_atomic(mean, ref, out.map(method, out.mean_name(classes[label])))
+        save_nifti_atomic(mean, ref, out.map(method, out.mean_name(classes[label])), frame=ref_frame,
+                          what=f"saliency {method} mean |map| {classes[label]}")
         if scfg.figures:
             bg = (background_sum[label] / int((rows["label"] == label).sum())).astype(np.float32)
             overlay_figure(mean, bg, ref, out.figure(method, out.mean_name(classes[label])),

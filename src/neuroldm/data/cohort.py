@@ -3,6 +3,12 @@
 Columns: ``subject, session, source, raw_label, label, label_name`` plus the configured covariates, and
 ``reason`` / ``reason_path``: empty for a good row, else the problem and the file it concerns. Problems are
 collected for the whole cohort, not raised at the first, so `prepare` can report every bad row at once.
+
+A BIDS subject (or session) gives one image: among its ``anat/*_T1w.nii[.gz]`` files, those whose entities pass the
+filters ``data.bids.{space,desc,acq,run,rec}`` (`BidsColumns`). A derivatives layout such as sMRIPrep's holds
+several T1w images per subject (``sub-X_desc-preproc_T1w`` in native space and ``sub-X_space-<template>_desc-
+preproc_T1w``); when more than one passes, the subject is refused in one line naming the files and the entity
+that tells them apart, never silently taken twice or at random.
 """
 
 from __future__ import annotations
@@ -12,12 +18,14 @@ from pathlib import Path
 
 import pandas as pd
 
-from neuroldm.config import DataConfig
+from neuroldm.config import BidsColumns, DataConfig
 from neuroldm.errors import InputError
 
 log = logging.getLogger(__name__)
 
 COHORT_COLUMNS = ["subject", "session", "source", "raw_label", "label", "label_name", "reason", "reason_path"]
+NIFTI_EXTENSIONS = (".nii.gz", ".nii")
+ENTITY_FILTERS = ("space", "desc", "acq", "run", "rec")  # the data.bids keys that select a T1w image
 
 
 def _read_table(path: Path, sep: str) -> pd.DataFrame:
@@ -37,18 +45,91 @@ def _require_columns(table: pd.DataFrame, columns: list[str], path: Path) -> Non
                                f"columns present: {', '.join(table.columns)}")
 
 
-def _find_t1w(subject_dir: Path) -> list[tuple[str, Path]]:
-    """(session, path) of every ``*_T1w.nii[.gz]`` under ``sub-X/anat`` or ``sub-X/ses-*/anat``."""
-    found = [("", p) for p in sorted((subject_dir / "anat").glob("*_T1w.nii*"))]
+def bids_entities(name: str) -> tuple[dict[str, str], str]:
+    """``({entity: label}, suffix)`` of a BIDS file name: ``sub-01_space-MNI_desc-preproc_T1w.nii.gz`` gives
+    ``({"sub": "01", "space": "MNI", "desc": "preproc"}, "T1w")``. Parts without a ``-`` other than the suffix are
+    not entities and are left out.
+
+    A small parser rather than pybids: pybids is not a dependency, and indexing a whole dataset into its database
+    is far more than reading the entities of the few files of one ``anat/`` folder.
+    """
+    for ext in NIFTI_EXTENSIONS:
+        if name.endswith(ext):
+            name = name[: -len(ext)]
+            break
+    *parts, suffix = name.split("_")
+    return dict(p.split("-", 1) for p in parts if "-" in p), suffix
+
+
+def entity_matches(entities: dict[str, str], key: str, want: str | None) -> bool:
+    """Whether a file's `entities` pass the filter ``key: want`` (`BidsColumns`: None any, "" absent, else equal;
+    ``run`` as a number)."""
+    have = entities.get(key)
+    if want is None:
+        return True
+    if want == "" or have is None:
+        return have is None and want == ""
+    if key == "run" and have.isdigit() and want.isdigit():
+        return int(have) == int(want)
+    return have == want
+
+
+def _filters(cfg: BidsColumns) -> dict[str, str | None]:
+    return {k: getattr(cfg, k) for k in ENTITY_FILTERS if getattr(cfg, k) is not None}
+
+
+def _describe(filters: dict[str, str | None]) -> str:
+    return ", ".join(f"{k}={v!r}" if v else f"no {k}" for k, v in filters.items())
+
+
+def _find_t1w(subject_dir: Path) -> dict[str, list[Path]]:
+    """Session ("" for none) -> every ``*_T1w.nii[.gz]`` under ``sub-X/anat`` or ``sub-X/ses-*/anat``."""
+    found = {"": sorted((subject_dir / "anat").glob("*_T1w.nii*"))}
     for ses in sorted(subject_dir.glob("ses-*")):
-        found += [(ses.name, p) for p in sorted((ses / "anat").glob("*_T1w.nii*"))]
-    return [(s, p) for s, p in found if p.name.endswith((".nii", ".nii.gz"))]
+        found[ses.name] = sorted((ses / "anat").glob("*_T1w.nii*"))
+    return {s: kept for s, paths in found.items() if (kept := [p for p in paths if p.name.endswith(NIFTI_EXTENSIONS)])}
+
+
+def _ambiguous(who: str, paths: list[Path]) -> str:
+    """One line: which images match and what would tell them apart."""
+    entities = [bids_entities(p.name)[0] for p in paths]
+    differ = sorted({k for e in entities for k in e if len({x.get(k) for x in entities}) > 1} - {"sub", "ses"})
+    selectable = [k for k in differ if k in ENTITY_FILTERS]
+    if selectable:
+        hint = f"choose one with {' or '.join(f'data.bids.{k}' for k in selectable)}"
+    elif differ:
+        hint = f"data.bids selects by {', '.join(ENTITY_FILTERS)} only; list the images in a CSV cohort instead"
+    else:
+        hint = "remove all but one"
+    names = ", ".join(p.name for p in paths)
+    differ_text = f" (they differ in {', '.join(differ)})" if differ else ""
+    return f"{who}: {len(paths)} T1w images match, {names}{differ_text}; {hint}"
+
+
+def select_t1w(subject_dir: Path, cfg: BidsColumns) -> tuple[dict[str, Path], dict[str, tuple[Path, str]],
+                                                               list[Path]]:
+    """The T1w image of each session ("" for none) of a subject that passes `cfg`'s entity filters.
+
+    Returns ``(session -> image, session -> (folder, one-line reason) where several images pass, every T1w image
+    found)``; a session where none passes is left out.
+    """
+    filters = _filters(cfg)
+    chosen, problems, found = {}, {}, []
+    for session, paths in _find_t1w(subject_dir).items():
+        found += paths
+        hits = [p for p in paths if all(entity_matches(bids_entities(p.name)[0], k, v) for k, v in filters.items())]
+        if len(hits) == 1:
+            chosen[session] = hits[0]
+        elif hits:
+            problems[session] = (hits[0].parent, _ambiguous(" ".join(filter(None, (subject_dir.name, session))), hits))
+    return chosen, problems, found
 
 
 def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
-    """Rows for every T1w image of every participant in ``participants.tsv``.
+    """Rows for the T1w image of every session of every participant in ``participants.tsv`` (`select_t1w`).
 
-    A participant with no T1w image gets a row with an empty ``source`` and a reason naming the participant.
+    A participant with no (selected) T1w image gets a row with an empty ``source`` and a reason naming the
+    participant; a session with several gets one naming the images.
     """
     root = Path(root)
     tsv = root / "participants.tsv"
@@ -57,6 +138,7 @@ def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
     _require_columns(table, ["participant_id", label_col, *cfg.covariates], tsv)
     if table.empty:
         raise InputError(tsv, "no rows: the table has a header but lists no participant")
+    filters = _filters(cfg.bids)
     rows = []
     for _, rec in table.iterrows():
         pid = rec["participant_id"].strip()
@@ -64,11 +146,16 @@ def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
             pid = f"sub-{pid}"
         base = {"subject": pid, "raw_label": rec[label_col].strip(), "label_source": str(tsv),
                 **{c: rec[c] for c in cfg.covariates}}
-        images = _find_t1w(root / pid)
-        if not images:
-            rows.append({**base, "session": "", "source": "", "reason_path": str(tsv),
-                         "reason": f"participant {pid} has no T1w image under {pid}/[ses-*/]anat/"})
-        for session, path in images:
+        images, problems, found = select_t1w(root / pid, cfg.bids)
+        if not images and not problems:
+            reason = f"participant {pid} has no T1w image under {pid}/[ses-*/]anat/"
+            if found:
+                reason = (f"participant {pid} has no T1w image with {_describe(filters)} (data.bids) under "
+                          f"{pid}/[ses-*/]anat/; it has {', '.join(p.name for p in found)}")
+            rows.append({**base, "session": "", "source": "", "reason_path": str(tsv), "reason": reason})
+        for session, (folder, reason) in problems.items():
+            rows.append({**base, "session": session, "source": "", "reason_path": str(folder), "reason": reason})
+        for session, path in images.items():
             rows.append({**base, "session": session, "source": str(path.resolve())})
     listed = {r["subject"] for r in rows}
     unlisted = sorted(p.name for p in root.glob("sub-*") if p.is_dir() and p.name not in listed)

@@ -24,7 +24,7 @@ import pandas as pd
 
 from neuroldm.data.splits import check_split_leakage
 from neuroldm.errors import InputError
-from neuroldm.io import atomic_path
+from neuroldm.io import ALIGNED_ANAT, atomic_path, read_frame_code
 from neuroldm.runs import PreparedDir
 
 MANIFEST_COLUMNS = ["subject", "session", "label", "label_name", "raw_label", "split", "fold", "path", "roi_path",
@@ -45,6 +45,13 @@ def reference_affine(rows: pd.DataFrame) -> np.ndarray:
     if rows.empty:
         raise InputError("manifest", "no volumes to take a reference affine from")
     return np.mean([volume_affine(p) for p in rows["path"]], axis=0)
+
+
+def reference_frame_code(rows: pd.DataFrame) -> int:
+    """The NIfTI frame code (`neuroldm.io`) of `reference_affine`: the one the rows' volumes share, else
+    `ALIGNED_ANAT` (volumes from inputs in different worlds have no common one to name)."""
+    codes = {read_frame_code(p) for p in rows["path"]}
+    return codes.pop() if len(codes) == 1 else ALIGNED_ANAT
 
 
 def write_manifest(df: pd.DataFrame, path: str | Path) -> None:

@@ -24,20 +24,20 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from neuroldm.config import Config, PrepareConfig, save_config
-from neuroldm.data.cohort import read_cohort
+from neuroldm.data.cohort import NIFTI_EXTENSIONS, bids_entities, read_cohort
 from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
 from neuroldm.data.preprocess import prepare_volume
 from neuroldm.data.splits import assign_splits, check_split_leakage, duplicate_groups, find_duplicates
 from neuroldm.data.volume import load_volume
 from neuroldm.errors import InputError, InputErrors
-from neuroldm.io import save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
+from neuroldm.io import read_frame_code, save_nifti_atomic, sha256_array, sha256_file, write_json_atomic
 from neuroldm.names import safe_name
 from neuroldm.runs import PreparedDir
 
 log = logging.getLogger(__name__)
 
 # bump when the preparation code changes what it writes, so caches from older code are recomputed
-PREPARE_VERSION = 1
+PREPARE_VERSION = 2  # 2: NIfTI headers with units, the input's frame code and a descrip
 
 
 def prepare_hash(cfg: PrepareConfig) -> str:
@@ -59,13 +59,37 @@ def check_field_of_view(shape, affine: np.ndarray, cfg: PrepareConfig, path: str
                                f"(needs at least {_fmt(np.round(needed, 1).tolist())} mm)")
 
 
-def find_roi_masks(bids_root: Path, subject: str, session: str) -> Path | None:
-    """A ROI label mask of the subject under ``derivatives/*/`` (``*_mask.nii[.gz]``), if the dataset has one."""
+ROI_SUFFIXES = ("dseg", "mask")  # BIDS derivatives: a discrete segmentation, or a binary mask
+
+
+def _is_roi(name: str, roi: str, space: str | None) -> bool:
+    """Whether a file name is a NIfTI ``*_dseg``/``*_mask`` of desc or label `roi` in `space` (None: no space)."""
+    if not name.endswith(NIFTI_EXTENSIONS):
+        return False
+    entities, suffix = bids_entities(name)
+    named = roi in (entities.get("desc"), entities.get("label"))
+    return suffix in ROI_SUFFIXES and named and entities.get("space") == space
+
+
+def find_roi(bids_root: Path, subject: str, session: str, image: str, roi: str | None) -> Path | None:
+    """The subject's ROI label image under ``derivatives/*/<subject>/[<session>/]anat/``, if the dataset has one: a
+    ``*_dseg`` or ``*_mask`` NIfTI whose ``desc`` or ``label`` entity is `roi` (``data.bids.roi``; None: no ROI) and
+    whose ``space`` is that of the T1w `image` (both absent counts: a native-space mask for a native image).
+
+    Several such files are an `InputError` naming them: which one is the ROI is not ours to guess.
+    """
     base = bids_root / "derivatives"
-    if not base.is_dir():
+    if roi is None or not base.is_dir():
         return None
+    space = bids_entities(Path(image).name)[0].get("space")
     parts = [subject, session, "anat"] if session else [subject, "anat"]
-    hits = sorted(p for d in base.iterdir() if d.is_dir() for p in d.joinpath(*parts).glob(f"{subject}*_mask.nii*"))
+    candidates = sorted(p for d in base.iterdir() if d.is_dir() for p in d.joinpath(*parts).glob(f"{subject}_*"))
+    hits = [p for p in candidates if _is_roi(p.name, roi, space)]
+    if len(hits) > 1:
+        who = " ".join(filter(None, (subject, session)))
+        raise InputError(base, f"{who}: {len(hits)} ROI images match data.bids.roi={roi!r}, "
+                               f"{', '.join(str(h.relative_to(base)) for h in hits)}; keep one, or set data.bids.roi "
+                               f"to the desc or label of the one to use")
     return hits[0] if hits else None
 
 
@@ -83,6 +107,7 @@ def _process(task: dict) -> dict:
     source, out_dir = task["source"], Path(task["out_dir"])
     try:
         data, affine = load_volume(source)
+        frame = read_frame_code(source)  # the prepared volume lies in the input's world, resampled
         check_field_of_view(data.shape, affine, cfg, source)
         result = prepare_volume(data, affine, cfg)
     except InputError as e:
@@ -93,7 +118,7 @@ def _process(task: dict) -> dict:
     stem = safe_name("_".join(p for p in (task["subject"], task["session"]) if p))
     layout = PreparedDir(out_dir)
     rel = layout.volume(f"{stem}_{key}")
-    save_nifti_atomic(result["image"], result["affine"], out_dir / rel)
+    save_nifti_atomic(result["image"], result["affine"], out_dir / rel, what="prepared T1w", frame=frame)
     fields = {"path": str(rel), "data_sha256": sha256_array(result["image"]), "cropped_vox": str(result["cropped_vox"])}
     if task.get("roi_source"):
         try:
@@ -101,7 +126,8 @@ def _process(task: dict) -> dict:
         except InputError as e:
             return {"reason": f"ROI mask: {e.problem}", "reason_path": e.path}
         roi_rel = layout.roi(f"{stem}_{key}")
-        save_nifti_atomic(roi, result["affine"], out_dir / roi_rel)
+        save_nifti_atomic(roi, result["affine"], out_dir / roi_rel, what="prepared ROI labels", frame=frame,
+                          labels=True)
         fields["roi_path"] = str(roi_rel)
     return fields
 
@@ -156,7 +182,12 @@ def prepare_cohort(source: str | Path, out_dir: str | Path, cfg: Config, *, skip
             continue
         df.at[i, "source_sha256"] = digest = sha256_file(row["source"])
         old = previous.get(row["source"])
-        roi = find_roi_masks(bids_root, row["subject"], row["session"]) if bids_root else None
+        try:
+            roi = find_roi(bids_root, row["subject"], row["session"], row["source"], cfg.data.bids.roi) \
+                if bids_root else None
+        except InputError as e:
+            df.loc[i, ["reason", "reason_path"]] = [e.problem, e.path]
+            continue
         if (old and old["source_sha256"] == digest and old["prep_hash"] == prep_hash
                 and (out_dir / old["path"]).is_file() and (not old["roi_path"] or (out_dir / old["roi_path"]).is_file())
                 and bool(old["roi_path"]) == bool(roi)):

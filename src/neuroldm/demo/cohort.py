@@ -3,7 +3,8 @@
 Why by hand: no library generates a labelled cohort with a known, controllable lesion. This one exists so the
 whole pipeline (prepare, train, generate, evaluate) can run end to end offline, on data whose ground truth is
 known, from the only brain image we can count on having: the MNI152 2009 T1 template that nilearn ships
-(197x233x189, 1 mm, skull-stripped).
+(197x233x189, 1 mm, skull-stripped; its file is ``mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz``, the ICBM
+2009a nonlinear symmetric template).
 
 Generative model, per subject (every random draw comes from a generator seeded by ``(cfg.seed, subject index)``,
 so the same seed gives identical volumes, and a subject's anatomy does not depend on its group):
@@ -28,7 +29,8 @@ so the same seed gives identical volumes, and a subject's anatomy does not depen
   4x-downsampled latents has a lesion to reproduce.
 
 The hippocampus ROI is an approximation, not an atlas label: one ellipsoid per side (about 40 x 13 x 10 mm,
-placed by eye on the template) intersected with the template's grey matter. The mask written for each subject is
+placed by eye on the template) intersected with the template's grey matter. The segmentation written for each
+subject (a BIDS ``dseg``: 0 background, 1 left, 2 right hippocampus, named in ``desc-hippocampus_dseg.tsv``) is
 that ROI after the subject's atrophy and warp, resampled exactly like the image.
 
 All transforms are composed into one backward map per subject (output voxel -> template mm) and the 1 mm template
@@ -37,14 +39,23 @@ brain with a margin for the random pose and warp. HC and TLE subjects share this
 
 Layout written under ``out``::
 
-    dataset_description.json  participants.tsv  participants.json
+    dataset_description.json  README  LICENSE  participants.tsv  participants.json
     sub-001/anat/sub-001_T1w.nii.gz                                         float32
-    derivatives/neuroldm-demo/dataset_description.json
-    derivatives/neuroldm-demo/sub-001/anat/sub-001_label-hippocampus_mask.nii.gz   uint8: 0, 1 left, 2 right
+    derivatives/neuroldm-demo/dataset_description.json  README  desc-hippocampus_dseg.{tsv,json}
+    derivatives/neuroldm-demo/sub-001/anat/sub-001_desc-hippocampus_dseg.nii.gz   uint8: 0, 1 left, 2 right
+    derivatives/neuroldm-demo/sub-001/anat/sub-001_desc-hippocampus_dseg.json      its SpatialReference
+
+The ``dseg.tsv`` (and the ``.json`` describing the segmentations) lie at the derivative's root, so by BIDS
+inheritance they apply to every subject's ``*_desc-hippocampus_dseg.nii.gz``; each subject's sidecar names the
+T1w image whose grid the segmentation shares (a BIDS URI into the raw dataset, ``DatasetLinks`` "raw"). Every
+volume is written in the template's world (NIfTI sform and qform code 4, MNI_152; `neuroldm.io` states the rule).
+The licence is the template's: the images are derived from it, and its copyright notice (`TEMPLATE_NOTICE`) asks
+to travel with every copy, so LICENSE holds it.
 
 About a third of the subjects (seeded) are stored in LAS voxel order (first axis flipped, affine adjusted so world
-coordinates are unchanged), the rest RAS, to exercise reorientation downstream; a subject's T1w and mask share
-its orientation. Age and sex in ``participants.tsv`` are plausible random covariates; they do not affect images.
+coordinates are unchanged), the rest RAS, to exercise reorientation downstream; a subject's T1w and segmentation
+share its orientation. Age and sex in ``participants.tsv`` are plausible random covariates; they do not affect
+images.
 """
 
 from __future__ import annotations
@@ -67,7 +78,7 @@ from neuroldm.config import DemoCohortConfig
 from neuroldm.demo import hippocampus as hippo
 from neuroldm.demo import warps
 from neuroldm.errors import ConfigError
-from neuroldm.io import save_nifti_atomic, write_text_atomic
+from neuroldm.io import MNI_152, save_nifti_atomic, write_text_atomic
 
 WARP_KNOT_MM = 40.0  # control-point spacing of the warp: coarser knots shift the hippocampus more than they resize it
 BIAS_KNOT_MM = 70.0  # bias fields vary over the whole head, not locally
@@ -79,6 +90,24 @@ CSF_LEVEL = 0.25  # fill of the widened temporal horn, x white matter: the templ
 LAS_FRACTION = 1 / 3
 DERIVATIVE = "neuroldm-demo"
 BIDS_VERSION = "1.9.0"
+ROI_DESC = "hippocampus"  # the desc entity of the segmentations: `data.bids.roi`'s default finds them
+# The copyright notice of the ICBM 2009 templates as the McConnell Brain Imaging Centre publishes it with them
+# (nilearn 0.14's dataset description says "License: unknown"; these are the terms the template comes with).
+TEMPLATE_NOTICE = (
+    "Copyright (C) 1993-2009 Louis Collins, McConnell Brain Imaging Centre, Montreal Neurological Institute, "
+    "McGill University. Permission to use, copy, modify, and distribute this software and its documentation for "
+    "any purpose and without fee is hereby granted, provided that the above copyright notice appear in all "
+    "copies. The authors and McGill University make no representations about the suitability of this software "
+    "for any purpose. It is provided \"as is\" without express or implied warranty. The authors are not "
+    "responsible for any data loss, equipment damage, property loss, or injury to subjects or patients resulting "
+    "from the use or misuse of this software package.")
+TEMPLATE_URL = "http://nist.mni.mcgill.ca/icbm-152-nonlinear-atlases-2009/"
+TEMPLATE_REFERENCES = [
+    ("Fonov VS, Evans AC, McKinstry RC, Almli CR, Collins DL (2009). Unbiased nonlinear average age-appropriate "
+     "brain templates from birth to adulthood. NeuroImage 47(Suppl 1):S102"),
+    ("Fonov V, Evans AC, Botteron K, Almli CR, McKinstry RC, Collins DL (2011). Unbiased average age-appropriate "
+     "atlases for pediatric studies. NeuroImage 54(1):313-327"),
+]
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -330,15 +359,73 @@ def _generated_by() -> list[dict]:
              "Description": "neuroldm.demo.cohort: synthetic HC/TLE cohort from the MNI152 2009 template"}]
 
 
+LICENSE_NAME = "ICBM 2009 template notice (free use with the McGill copyright notice kept; full text in LICENSE)"
+
+
 def dataset_description() -> dict:
     return {"Name": "neuroldm synthetic demo cohort (HC vs unilateral hippocampal atrophy)",
             "BIDSVersion": BIDS_VERSION, "DatasetType": "raw", "GeneratedBy": _generated_by(),
-            "ReferencesAndLinks": ["Fonov et al. (2011) NeuroImage 54(1):313-327, MNI152 2009 template (via nilearn)"]}
+            # who made this dataset; the template's authors are credited in ReferencesAndLinks and HowToAcknowledge
+            "Authors": ["neuroldm contributors"],
+            "License": LICENSE_NAME,
+            "HowToAcknowledge": "Cite the ICBM 2009 template papers in ReferencesAndLinks; every image here is "
+                                "derived from that template.",
+            "ReferencesAndLinks": [*TEMPLATE_REFERENCES, TEMPLATE_URL],
+            "SourceDatasets": [{"URL": TEMPLATE_URL, "Version": "ICBM 2009a nonlinear symmetric, as shipped by "
+                                                               "nilearn"}]}
 
 
 def derivative_description() -> dict:
-    return {"Name": "neuroldm demo hippocampus masks", "BIDSVersion": BIDS_VERSION, "DatasetType": "derivative",
-            "GeneratedBy": _generated_by()}
+    # "raw" names the demo dataset two levels up in the BIDS URIs of the segmentations' sidecars
+    return {"Name": "neuroldm demo hippocampus segmentations", "BIDSVersion": BIDS_VERSION,
+            "DatasetType": "derivative", "GeneratedBy": _generated_by(), "License": LICENSE_NAME,
+            "Authors": ["neuroldm contributors"], "DatasetLinks": {"raw": "../../"}}
+
+
+DSEG_DESCRIPTION = {"Description": "Hippocampus ROI (an ellipsoid per side intersected with the MNI152 template's "
+                                   "grey matter) after the subject's warp and atrophy; labels in "
+                                   f"desc-{ROI_DESC}_dseg.tsv"}
+
+
+def dseg_sidecar(pid: str) -> dict:
+    """The segmentation lies on the grid of the subject's T1w image, which `SpatialReference` names."""
+    t1w = f"bids:raw:{pid}/anat/{pid}_T1w.nii.gz"
+    return {"SpatialReference": t1w, "Sources": [t1w]}
+
+
+DSEG_TSV = "index\tname\n0\tbackground\n" + "".join(
+    f"{label}\t{side} hippocampus\n" for side, label in hippo.LABELS.items())
+
+
+def readme(plans: list[SubjectPlan]) -> str:
+    n_tle = sum(p.group == "TLE" for p in plans)
+    return f"""neuroldm synthetic demo cohort
+==============================
+
+{len(plans)} synthetic subjects, {len(plans) - n_tle} healthy controls (HC) and {n_tle} with a simulated unilateral
+hippocampal sclerosis (TLE: hippocampal atrophy, T1 hypointensity, a widened temporal horn). No person was
+scanned: every T1w image is the ICBM 2009a nonlinear symmetric MNI152 template (as shipped by nilearn) under a
+random smooth warp and pose, with a bias field, an intensity scale and Rician noise, made by neuroldm
+{neuroldm.__version__} (neuroldm.demo.cohort, whose docstring gives the generative model).
+
+participants.tsv: group (HC/TLE), lesion side, the fraction of hippocampal volume removed, and random age and
+sex covariates that do not affect the images.
+
+derivatives/{DERIVATIVE}/: each subject's hippocampus segmentation after its warp and atrophy
+(*_desc-{ROI_DESC}_dseg.nii.gz, labels in desc-{ROI_DESC}_dseg.tsv: 1 left, 2 right), a coarse ROI (an ellipsoid
+per side intersected with the template's grey matter), not an atlas label.
+
+Images are stored in the template's world coordinates (NIfTI sform/qform code 4, MNI_152); about a third are in
+LAS voxel order on purpose.
+
+Licence: the images are derived from the ICBM 2009 template and come under its copyright notice, in LICENSE.
+"""
+
+
+def derivative_readme() -> str:
+    return (f"Hippocampus segmentations of the neuroldm synthetic demo cohort in the folder two levels up: one "
+            f"*_desc-{ROI_DESC}_dseg.nii.gz per subject on its T1w image's grid, labels in "
+            f"desc-{ROI_DESC}_dseg.tsv. Licence: see the LICENSE of that folder.\n")
 
 
 PARTICIPANTS_JSON = {
@@ -370,15 +457,27 @@ def t1w_path(out: Path, pid: str) -> Path:
     return out / pid / "anat" / f"{pid}_T1w.nii.gz"
 
 
-def mask_path(out: Path, pid: str) -> Path:
-    return out / "derivatives" / DERIVATIVE / pid / "anat" / f"{pid}_label-hippocampus_mask.nii.gz"
+def dseg_path(out: Path, pid: str) -> Path:
+    return out / "derivatives" / DERIVATIVE / pid / "anat" / f"{pid}_desc-{ROI_DESC}_dseg.nii.gz"
+
+
+def dseg_table_path(out: Path) -> Path:
+    return out / "derivatives" / DERIVATIVE / f"desc-{ROI_DESC}_dseg.tsv"
+
+
+def _sidecar(path: Path) -> Path:
+    """The JSON beside a NIfTI or TSV file (BIDS: same name, .json)."""
+    return path.with_name(path.name.split(".")[0] + ".json")
 
 
 def write_subject(out: Path, plan: SubjectPlan, img: np.ndarray, mask: np.ndarray, affine: np.ndarray) -> None:
     img, oriented = reorient(img, affine, plan.orientation)
     mask, _ = reorient(mask, affine, plan.orientation)
-    save_nifti_atomic(img, oriented, t1w_path(out, plan.participant_id))
-    save_nifti_atomic(mask, oriented, mask_path(out, plan.participant_id))
+    save_nifti_atomic(img, oriented, t1w_path(out, plan.participant_id), frame=MNI_152,
+                      what=f"synthetic T1w, demo {plan.group} (ICBM 2009a template)")
+    save_nifti_atomic(mask, oriented, dseg_path(out, plan.participant_id), frame=MNI_152, labels=True,
+                      what="demo hippocampus dseg: 1 left, 2 right")
+    write_text_atomic(_sidecar(dseg_path(out, plan.participant_id)), _json(dseg_sidecar(plan.participant_id)))
 
 
 def make_demo_cohort(out: str | Path, cfg: DemoCohortConfig, *, progress: bool = True,
@@ -408,5 +507,11 @@ def make_demo_cohort(out: str | Path, cfg: DemoCohortConfig, *, progress: bool =
     write_text_atomic(out / "participants.tsv", table.to_csv(sep="\t", index=False, lineterminator="\n"))
     write_text_atomic(out / "participants.json", _json(PARTICIPANTS_JSON))
     write_text_atomic(out / "dataset_description.json", _json(dataset_description()))
-    write_text_atomic(out / "derivatives" / DERIVATIVE / "dataset_description.json", _json(derivative_description()))
+    write_text_atomic(out / "README", readme(plans))
+    write_text_atomic(out / "LICENSE", TEMPLATE_NOTICE + "\n")
+    derivative = out / "derivatives" / DERIVATIVE
+    write_text_atomic(derivative / "dataset_description.json", _json(derivative_description()))
+    write_text_atomic(derivative / "README", derivative_readme())
+    write_text_atomic(dseg_table_path(out), DSEG_TSV)
+    write_text_atomic(_sidecar(dseg_table_path(out)), _json(DSEG_DESCRIPTION))  # inherited by every *_dseg.nii.gz
     return table

@@ -4,9 +4,10 @@ The settings (sampler, steps, guidance, guidance interval, eta, batch size) trav
 Every volume has its own seed (``seed + i``) that fixes its initial noise and the noise of stochastic samplers,
 so the same seed and settings give the same volume whatever the batch size or which volumes were already done.
 Each volume is written as ``<class>_<sampler tag><steps>_g<guidance>_seed<seed>.nii.gz`` on the prepared grid
-with the cohort's reference affine, with a JSON sidecar beside it; `neuroldm.samples` describes the folder's
-``manifest.csv`` and ``samples.json``. A re-run skips volumes whose files exist (writes are atomic, so an existing
-file is a finished one) and rewrites the manifest over every volume in the folder.
+with the cohort's reference affine, with a JSON sidecar beside it (marked synthetic, with the software versions);
+`neuroldm.samples` describes the sidecar, the folder's ``manifest.csv`` and ``samples.json``. A re-run skips
+volumes whose files exist (writes are atomic, so an existing file is a finished one) and rewrites the manifest over
+every volume in the folder.
 
 `generate` is the Python API: latents or decoded volumes as tensors, no files.
 """
@@ -29,10 +30,10 @@ from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit
 from neuroldm.errors import InputError
-from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.names import safe_name
 from neuroldm.runs import RunDir, SampleDir
-from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
+from neuroldm.samples import SAMPLE_COLUMNS, software_versions, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
 from neuroldm.vae.latent_space import LatentSpace
 from neuroldm.vae.weights import load_vae
@@ -128,6 +129,8 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
             "run": str(Path(run_dir).resolve())}
     _check_same_generator(out, info)
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
+    versions = software_versions()
+    frame = int(gen.latent_info.get("reference_frame_code", ALIGNED_ANAT))  # latents encoded before it was recorded
 
     def stem_of(s: int) -> str:
         return sample_name(name, scfg, s)
@@ -153,8 +156,10 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
                         "latent_mean": zs.mean(1).tolist(), "latent_std": zs.std(1, correction=0).tolist(),
                         **scfg.model_dump(mode="json", exclude={"batch_size"}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
-                        "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json")}
-                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem))
+                        "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json"),
+                        "synthetic": True, "software_versions": versions}
+                save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem), frame=frame,
+                                  what=f"synthetic T1w {name} seed {s}")
                 write_json_atomic(out.sidecar(stem), meta)
     finally:
         bar.close()

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.data.manifest import read_manifest, reference_affine
+from neuroldm.data.manifest import read_manifest, reference_affine, reference_frame_code
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import PreparedDir, RunDir
@@ -74,6 +74,7 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
             "channel_mean": stats["channel_mean"], "channel_std": stats["channel_std"],
             "vae_sha256": meta["sha256"], "vae_arch": vae_cfg.arch, "prepared": str(Path(prepared).resolve()),
             "reference_affine": reference_affine(rows[rows["split"] == "train"]).tolist(),
+            "reference_frame_code": reference_frame_code(rows[rows["split"] == "train"]),
             "reused": done}
     write_json_atomic(out.info, info)
     return info

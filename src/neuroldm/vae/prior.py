@@ -15,9 +15,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from neuroldm.data.manifest import read_manifest, reference_affine
+from neuroldm.data.manifest import read_manifest, reference_affine, reference_frame_code
 from neuroldm.errors import InputError
-from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.runs import RunDir, SampleDir
 from neuroldm.vae.decode import decode_volume
 from neuroldm.vae.network import latent_shape
@@ -36,11 +36,13 @@ def sample_prior(run_dir: str | Path, n: int, out: str | Path, *, seed: int = 0,
     if info is not None:
         shape = tuple(info["latent_shape"])
         affine = np.asarray(info["reference_affine"])
+        frame = int(info.get("reference_frame_code", ALIGNED_ANAT))  # latents encoded before it was recorded
     else:
         if prepared is None:
             raise InputError(run_dir, "no latents.json and no --prepared cohort to take the grid from")
         rows = read_manifest(prepared)
         affine = reference_affine(rows[rows["split"] == "train"])
+        frame = reference_frame_code(rows[rows["split"] == "train"])
         shape = latent_shape(meta["grid"], vae_cfg)
     mean = torch.zeros(shape[0]) if raw else torch.tensor(info["channel_mean"])
     std = torch.ones(shape[0]) if raw else torch.tensor(info["channel_std"])
@@ -51,7 +53,7 @@ def sample_prior(run_dir: str | Path, n: int, out: str | Path, *, seed: int = 0,
             z = torch.randn(shape, generator=g) * std[:, None, None, None] + mean[:, None, None, None]
             vol = decode_volume(model, z[None].to(device), vae_cfg)[0, 0].cpu().numpy().astype(np.float32)
             path = out.prior_volume(seed, i)
-            save_nifti_atomic(vol, affine, path)
+            save_nifti_atomic(vol, affine, path, what="VAE prior sample (synthetic)", frame=frame)
             paths.append(path)
     write_json_atomic(out.prior_info, {"n": n, "seed": seed, "raw": raw, "vae_sha256": meta["sha256"],
                                                "files": [p.name for p in paths]})

@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import InputError
-from neuroldm.io import save_nifti_atomic, write_json_atomic
+from neuroldm.io import read_frame_code, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.image import ms_ssim, psnr, ssim
 from neuroldm.names import UniqueNames
 from neuroldm.runs import PreparedDir, RunDir
@@ -53,7 +53,8 @@ def reconstruct(run_dir: str | Path, prepared: str | Path, *, split: str = "val"
             if save_volumes:
                 affine = nib.load(row.path).affine
                 stem = names.take("_".join(p for p in (row.subject, row.session) if p))
-                save_nifti_atomic(rec.astype(np.float32), affine, out.volume(stem))
+                save_nifti_atomic(rec.astype(np.float32), affine, out.volume(stem), what="VAE reconstruction",
+                                  frame=read_frame_code(row.path))
             if len(figure_rows) < figure_subjects:
                 lo, hi = np.percentile(real, [0.5, 99.5])
                 err_max = float(np.percentile(np.abs(rec - real), 99.5)) or 1.0
