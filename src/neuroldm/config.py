@@ -245,7 +245,7 @@ class AugmentConfig(Section):
 class VAEConfig(Section):
     """The 3D KL autoencoder (`neuroldm.vae`): architecture preset, losses and training."""
 
-    arch: Literal["demo", "paper", "maisi"] = "paper"  # see neuroldm.vae.network.VAE_ARCHS
+    arch: Literal["demo", "demo-2x", "paper", "maisi"] = "paper"  # see neuroldm.vae.network.VAE_ARCHS
     latent_channels: int = Field(4, ge=1)
     l1_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(1e-6, ge=0)
@@ -416,7 +416,7 @@ class EvaluateConfig(Section):
     # volumes and decoded prior latents compared like the samples, plus held-out volumes blurred by each sigma
     # (voxels) to express every rung's FID as an equivalent blur
     ladder: bool = True
-    blur_sigmas: tuple[float, ...] = (0.25, 0.5, 1.0, 2.0)
+    blur_sigmas: tuple[float, ...] = (0.5, 1.0, 1.5, 2.0)
     seed: int = 0
 
     @field_validator("blur_sigmas")
