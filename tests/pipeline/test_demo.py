@@ -11,7 +11,10 @@ from neuroldm.evaluate.inception import find_inception
 
 REQUIRED = ("wall_seconds", "classifier.real.auc", "classifier.synthetic.auc", "synthetic.class_fidelity",
             "saliency.ig.roi_enrichment", "memorization.flagged", "fid.synthetic.overall",
-            "fid.real_baseline.overall", "vae.val.ssim")
+            "fid.real_baseline.overall", "vae.val.ssim",
+            # the realism ladder: the autoencoder's rungs and the readings of why
+            "fid.reconstruction.overall", "fid.vae_prior.overall", "fid.synthetic.baseline_ratio",
+            "sharpness.synthetic", "sharpness.reconstruction", "latent.std_ratio")
 
 
 @pytest.mark.slow
@@ -44,6 +47,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     html = (run / "report.html").read_text()
     assert html.count("<img") >= 5 and 'src="data:image/png;base64,' in html and "Saliency" in html
     assert "Quick run: a smoke test" in html and "Quality bars" not in html
+    assert "Realism ladder: where realism is lost" in html and "The realism ladder in pictures" in html
 
     # a second run reuses every stage but the cheap, self-caching prepare and the report
     assert main(["demo", "--quick", "--out", str(run), "--no-progress"]) == 0
