@@ -23,7 +23,7 @@ GOLDEN = {
     "vae.reconstruction.figure": "vae/reconstruction/reconstruction.png",
     "latents.index": "latents/index.csv", "latents.info": "latents/latents.json",
     "diffusion.model": "diffusion/model.safetensors", "diffusion.checkpoints.last":
-        "diffusion/checkpoints/last.safetensors",
+        "diffusion/checkpoints/last.safetensors", "diffusion.train_subjects": "diffusion/train_subjects.json",
     "samples.manifest": "samples/manifest.csv", "samples.info": "samples/samples.json",
     "classifier.model": "classifier/model.safetensors", "classifier.result": "classifier/result.json",
     "classifier.predictions": "classifier/predictions.csv", "classifier.training_set": "classifier/training_set.csv",
@@ -157,6 +157,7 @@ def spelled_run_paths(path: Path, names: set[str]) -> list[str]:
 def test_the_layout_names_are_found():
     names = layout_names()
     assert {"vae", "latents", "classify-grid", "metrics.json", "manifest.csv", "checkpoints"} <= names
+    assert "train_subjects.json" in names
 
 
 def test_the_checker_catches_a_spelled_path(tmp_path):

@@ -14,6 +14,7 @@
                            reconstruction/ (metrics.json, reconstruction.png, volumes/)
       latents/             encode: volumes/<key>.safetensors, index.csv, latents.json (scale factor)
       diffusion/           train-diffusion: checkpoints/, metrics.csv, train_summary.json, model.safetensors
+                           (+ .sha256), train_subjects.json (the IDs the model file records only the sha256 of)
       samples/             sample: one NIfTI + JSON sidecar per volume, manifest.csv, samples.json
       classifier/          classify: model.safetensors, result.json, predictions.csv, training_set.csv, ...
       classify-grid/       classify-grid: <regime>/seed-<s>[/fold-<k>]/ (each a classifier folder), runs.csv,
@@ -192,6 +193,17 @@ class ModelDir(Folder):
             metadata = f.metadata() or {}
             n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (a handle)
         return metadata, n_params
+
+
+@dataclass(frozen=True)
+class DiffusionDir(ModelDir):
+    """``neuroldm train-diffusion``: the engine's files, the exported model and its training subjects."""
+
+    @property
+    def train_subjects(self) -> Path:
+        """The IDs of the subjects the model was trained on. They stay in the run: the model file records only
+        their sha256 (``train_subjects_sha256``), so an exported model names no one."""
+        return self.root / "train_subjects.json"
 
 
 @dataclass(frozen=True)
@@ -458,8 +470,8 @@ class RunDir(Folder):
         return LatentsDir(self.root / "latents")
 
     @property
-    def diffusion(self) -> ModelDir:
-        return ModelDir(self.root / "diffusion")
+    def diffusion(self) -> DiffusionDir:
+        return DiffusionDir(self.root / "diffusion")
 
     @property
     def samples(self) -> SampleDir:

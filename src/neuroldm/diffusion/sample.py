@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import get_sampler
-from neuroldm.diffusion.weights import load_dit
+from neuroldm.diffusion.weights import load_dit, load_train_subjects
 from neuroldm.errors import InputError
 from neuroldm.io import save_nifti_atomic, write_json_atomic
 from neuroldm.names import safe_name
@@ -56,6 +56,11 @@ class Generator:
         self.classes: list[str] = list(self.meta["classes"])
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.space = LatentSpace.from_meta(self.meta)  # the factor training scaled by
+
+    def train_subjects(self) -> list[str]:
+        """The IDs of the subjects the model was trained on: the run's list, checked against the sha256 the model
+        records."""
+        return load_train_subjects(self.run_dir, self.meta)
 
     def label_index(self, label: str | int) -> int:
         if isinstance(label, int) or str(label).isdigit():
@@ -121,7 +126,8 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
     idx = gen.label_index(label)
     name = gen.classes[idx]
     scfg = steps_taken(scfg, gen.cfg)
-    info = {"train_subjects": gen.meta.get("train_subjects", []), "classes": gen.classes,
+    info = {"train_subjects": gen.train_subjects(),
+            "train_subjects_sha256": gen.meta.get("train_subjects_sha256", ""), "classes": gen.classes,
             "grid": list(gen.vae_meta.get("grid", [])), "spacing": list(gen.vae_meta.get("spacing", [])),
             "affine": gen.latent_info["reference_affine"], "prepared": gen.latent_info.get("prepared", ""),
             "checkpoint_sha256": gen.meta["sha256"], "vae_sha256": gen.vae_meta["sha256"],

@@ -29,7 +29,7 @@ from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
 from neuroldm.report.headline import KEYS, NO_INTERVAL, VERDICT_KEYS, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
-from neuroldm.runs import ModelDir, RunDir, SaliencyDir, truncation_text
+from neuroldm.runs import ModelDir, RunDir, SaliencyDir, read_json, truncation_text
 from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
@@ -280,8 +280,10 @@ def autoencoder_blocks(run: RunDir) -> list[Block]:
 # 4. Diffusion
 # --------------------------------------------------------------------------------------------------------------
 
-def diffusion_model_facts(meta: dict[str, str], n_params: int) -> list[list[str]]:
-    """Rows of facts from the diffusion model file's header: its metadata and parameter count."""
+def diffusion_model_facts(meta: dict[str, str], n_params: int, n_subjects: int | None = None) -> list[list[str]]:
+    """Rows of facts from the diffusion model file's header (its metadata and parameter count) and the number of
+    its training subjects (the run's list, `neuroldm.runs.DiffusionDir.train_subjects`; a file written before the
+    IDs left it lists them itself)."""
     cfg = json.loads(meta.get("diffusion_config", "{}"))
     info = json.loads(meta.get("meta", "{}"))
     rows = [["network", str(cfg.get("model", "?")), "DiT preset"],
@@ -296,7 +298,8 @@ def diffusion_model_facts(meta: dict[str, str], n_params: int) -> list[list[str]
             ["classes", ", ".join(info.get("classes", [])) or "–", "conditioning labels"],
             ["latent scale factor", fmt(info.get("scale_factor")), "1/std of the training latents"],
             ["weights", f"step {info.get('step', '?')}{', EMA' if info.get('ema') else ''}", "exported weights"],
-            ["training subjects", fmt(len(info.get("train_subjects", []))), "subjects the generator has seen"]]
+            ["training subjects", fmt(len(info["train_subjects"]) if "train_subjects" in info else n_subjects),
+             "subjects the generator has seen"]]
     return rows
 
 
@@ -310,7 +313,10 @@ def diffusion_blocks(run: RunDir) -> list[Block]:
         blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
     header = folder.read_model_header()
     if header is not None:
-        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(*header), "The exported model"))
+        subjects = read_json(folder.train_subjects)
+        n_subjects = len(subjects.get("train_subjects", [])) if subjects else None
+        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(*header, n_subjects),
+                            "The exported model"))
     else:
         blocks.append(not_run("no exported model (diffusion/model.safetensors)"))
     blocks += _curves(folder, "Diffusion model")
