@@ -143,6 +143,21 @@ def summary_meaning(key: str) -> str:
     return last.replace("_", " ")
 
 
+HEADLINE_COLUMNS = ("metric", "value", "95% CI", "N", "what it means")
+
+
+def headline_rows(metrics: dict) -> list[list[str]]:
+    """The measured numbers of metrics.json (not its verdicts), in pipeline order, as rows of `HEADLINE_COLUMNS`;
+    a number without an interval says why in its place (`NO_INTERVAL`)."""
+    rows = []
+    for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
+        ci = fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high"))
+        why = NO_INTERVAL.get(key.replace("fid_random_features", "fid"))
+        rows.append([key, fmt(metrics[key]), f"none: {why}" if ci == "–" and why else ci,
+                     fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
+    return rows
+
+
 def truncation_notes(run: RunDir) -> list[Block]:
     """The banner of a run with a training stopped before its planned steps (pipeline.json's truncated stages)."""
     truncated = run.truncated_stages() if run.pipeline.exists() else {}
@@ -170,13 +185,7 @@ def summary_blocks(run: RunDir) -> list[Block]:
             verdict = "every bar met" if metrics.get("bars_passed") else "NOT every bar met"
             blocks.append(Table(["metric", "value", "95% CI", "N", "bar", "verdict"], rows,
                                 f"Quality bars of this run (pipeline.bars), in pipeline order: {verdict}"))
-        rows = []
-        for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
-            ci = fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high"))
-            why = NO_INTERVAL.get(key.replace("fid_random_features", "fid"))
-            rows.append([key, fmt(metrics[key]), f"none: {why}" if ci == "–" and why else ci,
-                         fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
-        blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
+        blocks.append(Table(list(HEADLINE_COLUMNS), headline_rows(metrics),
                             "Headline numbers of the run (metrics.json), in pipeline order"))
     if not run.pipeline.exists():
         blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
