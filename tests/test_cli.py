@@ -22,7 +22,7 @@ def _subcommands(parser):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["prepare", "--help"], ["demo-cohort", "--help"],
-                                  ["config", "show", "--help"]])
+                                  ["config", "show", "--help"], ["export", "--help"]])
 def test_help_works(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)

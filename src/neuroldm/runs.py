@@ -22,6 +22,17 @@
       evaluation/          evaluate: metrics.json and figures
       saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
 
+`neuroldm export RUN --out BUNDLE` writes a run's generator to a folder of its own (`BundleDir`), to sample from on
+another machine:
+
+    BUNDLE/
+      bundle.json          the sha256 of every other file (checked when the bundle is opened); written last
+      MODEL_CARD.md        cohort, preprocessing, training, headline metrics, memorization audit, use and limits
+      config.yaml          the run's configuration
+      vae.safetensors      RUN/vae/model.safetensors, byte for byte
+      diffusion.safetensors  RUN/diffusion/model.safetensors, byte for byte (no subject IDs: their sha256 only)
+      latents.json         the latent statistics: scale factor, latent shape, reference affine, grid, spacing
+
 A folder holding ``run.json`` or ``pipeline.json`` (`RUN_MARKERS`) is a neuroldm run; `neuroldm run` and `demo` write
 nothing into a non-empty folder that is not one (`RunDir.check_holds_a_run`).
 
@@ -57,6 +68,7 @@ CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.safetensors"
 LOCK_NAME = ".neuroldm.lock"
 RUN_MARKERS = ("run.json", "pipeline.json")  # a folder holding one of these is a neuroldm run
+BUNDLE_MARKER = "bundle.json"  # a folder holding it is a bundle of `neuroldm export`
 
 # The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
 # order); the report and the summary read the order from here, or from the run's pipeline.json.
@@ -413,6 +425,43 @@ class SaliencyDir(Folder):
 
     def read_summary(self) -> dict | None:
         return read_json(self.summary)
+
+
+@dataclass(frozen=True)
+class BundleDir(Folder):
+    """``neuroldm export``: a run's autoencoder, diffusion model, latent statistics and config, with a model card;
+    `neuroldm.bundle` opens one (every file checked against the sha256 recorded in `manifest`)."""
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / BUNDLE_MARKER
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "MODEL_CARD.md"
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae.safetensors"
+
+    @property
+    def diffusion(self) -> Path:
+        return self.root / "diffusion.safetensors"
+
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents.json"
+
+    def files(self) -> list[Path]:
+        """Every file the manifest records, in the order they are written."""
+        return [self.vae, self.diffusion, self.latents, self.config, self.model_card]
+
+    def is_bundle(self) -> bool:
+        return self.manifest.is_file()
 
 
 @dataclass(frozen=True)
