@@ -139,7 +139,7 @@ def _count(rows: pd.DataFrame) -> str:
 def _cohort_name(cfg: Config) -> str:
     if cfg.pipeline.input == "demo-cohort":
         return "the demo cohort (`neuroldm demo-cohort`, generated from the MNI152 template)"
-    return "the researcher's own (its location is not exported)"
+    return "the researcher's own (`pipeline.input` in config.yaml)"
 
 
 def _preprocessing(cfg: Config, vae_meta: dict) -> list[str]:
