@@ -9,7 +9,7 @@ import pandas as pd
 from neuroldm.classify.grid import pooled_comparison, summary_table
 from neuroldm.config import DiffusionConfig, load_config
 from neuroldm.data.manifest import MANIFEST_COLUMNS, write_manifest
-from neuroldm.diffusion.weights import export_dit
+from neuroldm.diffusion.weights import export_dit, save_train_subjects
 from neuroldm.evaluate import diversity, ladder, memorization
 from neuroldm.evaluate.class_difference import class_difference
 from neuroldm.evaluate.fidelity import conditional_fidelity
@@ -260,7 +260,7 @@ def make_fake_run(run):
 
     export_dit(torch.nn.Linear(3, 2), DiffusionConfig(), run / "diffusion" / "model.safetensors",
                {"latent_shape": [3, 4, 5, 4], "classes": CLASSES, "scale_factor": 0.9876, "step": 20, "ema": True,
-                "train_subjects": ["sub-01", "sub-02", "sub-03", "sub-04"]})
+                "train_subjects_sha256": save_train_subjects(run, ["sub-01", "sub-02", "sub-03", "sub-04"])})
     groups = _evaluation(run, prepared, samples)
     grid = _classifier_grid(run)
     result = _classifier(run)

@@ -22,7 +22,7 @@ def _subcommands(parser):
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["prepare", "--help"], ["demo-cohort", "--help"],
-                                  ["config", "show", "--help"]])
+                                  ["config", "show", "--help"], ["export", "--help"]])
 def test_help_works(argv, capsys):
     with pytest.raises(SystemExit) as e:
         main(argv)
@@ -93,6 +93,23 @@ def test_run_refuses_a_bad_setting_in_one_line_before_writing(tmp_path, capsys, 
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and err.startswith("neuroldm run: error:") and key in err
     assert not run.exists()
+
+
+def test_the_paper_preset_without_perceptual_weights_stops_before_prepare(tmp_path, capsys):
+    """Refused in one line naming the setting and both ways out, before anything is written (not in train-vae,
+    after prepare has run)."""
+    run = tmp_path / "r"
+    argv = ["run", "--preset", "paper", "--set", "pipeline.input=demo-cohort", "--out", str(run), "--no-progress"]
+    for _ in ("absent", "empty"):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1
+        assert err.startswith("neuroldm run: error: vae.perceptual=2.5d needs a local copy of torchvision's ImageNet "
+                              "VGG16 weights (vgg16-397923af.pth; nothing is downloaded)")
+        assert "--set vae.perceptual_weights_path=/path/to/vgg16-397923af.pth" in err
+        assert "--set vae.perceptual=none" in err
+        assert not run.exists() or list(run.iterdir()) == []
+        run.mkdir(exist_ok=True)  # then again into an empty folder: it stays empty
 
 
 def test_an_existing_run_is_left_as_it_was(tmp_path, capsys):

@@ -207,6 +207,14 @@ def test_a_cohort_of_ones_own_skips_the_demo_cohort_stage(checked, tmp_path):
     assert checked == [list(STAGE_NAMES[1:])]
 
 
+def test_the_paper_preset_without_perceptual_weights_stops_before_the_run_exists(tmp_path):
+    cfg = load_config("paper", None, ["pipeline.input=demo-cohort", "evaluate.random_features=true"])
+    with pytest.raises(ConfigError, match=r"^vae.perceptual=2.5d needs a local copy .*--set "
+                                          r"vae.perceptual_weights_path=.*--set vae.perceptual=none$"):
+        runner.run_pipeline(tmp_path / "run", cfg, progress=False)
+    assert not (tmp_path / "run").exists()
+
+
 def test_run_pipeline_refuses_a_bad_config_before_creating_the_run(tmp_path):
     with pytest.raises(ConfigError, match="diffusion.model 'DiT-S/3'"):
         runner.run_pipeline(tmp_path / "run", _cfg("diffusion.model=DiT-S/3"), progress=False)

@@ -9,7 +9,7 @@ import pytest
 import neuroldm
 from neuroldm.config import load_config
 from neuroldm.errors import InputError
-from neuroldm.runs import STAGE_ORDER, Folder, RunDir, SaliencyDir
+from neuroldm.runs import STAGE_ORDER, BundleDir, Folder, RunDir, SaliencyDir
 
 # The layout the README and every user's scripts rely on, spelled out independently of neuroldm.runs.
 GOLDEN = {
@@ -23,7 +23,7 @@ GOLDEN = {
     "vae.reconstruction.figure": "vae/reconstruction/reconstruction.png",
     "latents.index": "latents/index.csv", "latents.info": "latents/latents.json",
     "diffusion.model": "diffusion/model.safetensors", "diffusion.checkpoints.last":
-        "diffusion/checkpoints/last.safetensors",
+        "diffusion/checkpoints/last.safetensors", "diffusion.train_subjects": "diffusion/train_subjects.json",
     "samples.manifest": "samples/manifest.csv", "samples.info": "samples/samples.json",
     "classifier.model": "classifier/model.safetensors", "classifier.result": "classifier/result.json",
     "classifier.predictions": "classifier/predictions.csv", "classifier.training_set": "classifier/training_set.csv",
@@ -43,6 +43,20 @@ def test_every_path_of_the_layout(attribute, tmp_path):
         node = getattr(node, part)
     path = Path(node)
     assert path == tmp_path / GOLDEN[attribute]
+
+
+# The bundle of `neuroldm export`, as the README lists it.
+BUNDLE_GOLDEN = {"manifest": "bundle.json", "model_card": "MODEL_CARD.md", "config": "config.yaml",
+                 "vae": "vae.safetensors", "diffusion": "diffusion.safetensors", "latents": "latents.json"}
+
+
+def test_every_path_of_the_bundle(tmp_path):
+    bundle = BundleDir(tmp_path)
+    assert {a: str(Path(getattr(bundle, a)).relative_to(tmp_path)) for a in BUNDLE_GOLDEN} == BUNDLE_GOLDEN
+    assert {p.name for p in bundle.files()} == set(BUNDLE_GOLDEN.values()) - {"bundle.json"}
+    assert not bundle.is_bundle()
+    (tmp_path / "bundle.json").write_text("{}")
+    assert bundle.is_bundle()
 
 
 def test_per_item_paths(tmp_path):
@@ -109,7 +123,7 @@ def test_a_folder_behaves_like_its_path(tmp_path):
 # --------------------------------------------------------------------------------------------------------------
 
 def layout_names() -> set[str]:
-    """Every folder and file name of the layout, read from RunDir by walking its properties."""
+    """Every folder and file name of the layouts, read from RunDir and BundleDir by walking their properties."""
     names: set[str] = set()
     root = Path("/RUN")
 
@@ -125,6 +139,7 @@ def layout_names() -> set[str]:
                     walk(value, depth + 1)
 
     walk(RunDir(root))
+    walk(BundleDir(root))
     return names
 
 
@@ -158,6 +173,7 @@ def spelled_run_paths(path: Path, names: set[str]) -> list[str]:
 def test_the_layout_names_are_found():
     names = layout_names()
     assert {"vae", "latents", "classify-grid", "metrics.json", "manifest.csv", "checkpoints"} <= names
+    assert {"train_subjects.json", "bundle.json", "MODEL_CARD.md", "diffusion.safetensors"} <= names
 
 
 def test_the_checker_catches_a_spelled_path(tmp_path):

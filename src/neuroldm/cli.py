@@ -25,8 +25,8 @@ from pathlib import Path
 from neuroldm import __version__
 from neuroldm.config import PRESETS, Config, load_config
 from neuroldm.diffusion.samplers import SAMPLERS
-from neuroldm.errors import ConfigError, NeuroLDMError
-from neuroldm.runs import STAGE_ORDER, PreparedDir, RunDir, SampleDir
+from neuroldm.errors import ConfigError, InputError, NeuroLDMError
+from neuroldm.runs import STAGE_ORDER, BundleDir, PreparedDir, RunDir, SampleDir
 
 log = logging.getLogger("neuroldm")
 
@@ -131,14 +131,16 @@ def _config_options() -> argparse.ArgumentParser:
 
 
 def _resolve(args: argparse.Namespace, *stages: str, extra: tuple[str, ...] = (),
-             run: str | Path | None = None) -> Config:
+             run: str | Path | None = None, saved: Path | None = None) -> Config:
     """The resolved config (with `extra` overrides last), checked for `stages` before any work starts.
 
-    A command acting on an existing `run` starts from the run's saved config (what its earlier stages ran with)
-    unless --preset or --config names another base; --set applies over either."""
+    A command acting on an existing `run` starts from the run's saved config (what its earlier stages ran with), or
+    on a bundle from the `saved` config it carries, unless --preset or --config names another base; --set applies
+    over either."""
     config = args.config
-    if run is not None and args.preset is None and config is None and RunDir(run).config.exists():
-        config = RunDir(run).config
+    saved = saved if saved is not None else RunDir(run).config if run is not None else None
+    if saved is not None and args.preset is None and config is None and saved.exists():
+        config = saved
     cfg = load_config(args.preset, config, [*args.overrides, *extra])
     if stages:
         from neuroldm.preflight import preflight
@@ -299,12 +301,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from pydantic import ValidationError
 
     from neuroldm import runtime
+    from neuroldm.bundle import open_bundle
     from neuroldm.config import SampleConfig
     from neuroldm.diffusion.sample import sample_to_folder
 
     if args.n < 1:
         raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
-    cfg = _resolve(args, "sample", run=args.run).sample
+    if args.run is not None and BundleDir(args.run).is_bundle():  # nothing of a run's, run.log included, goes there
+        raise InputError(args.run, "a bundle of `neuroldm export`, not a run directory: give it with --model")
+    bundle = open_bundle(args.model) if args.model is not None else None  # every file checked before it is read
+    cfg = _resolve(args, "sample", run=args.run, saved=bundle.folder.config if bundle else None).sample
     given = {k: v for k, v in {"sampler": args.sampler, "steps": args.steps, "guidance": args.guidance,
                                "guidance_interval": args.guidance_interval, "batch_size": args.batch_size}.items()
              if v is not None}
@@ -314,11 +320,28 @@ def cmd_sample(args: argparse.Namespace) -> int:
         err = e.errors()[0]
         raise ConfigError(f"--{str(err['loc'][0]).replace('_', '-')}: {err['msg']} (got {err.get('input')!r})") \
             from None
-    _RUN_LOG.open(args.run, args.argv, create=False)
-    result = sample_to_folder(args.run, args.out, args.n, args.label, scfg, seed=args.seed,
+    if bundle is None:  # a bundle is left as it was exported
+        _RUN_LOG.open(args.run, args.argv, create=False)
+    result = sample_to_folder(bundle or args.run, args.out, args.n, args.label, scfg, seed=args.seed,
                               device=runtime.resolve_device(args.device), progress=not args.no_progress)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from neuroldm.export import export_run
+
+    run = RunDir(args.run_dir)
+    if not run.root.is_dir():
+        raise InputError(run.root, "run directory not found")
+    _claim_run(args, run, None)  # no stage writes the models while they are copied
+    result = export_run(run.root, args.out)
+    sizes = ", ".join(f"{name} {size / 1e6:.1f} MB" if size >= 100_000 else f"{name} {size / 1e3:.1f} kB"
+                      for name, size in result["files"].items())
+    print(f"exported {run.root} to {result['folder']}: {sizes}")
+    print(f"sample from it anywhere with: neuroldm sample --model {result['folder']} -n N --label "
+          f"{{{','.join(result['classes'])}}} --out DIR")
     return 0
 
 
@@ -653,8 +676,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Sample N volumes of one class with the run's diffusion model (EMA weights) and decode them "
                     "with its autoencoder: one NIfTI per volume on the prepared grid with the cohort's affine, a "
                     "JSON sidecar each, manifest.csv and samples.json. Volume i has seed SEED+i; files already "
-                    "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings.")
-    _run_dir_option(p, "run directory holding the VAE and diffusion models")
+                    "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings "
+                    "(of the run, or of the bundle). --model samples from a bundle of `neuroldm export` instead, "
+                    "with no run directory: the same seed and settings give the same volumes, and samples.json "
+                    "lists no training subjects.")
+    source = _run_dir_option(p, "run directory holding the VAE and diffusion models")
+    source.add_argument("--model", metavar="BUNDLE", default=None,
+                        help="folder written by `neuroldm export` (instead of --run-dir)")
     _count_option(p, required=True)
     p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
@@ -742,6 +770,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser(
+        "export", formatter_class=_Formatter, help="the run's generator in one folder, without subject IDs",
+        description="Copy the run's autoencoder and diffusion model (byte for byte), the latent statistics "
+                    "sampling needs (scale factor, latent shape, reference affine, grid, spacing) and the config "
+                    "into BUNDLE, with MODEL_CARD.md (cohort size per class, preprocessing, training steps, "
+                    "headline metrics with CIs and N, memorization audit, intended use and limits) and "
+                    "bundle.json (the sha256 of every file, checked when the bundle is opened). No file names a "
+                    "subject: the training subjects' IDs stay in RUN/diffusion/train_subjects.json. Sample from "
+                    "it on any machine with `neuroldm sample --model BUNDLE`.")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="run directory with a trained autoencoder and diffusion model")
+    p.add_argument("--out", required=True, metavar="BUNDLE",
+                   help="output folder: new, empty, or an earlier bundle (replaced)")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser(
         "report", formatter_class=_Formatter, help="one self-contained HTML page of a run",
         description="Gather a run directory's outputs into one HTML page (figures embedded, no external files): "
                     "headline metrics and stage times, real beside synthetic slices per class, autoencoder, "
@@ -784,13 +826,15 @@ def _device_option(p: argparse.ArgumentParser) -> None:
                                                   "else cpu; under torchrun, each rank's own GPU)")
 
 
-def _run_dir_option(p: argparse.ArgumentParser, help: str) -> None:
+def _run_dir_option(p: argparse.ArgumentParser, help: str) -> argparse._MutuallyExclusiveGroup:
     """``--run-dir``, not ``--run``: torchrun's own parser reads every option before the module name's arguments
     too, and takes ``--run`` for an abbreviation of its ``--run-path``. ``--run`` stays as a hidden alias for a
-    plain ``neuroldm`` command (torchrun refuses it before neuroldm starts)."""
+    plain ``neuroldm`` command (torchrun refuses it before neuroldm starts). Returns the group, one of which is
+    required, for a command that takes another source instead (``sample --model``)."""
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--run-dir", dest="run", metavar="RUN_DIR", help=help)
     g.add_argument("--run", dest="run", help=argparse.SUPPRESS)
+    return g
 
 
 def _count_option(p: argparse.ArgumentParser, default: int | None = None, required: bool = False) -> None:

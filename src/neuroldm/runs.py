@@ -14,12 +14,24 @@
                            reconstruction/ (metrics.json, reconstruction.png, volumes/)
       latents/             encode: volumes/<key>.safetensors, index.csv, latents.json (scale factor)
       diffusion/           train-diffusion: checkpoints/, metrics.csv, train_summary.json, model.safetensors
+                           (+ .sha256), train_subjects.json (the IDs the model file records only the sha256 of)
       samples/             sample: one NIfTI + JSON sidecar per volume, manifest.csv, samples.json
       classifier/          classify: model.safetensors, result.json, predictions.csv, training_set.csv, ...
       classify-grid/       classify-grid: <regime>/seed-<s>[/fold-<k>]/ (each a classifier folder), runs.csv,
                            predictions.csv, summary.json / .md / .html
       evaluation/          evaluate: metrics.json and figures
       saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
+
+`neuroldm export RUN --out BUNDLE` writes a run's generator to a folder of its own (`BundleDir`), to sample from on
+another machine:
+
+    BUNDLE/
+      bundle.json          the sha256 of every other file (checked when the bundle is opened); written last
+      MODEL_CARD.md        cohort, preprocessing, training, headline metrics, memorization audit, use and limits
+      config.yaml          the run's configuration
+      vae.safetensors      RUN/vae/model.safetensors, byte for byte
+      diffusion.safetensors  RUN/diffusion/model.safetensors, byte for byte (no subject IDs: their sha256 only)
+      latents.json         the latent statistics: scale factor, latent shape, reference affine, grid, spacing
 
 A folder holding ``run.json`` or ``pipeline.json`` (`RUN_MARKERS`) is a neuroldm run; `neuroldm run` and `demo` write
 nothing into a non-empty folder that is not one (`RunDir.check_holds_a_run`).
@@ -56,6 +68,7 @@ CONFIG_NAME = "config.yaml"
 MODEL_NAME = "model.safetensors"
 LOCK_NAME = ".neuroldm.lock"
 RUN_MARKERS = ("run.json", "pipeline.json")  # a folder holding one of these is a neuroldm run
+BUNDLE_MARKER = "bundle.json"  # a folder holding it is a bundle of `neuroldm export`
 
 # The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
 # order); the report and the summary read the order from here, or from the run's pipeline.json.
@@ -192,6 +205,17 @@ class ModelDir(Folder):
             metadata = f.metadata() or {}
             n_params = sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118 (a handle)
         return metadata, n_params
+
+
+@dataclass(frozen=True)
+class DiffusionDir(ModelDir):
+    """``neuroldm train-diffusion``: the engine's files, the exported model and its training subjects."""
+
+    @property
+    def train_subjects(self) -> Path:
+        """The IDs of the subjects the model was trained on. They stay in the run: the model file records only
+        their sha256 (``train_subjects_sha256``), so an exported model names no one."""
+        return self.root / "train_subjects.json"
 
 
 @dataclass(frozen=True)
@@ -410,6 +434,43 @@ class SaliencyDir(Folder):
 
 
 @dataclass(frozen=True)
+class BundleDir(Folder):
+    """``neuroldm export``: a run's autoencoder, diffusion model, latent statistics and config, with a model card;
+    `neuroldm.bundle` opens one (every file checked against the sha256 recorded in `manifest`)."""
+
+    @property
+    def manifest(self) -> Path:
+        return self.root / BUNDLE_MARKER
+
+    @property
+    def model_card(self) -> Path:
+        return self.root / "MODEL_CARD.md"
+
+    @property
+    def config(self) -> Path:
+        return self.root / CONFIG_NAME
+
+    @property
+    def vae(self) -> Path:
+        return self.root / "vae.safetensors"
+
+    @property
+    def diffusion(self) -> Path:
+        return self.root / "diffusion.safetensors"
+
+    @property
+    def latents(self) -> Path:
+        return self.root / "latents.json"
+
+    def files(self) -> list[Path]:
+        """Every file the manifest records, in the order they are written."""
+        return [self.vae, self.diffusion, self.latents, self.config, self.model_card]
+
+    def is_bundle(self) -> bool:
+        return self.manifest.is_file()
+
+
+@dataclass(frozen=True)
 class RunDir(Folder):
     """One run directory: every stage's folder and the run's own files."""
 
@@ -464,8 +525,8 @@ class RunDir(Folder):
         return LatentsDir(self.root / "latents")
 
     @property
-    def diffusion(self) -> ModelDir:
-        return ModelDir(self.root / "diffusion")
+    def diffusion(self) -> DiffusionDir:
+        return DiffusionDir(self.root / "diffusion")
 
     @property
     def samples(self) -> SampleDir:

@@ -10,8 +10,10 @@ sampling settings, ``checkpoint_sha256``, ``vae_sha256``, ``run``, ``diffusion_c
   ``sample`` (unique id, also the file stem), ``path`` (relative to the folder), ``label`` (class index),
   ``label_name``, ``seed`` (of this volume), ``sampler``, ``steps``, ``guidance``;
 - ``samples.json`` — what made them: ``train_subjects`` (every subject the generator — VAE and diffusion model —
-  was trained on; the classifier's leak guard reads it), ``classes`` (index -> name), ``grid``, ``spacing``,
-  ``affine``, ``prepared`` (the real cohort's prepared folder), ``checkpoint_sha256``, ``run``.
+  was trained on; the classifier's leak guard reads it; empty when sampled from a bundle of `neuroldm export`,
+  which names no subject), ``train_subjects_sha256`` (of those IDs, as the diffusion model records it),
+  ``classes`` (index -> name), ``grid``, ``spacing``, ``affine``, ``prepared`` (the real cohort's prepared folder;
+  empty from a bundle), ``checkpoint_sha256``, ``vae_sha256``, and ``run`` or ``bundle`` (the folder sampled from).
 
 Synthetic volumes live on the prepared grid, with the prepared cohort's normalisation, so they go through the same
 loading (`neuroldm.data.dataset.load_prepared_volume`) as real ones.

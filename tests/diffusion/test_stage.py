@@ -12,37 +12,21 @@ import torch
 import neuroldm
 from neuroldm.cli import main
 from neuroldm.config import SampleConfig, load_config
-from neuroldm.data.prepare import prepare_cohort
 from neuroldm.diffusion.sample import generate
 from neuroldm.diffusion.train import train_diffusion
-from neuroldm.diffusion.weights import load_dit
+from neuroldm.diffusion.weights import load_dit, load_train_subjects, subjects_sha256
 from neuroldm.errors import InputError
 from neuroldm.io import ALIGNED_ANAT
 from neuroldm.samples import read_sample_manifest
 from neuroldm.train.checkpoint import load_state
-from neuroldm.vae.encode import encode_cohort
-from neuroldm.vae.train import train_vae
 
 from niftis import assert_neuroldm_header
-from phantoms import write_bids
-
-TINY = ["prepare.spacing=[8,8,8]", "prepare.grid=[20,24,20]", "split.folds=0", "split.val_fraction=0.2",
-        "split.test_fraction=0.2", "vae.arch=demo", "vae.perceptual=none", "vae.train.batch_size=2",
-        "vae.train.steps=2", "vae.train.val_every=2", "diffusion.model=tiny", "diffusion.patch=[1,2,1]",
-        "diffusion.window=[2,2,2]", "diffusion.train.steps=4", "diffusion.train.batch_size=4",
-        "diffusion.train.val_every=2", "diffusion.train.ckpt_every=2", "diffusion.train.log_every=1",
-        "diffusion.train.warmup_steps=0", "diffusion.train.ema_decay=0.9", "diffusion.train.lr=1e-3"]
+from tiny_run import SUBJECTS, TINY, encoded_run
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
-    root = tmp_path_factory.mktemp("diffusion")
-    groups = {f"sub-{i:02d}": "HC" if i % 2 else "TLE" for i in range(10)}
-    cfg = load_config(None, None, TINY)
-    prepare_cohort(write_bids(root / "bids", groups), root / "prep", cfg, progress=False)
-    train_vae(root / "prep", root / "run", cfg, progress=False)
-    encode_cohort(root / "run", root / "prep", progress=False)
-    return root / "run"
+    return encoded_run(tmp_path_factory.mktemp("diffusion"))
 
 
 def test_train_exports_ema_weights_and_resume_reproduces(run, tmp_path):
@@ -57,7 +41,10 @@ def test_train_exports_ema_weights_and_resume_reproduces(run, tmp_path):
     assert all(torch.equal(model.state_dict()[k], ema[k]) for k in ema)
     assert not all(torch.equal(ema[k], state["modules"]["model"][k]) for k in ema)  # EMA, not the raw weights
     assert meta["classes"] == ["HC", "TLE"] and meta["latent_shape"] == [4, 5, 6, 5]
-    assert set(meta["train_subjects"]) < {f"sub-{i:02d}" for i in range(10)}
+    # the training subjects' IDs stay in the run; the model file holds only their sha256
+    subjects = json.loads((run / "diffusion" / "train_subjects.json").read_text())["train_subjects"]
+    assert set(subjects) < set(SUBJECTS) and "train_subjects" not in meta
+    assert meta["train_subjects_sha256"] == subjects_sha256(subjects) == subjects_sha256(reversed(subjects))
 
     # interrupted after 1 step by a zero time budget, then resumed: the same weights as the straight run
     other = tmp_path / "run"
@@ -92,7 +79,8 @@ def test_sample_writes_one_nifti_per_volume_and_resumes(run, tmp_path, capsys):
                                          "monai": monai.__version__, "nibabel": nib.__version__}
     for path in s.rows["path"]:
         assert_neuroldm_header(path, ALIGNED_ANAT, "synthetic T1w TLE seed")
-    assert s.train_subjects == load_dit(run)[2]["train_subjects"]
+    assert s.train_subjects == load_train_subjects(run, load_dit(run)[2])
+    assert s.info["train_subjects_sha256"] == load_dit(run)[2]["train_subjects_sha256"] and "run" in s.info
 
     # the same seed gives the same volume, whatever the batch; a re-run skips what exists
     first = np.asarray(img.dataobj)

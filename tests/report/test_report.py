@@ -66,6 +66,8 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert f"N={test['n']} ({test['n_pos']} positive)" in html
     assert "3,456" in html and "3,457" in html  # a stage's seconds and the total of the finished ones
     assert re.search(r"<td>saliency</td><td[^>]*>running</td><td[^>]*>failed</td>", html)
+    # counted from the run's list: the model file holds only the list's sha256
+    assert re.search(r"<td>training subjects</td><td[^>]*>4</td>", html)
 
 
 def test_class_difference_agreement_is_tabulated(fake_run, page):

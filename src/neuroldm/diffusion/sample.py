@@ -1,4 +1,4 @@
-"""``neuroldm sample``: labelled synthetic volumes from a run's diffusion model and autoencoder.
+"""``neuroldm sample``: labelled synthetic volumes from a run's diffusion model and autoencoder, or a bundle's.
 
 The settings (sampler, steps, guidance, guidance interval, eta, batch size) travel together as one `SampleConfig`.
 Every volume has its own seed (``seed + i``) that fixes its initial noise and the noise of stochastic samplers,
@@ -25,47 +25,67 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from neuroldm.bundle import Bundle, open_bundle
 from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import get_sampler
-from neuroldm.diffusion.weights import load_dit
+from neuroldm.diffusion.weights import load_dit, load_train_subjects, read_dit
 from neuroldm.errors import InputError
 from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.names import safe_name
-from neuroldm.runs import RunDir, SampleDir
+from neuroldm.runs import BundleDir, RunDir, SampleDir
 from neuroldm.samples import SAMPLE_COLUMNS, software_versions, write_sample_manifest
 from neuroldm.vae.decode import decode_volume
 from neuroldm.vae.latent_space import LatentSpace
-from neuroldm.vae.weights import load_vae
+from neuroldm.vae.weights import load_vae, read_vae
 
 
 class Generator:
-    """A run's diffusion model (EMA weights) and autoencoder, ready to sample."""
+    """A diffusion model (EMA weights) and its autoencoder, ready to sample: a run's, or a bundle's (`neuroldm
+    export`; a folder holding ``bundle.json``, or an opened `Bundle`), which samples the same volumes."""
 
-    def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
-        self.run_dir, self.device = Path(run_dir), torch.device(device)
-        self.dit, self.cfg, self.meta = load_dit(run_dir, self.device)
-        self.vae, self.vae_cfg, self.vae_meta = load_vae(run_dir, self.device)
-        layout = RunDir(run_dir)
-        if not layout.latents.info.exists():
-            raise InputError(layout.latents.info, "missing: the run has no encoded latents (reference affine, grid)")
-        self.latent_info = layout.latents.read_info()
+    def __init__(self, source: str | Path | Bundle, device: str | torch.device = "cpu"):
+        self.device = torch.device(device)
+        bundle = source if isinstance(source, Bundle) else \
+            open_bundle(source) if BundleDir(source).is_bundle() else None
+        self.kind = "bundle" if bundle is not None else "run"
+        if bundle is not None:  # every file was checked against the manifest when the bundle was opened
+            folder = bundle.folder
+            self.source, self.dit_file, self.vae_file = folder.root, folder.diffusion, folder.vae
+            self.dit, self.cfg, self.meta = read_dit(folder.diffusion, self.device,
+                                                     sha256=bundle.sha256(folder.diffusion))
+            self.vae, self.vae_cfg, self.vae_meta = read_vae(folder.vae, self.device, sha256=bundle.sha256(folder.vae))
+            self.latent_info = bundle.latent_info()
+        else:
+            layout = RunDir(source)
+            self.source, self.dit_file, self.vae_file = Path(source), layout.diffusion.model, layout.vae.model
+            self.dit, self.cfg, self.meta = load_dit(source, self.device)
+            self.vae, self.vae_cfg, self.vae_meta = load_vae(source, self.device)
+            if not layout.latents.info.exists():
+                raise InputError(layout.latents.info, "missing: the run has no encoded latents (reference affine, "
+                                                      "grid)")
+            self.latent_info = layout.latents.read_info()
         if self.latent_info.get("vae_sha256") != self.vae_meta["sha256"]:
-            raise InputError(layout.vae.model,
+            raise InputError(self.vae_file,
                              "the autoencoder changed after the latents were encoded; re-run encode and "
                              "train-diffusion")
         self.classes: list[str] = list(self.meta["classes"])
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.space = LatentSpace.from_meta(self.meta)  # the factor training scaled by
 
+    def train_subjects(self) -> list[str]:
+        """The IDs of the subjects the model was trained on: the run's list (checked against the sha256 the model
+        records); none for a bundle, which names no subject."""
+        return [] if self.kind == "bundle" else load_train_subjects(self.source, self.meta)
+
     def label_index(self, label: str | int) -> int:
         if isinstance(label, int) or str(label).isdigit():
             idx = int(label)
             if not 0 <= idx < len(self.classes):
-                raise InputError(self.run_dir, f"label {idx} out of range; classes are {self.classes}")
+                raise InputError(self.source, f"label {idx} out of range; classes are {self.classes}")
             return idx
         if label not in self.classes:
-            raise InputError(self.run_dir, f"unknown label '{label}'; classes are {', '.join(self.classes)}")
+            raise InputError(self.source, f"unknown label '{label}'; classes are {', '.join(self.classes)}")
         return self.classes.index(label)
 
     def initial_noise(self, seeds: Sequence[int]) -> tuple[torch.Tensor, list[torch.Generator]]:
@@ -88,11 +108,11 @@ class Generator:
         return torch.cat([decode_volume(self.vae, z[i:i + 1], self.vae_cfg) for i in range(z.shape[0])])
 
 
-def generate(run_dir: str | Path, labels: Sequence[str | int], seeds: Sequence[int], scfg: SampleConfig | None = None,
-             *, decode: bool = True, device: str = "cpu") -> torch.Tensor:
+def generate(source: str | Path | Bundle, labels: Sequence[str | int], seeds: Sequence[int],
+             scfg: SampleConfig | None = None, *, decode: bool = True, device: str = "cpu") -> torch.Tensor:
     """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed, sampled
-    as `scfg` says (default: `SampleConfig`'s defaults)."""
-    gen = Generator(run_dir, device)
+    as `scfg` says (default: `SampleConfig`'s defaults), from a run or a bundle (`Generator`)."""
+    gen = Generator(source, device)
     z = gen.latents([gen.label_index(v) for v in labels], seeds, scfg or SampleConfig())
     return gen.decode(z) if decode else z
 
@@ -113,20 +133,24 @@ def steps_taken(scfg: SampleConfig, cfg: DiffusionConfig) -> SampleConfig:
     return scfg.model_copy(update={"steps": get_sampler(scfg.sampler).steps_for(cfg, scfg.steps)})
 
 
-def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | int, scfg: SampleConfig, *,
+def sample_to_folder(source: str | Path | Bundle, out: str | Path, n: int, label: str | int, scfg: SampleConfig, *,
                      seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
-    """Write `n` volumes of class `label` to `out` (skipping finished ones), ``scfg.batch_size`` at a time;
-    returns a summary."""
+    """Write `n` volumes of class `label` to `out` (skipping finished ones), ``scfg.batch_size`` at a time, from a
+    run or a bundle (`Generator`); returns a summary.
+
+    samples.json lists the run's training subjects; from a bundle it lists none (the evaluation then audits
+    memorization against the real training split, and the classifier's leak guard refuses the samples)."""
     out = SampleDir(out)
-    gen = Generator(run_dir, device)
+    gen = Generator(source, device)
     idx = gen.label_index(label)
     name = gen.classes[idx]
     scfg = steps_taken(scfg, gen.cfg)
-    info = {"train_subjects": gen.meta.get("train_subjects", []), "classes": gen.classes,
+    info = {"train_subjects": gen.train_subjects(),
+            "train_subjects_sha256": gen.meta.get("train_subjects_sha256", ""), "classes": gen.classes,
             "grid": list(gen.vae_meta.get("grid", [])), "spacing": list(gen.vae_meta.get("spacing", [])),
             "affine": gen.latent_info["reference_affine"], "prepared": gen.latent_info.get("prepared", ""),
             "checkpoint_sha256": gen.meta["sha256"], "vae_sha256": gen.vae_meta["sha256"],
-            "run": str(Path(run_dir).resolve())}
+            gen.kind: str(gen.source.resolve())}
     _check_same_generator(out, info)
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
     versions = software_versions()
@@ -145,9 +169,9 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
         for b in range(0, len(todo), scfg.batch_size):
             chunk = todo[b:b + scfg.batch_size]
             z = gen.latents([idx] * len(chunk), chunk, scfg, progress=partial(bar.update, len(chunk)))
-            _check_finite(z, RunDir(run_dir).diffusion.model, "sampled latents", chunk)
+            _check_finite(z, gen.dit_file, "sampled latents", chunk)
             vols = gen.decode(z)
-            _check_finite(vols, RunDir(run_dir).vae.model, "decoded volumes", chunk)
+            _check_finite(vols, gen.vae_file, "decoded volumes", chunk)
             scaled = gen.space.scale(z).float().flatten(2)  # the diffusion model's units, before decoding
             for s, vol, zs in zip(chunk, vols, scaled):
                 stem = stem_of(s)
@@ -156,7 +180,7 @@ def sample_to_folder(run_dir: str | Path, out: str | Path, n: int, label: str | 
                         "latent_mean": zs.mean(1).tolist(), "latent_std": zs.std(1, correction=0).tolist(),
                         **scfg.model_dump(mode="json", exclude={"batch_size"}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
-                        "run": info["run"], "diffusion_config": gen.cfg.model_dump(mode="json"),
+                        gen.kind: info[gen.kind], "diffusion_config": gen.cfg.model_dump(mode="json"),
                         "synthetic": True, "software_versions": versions}
                 save_nifti_atomic(vol[0].cpu().numpy().astype(np.float32), affine, out.volume(stem), frame=frame,
                                   what=f"synthetic T1w {name} seed {s}")

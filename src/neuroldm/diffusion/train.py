@@ -18,7 +18,7 @@ from torch.utils.data import Dataset
 
 from neuroldm.config import Config, DiffusionConfig
 from neuroldm.diffusion.process import diffusion_loss, prediction_error, training_scheduler
-from neuroldm.diffusion.weights import dit_from_config, export_dit
+from neuroldm.diffusion.weights import dit_from_config, export_dit, save_train_subjects
 from neuroldm.errors import InputError
 from neuroldm.runs import RunDir
 from neuroldm.train.checkpoint import load_state
@@ -129,10 +129,11 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
         state = load_state(layout.diffusion.checkpoints.last)
         final = dit_from_config(dcfg, latent_shape, len(classes))
         final.load_state_dict(eval_weights(state))
+        # the IDs stay in the run; the model file, which `neuroldm export` takes elsewhere, holds their sha256
+        subjects = save_train_subjects(run_dir, train.index["subject"])
         export_dit(final, dcfg, layout.diffusion.model,
                    meta={"latent_shape": list(latent_shape), "classes": classes, "scale_factor": train.scale_factor,
                          "step": state["step"], "ema": state.get("ema") is not None,
-                         "train_subjects": sorted(set(train.index["subject"])),
-                         "vae_sha256": train.info.get("vae_sha256", "")})
+                         "train_subjects_sha256": subjects, "vae_sha256": train.info.get("vae_sha256", "")})
         summary["exported"] = str(layout.diffusion.model)
     return summary

@@ -29,7 +29,7 @@ from neuroldm.metrics.interval import Interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
 from neuroldm.report.headline import KEYS, NO_INTERVAL, VERDICT_KEYS, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
-from neuroldm.runs import ModelDir, RunDir, SaliencyDir, truncation_text
+from neuroldm.runs import ModelDir, RunDir, SaliencyDir, read_json, truncation_text
 from neuroldm.samples import read_sample_manifest
 
 log = logging.getLogger(__name__)
@@ -143,6 +143,21 @@ def summary_meaning(key: str) -> str:
     return last.replace("_", " ")
 
 
+HEADLINE_COLUMNS = ("metric", "value", "95% CI", "N", "what it means")
+
+
+def headline_rows(metrics: dict) -> list[list[str]]:
+    """The measured numbers of metrics.json (not its verdicts), in pipeline order, as rows of `HEADLINE_COLUMNS`;
+    a number without an interval says why in its place (`NO_INTERVAL`)."""
+    rows = []
+    for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
+        ci = fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high"))
+        why = NO_INTERVAL.get(key.replace("fid_random_features", "fid"))
+        rows.append([key, fmt(metrics[key]), f"none: {why}" if ci == "–" and why else ci,
+                     fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
+    return rows
+
+
 def truncation_notes(run: RunDir) -> list[Block]:
     """The banner of a run with a training stopped before its planned steps (pipeline.json's truncated stages)."""
     truncated = run.truncated_stages() if run.pipeline.exists() else {}
@@ -170,13 +185,7 @@ def summary_blocks(run: RunDir) -> list[Block]:
             verdict = "every bar met" if metrics.get("bars_passed") else "NOT every bar met"
             blocks.append(Table(["metric", "value", "95% CI", "N", "bar", "verdict"], rows,
                                 f"Quality bars of this run (pipeline.bars), in pipeline order: {verdict}"))
-        rows = []
-        for key in pipeline_order(k for k in metrics if not k.endswith(_SUFFIXES) and k not in VERDICT_KEYS):
-            ci = fmt_ci(metrics.get(f"{key}.low"), metrics.get(f"{key}.high"))
-            why = NO_INTERVAL.get(key.replace("fid_random_features", "fid"))
-            rows.append([key, fmt(metrics[key]), f"none: {why}" if ci == "–" and why else ci,
-                         fmt(metrics.get(f"{key}.n")), summary_meaning(key)])
-        blocks.append(Table(["metric", "value", "95% CI", "N", "what it means"], rows,
+        blocks.append(Table(list(HEADLINE_COLUMNS), headline_rows(metrics),
                             "Headline numbers of the run (metrics.json), in pipeline order"))
     if not run.pipeline.exists():
         blocks.append(not_run("no pipeline.json (stage timings of `neuroldm run`)"))
@@ -280,8 +289,10 @@ def autoencoder_blocks(run: RunDir) -> list[Block]:
 # 4. Diffusion
 # --------------------------------------------------------------------------------------------------------------
 
-def diffusion_model_facts(meta: dict[str, str], n_params: int) -> list[list[str]]:
-    """Rows of facts from the diffusion model file's header: its metadata and parameter count."""
+def diffusion_model_facts(meta: dict[str, str], n_params: int, n_subjects: int | None = None) -> list[list[str]]:
+    """Rows of facts from the diffusion model file's header (its metadata and parameter count) and the number of
+    its training subjects (the run's list, `neuroldm.runs.DiffusionDir.train_subjects`; a file written before the
+    IDs left it lists them itself)."""
     cfg = json.loads(meta.get("diffusion_config", "{}"))
     info = json.loads(meta.get("meta", "{}"))
     rows = [["network", str(cfg.get("model", "?")), "DiT preset"],
@@ -296,7 +307,8 @@ def diffusion_model_facts(meta: dict[str, str], n_params: int) -> list[list[str]
             ["classes", ", ".join(info.get("classes", [])) or "–", "conditioning labels"],
             ["latent scale factor", fmt(info.get("scale_factor")), "1/std of the training latents"],
             ["weights", f"step {info.get('step', '?')}{', EMA' if info.get('ema') else ''}", "exported weights"],
-            ["training subjects", fmt(len(info.get("train_subjects", []))), "subjects the generator has seen"]]
+            ["training subjects", fmt(len(info["train_subjects"]) if "train_subjects" in info else n_subjects),
+             "subjects the generator has seen"]]
     return rows
 
 
@@ -310,7 +322,10 @@ def diffusion_blocks(run: RunDir) -> list[Block]:
         blocks.append(Paragraph("Training: " + "; ".join(facts) + "."))
     header = folder.read_model_header()
     if header is not None:
-        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(*header), "The exported model"))
+        subjects = read_json(folder.train_subjects)
+        n_subjects = len(subjects.get("train_subjects", [])) if subjects else None
+        blocks.append(Table(["", "value", "what it is"], diffusion_model_facts(*header, n_subjects),
+                            "The exported model"))
     else:
         blocks.append(not_run("no exported model (diffusion/model.safetensors)"))
     blocks += _curves(folder, "Diffusion model")

@@ -23,12 +23,13 @@ def export_vae(model: torch.nn.Module, cfg: VAEConfig, path: str | Path, meta: d
                                record=model_record(path))
 
 
-def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, VAEConfig, dict]:
-    """``(model in eval mode, its VAEConfig, meta)`` from ``RUN/vae/model.safetensors``."""
-    path = RunDir(run_dir).vae.model
-    if not path.exists():
-        raise InputError(path, "no trained autoencoder; run `neuroldm train-vae` first")
-    digest = verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
+def read_vae(path: str | Path, device: str | torch.device = "cpu", *,
+             sha256: str | None = None) -> tuple[torch.nn.Module, VAEConfig, dict]:
+    """``(model in eval mode, its VAEConfig, meta)`` of an autoencoder file; ``meta["sha256"]`` is the file's.
+    `sha256`: the digest the caller has already checked (a bundle's manifest); without it the file is hashed and
+    checked against its ``.sha256`` record."""
+    path = Path(path)
+    digest = sha256 or verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
     state, metadata = load_weights(path, device, required_key="vae_config", what="autoencoder")
     cfg = VAEConfig.model_validate_json(metadata["vae_config"])
     model = build_vae(cfg)
@@ -36,3 +37,11 @@ def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[t
     meta = json.loads(metadata.get("meta", "{}"))
     meta["sha256"] = digest
     return model.to(device).eval(), cfg, meta
+
+
+def load_vae(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, VAEConfig, dict]:
+    """``(model in eval mode, its VAEConfig, meta)`` from ``RUN/vae/model.safetensors``."""
+    path = RunDir(run_dir).vae.model
+    if not path.exists():
+        raise InputError(path, "no trained autoencoder; run `neuroldm train-vae` first")
+    return read_vae(path, device)
