@@ -245,7 +245,7 @@ class AugmentConfig(Section):
 class VAEConfig(Section):
     """The 3D KL autoencoder (`neuroldm.vae`): architecture preset, losses and training."""
 
-    arch: Literal["demo", "demo-2x", "paper", "maisi"] = "paper"  # see neuroldm.vae.network.VAE_ARCHS
+    arch: Literal["demo", "paper", "maisi"] = "paper"  # see neuroldm.vae.network.VAE_ARCHS
     latent_channels: int = Field(4, ge=1)
     l1_weight: float = Field(1.0, ge=0)
     kl_weight: float = Field(1e-6, ge=0)

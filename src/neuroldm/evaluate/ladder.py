@@ -39,6 +39,7 @@ import torch
 from scipy import ndimage
 
 from neuroldm.data.dataset import load_prepared_volume
+from neuroldm.errors import InputError
 from neuroldm.metrics.interval import Interval
 from neuroldm.runs import RunDir
 from neuroldm.vae.decode import decode_volume, encode_volume
@@ -78,9 +79,10 @@ class Autoencoder:
     def __init__(self, run_dir: str | Path, device: str | torch.device = "cpu"):
         self.model, self.cfg, self.meta = load_vae(run_dir, device)
         self.device = torch.device(device)
-        info = RunDir(run_dir).latents.read_info()
+        layout = RunDir(run_dir).latents
+        info = layout.read_info()
         if info.get("vae_sha256") != self.meta["sha256"]:
-            raise ValueError("the autoencoder changed after the latents were encoded; re-run encode")
+            raise InputError(layout.info, "the autoencoder changed after the latents were encoded; re-run encode")
         self.latent_shape = tuple(info["latent_shape"])
         self.channel_mean = torch.tensor(info["channel_mean"], dtype=torch.float32)
         self.channel_std = torch.tensor(info["channel_std"], dtype=torch.float32)

@@ -45,11 +45,6 @@ VAE_ARCHS: dict[str, VAEArch] = {
     # Trains on the demo grid (40x48x40) on 2 CPU cores in minutes (0.19 M parameters): one AdamW step of batch 2
     # with L1 + KL + SSIM took 0.92 s; (16, 32, 64) took 2.2 s and reached a lower validation SSIM in 10 minutes.
     "demo": VAEArch(channels=(8, 16, 32), num_res_blocks=(1, 1, 1), norm_num_groups=8),
-    # One halving on the demo grid (8 mm latent voxels, as the paper's 1.5 mm x 4 = 6 mm; "demo" gives 16 mm):
-    # reconstructions at 4.6x the real baseline's per-slice FID instead of 6.2x, but a DiT with 4x4x4 patches on
-    # its 4x20x24x20 latents sampled worse (7.4x) and train-on-synthetic fell to 0.73 x real (README, the realism
-    # ladder's table). Kept to reproduce that measurement; no preset uses it.
-    "demo-2x": VAEArch(channels=(8, 16), num_res_blocks=(1, 1), norm_num_groups=8),
     # MAISI's official autoencoder shape (Project-MONAI/tutorials generation/maisi/configs/config_maisi.json),
     # 20.94 M parameters.
     "maisi": VAEArch(channels=(64, 128, 256), num_res_blocks=(2, 2, 2), norm_num_groups=32),
