@@ -129,3 +129,10 @@ def test_on_off_yes_no_stay_words_where_a_setting_takes_words(tmp_path):
     assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
     with pytest.raises(ConfigError, match=r"config key 'vae.train.amp'.*got 'no'"):
         load_config(None, None, ["vae.train.amp=no"])
+
+
+def test_amp_takes_fp16_and_a_wrong_word_is_a_one_line_error():
+    assert load_config(None, None, ["classifier.train.amp=fp16"]).classifier.train.amp == "fp16"
+    with pytest.raises(ConfigError, match=r"config key 'vae.train.amp': .*'auto', 'bf16', 'fp16' or 'off'") as e:
+        load_config(None, None, ["vae.train.amp=fp32"])
+    assert "\n" not in str(e.value)

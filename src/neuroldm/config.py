@@ -186,7 +186,9 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.05, ge=0, le=1)  # cosine floor, as a fraction of lr
     grad_clip: float | None = 1.0  # max global gradient norm; null turns clipping off
     grad_accum: int = Field(1, ge=1)
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    # mixed precision (`neuroldm.runtime.autocast`): auto is bf16 autocast on CUDA and none on the CPU; bf16 on any
+    # device; fp16 is float16 autocast with a gradient scaler (GPUs without bf16); off is float32
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     ema_decay: float | None = None  # e.g. 0.9999; null: no EMA
     grad_checkpointing: bool = False
     val_every: int = Field(500, ge=1)  # steps between validations (and best-checkpoint updates)
