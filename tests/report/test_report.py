@@ -66,6 +66,11 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert f"N={test['n']} ({test['n_pos']} positive)" in html
     assert "3,456" in html and "3,457" in html  # a stage's seconds and the total of the finished ones
     assert re.search(r"<td>saliency</td><td[^>]*>running</td><td[^>]*>failed</td>", html)
+    # per stage: seconds per optimiser step and peak memory (pipeline.json), a process-wide peak said as such
+    assert re.search(r"<td>train-vae</td>(<td[^>]*>[^<]*</td>){3}<td[^>]*>0.412</td>"
+                     r"<td[^>]*>3.254 GB RSS, 11.5 GB CUDA</td>", html)
+    assert re.search(r"<td>prepare</td>(<td[^>]*>[^<]*</td>){3}<td[^>]*>–</td><td[^>]*>0.812 GB RSS \(process "
+                     r"peak\)</td>", html)
 
 
 def test_class_difference_agreement_is_tabulated(fake_run, page):
