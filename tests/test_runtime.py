@@ -86,9 +86,20 @@ def test_an_autocast_dtype_the_device_cannot_run_is_a_one_line_config_error(monk
     with pytest.raises(ConfigError, match=r"^train.amp=fp16: torch .* has no float16 autocast on cpu; use bf16 or "
                                           r"off$"):
         runtime.check_amp("cpu", "fp16")
-    with pytest.raises(ConfigError, match=r"^train.amp=bf16: torch .* has no bfloat16 autocast on cpu; use off$"):
+    with pytest.raises(ConfigError, match=r"^train.amp=bf16: torch .* has no bfloat16 autocast on cpu; use fp16 or "
+                                          r"off$"):
         runtime.check_amp("cpu", "bf16")
     runtime.check_amp("cpu", "off")  # float32 needs no autocast
+
+
+def test_an_autocast_the_gpu_refuses_is_a_one_line_config_error(monkeypatch):
+    def old_gpu(**kw):
+        raise RuntimeError("Current CUDA Device does not support bfloat16. Please switch dtype to float16.")
+
+    monkeypatch.setattr(runtime.torch, "autocast", old_gpu)
+    with pytest.raises(ConfigError, match=r"^train.amp=bf16: Current CUDA Device does not support bfloat16. Please "
+                                          r"switch dtype to float16; use fp16 or off$"):
+        runtime.check_amp("cpu", "bf16")
 
 
 def _bn_net():

@@ -101,13 +101,17 @@ def check_amp(device: str | torch.device, amp: str) -> None:
     dtype = amp_dtype(device, amp)
     if dtype is None:
         return
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the warning of an unsupported dtype; the probe below is the verdict
-        with torch.autocast(device_type=device.type, dtype=dtype):
-            got = (torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)).dtype
+    other = "fp16 or off" if dtype == torch.bfloat16 else "bf16 or off"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the warning of an unsupported dtype; the probe below is the verdict
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                got = (torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)).dtype
+    except RuntimeError as e:  # e.g. "Current CUDA Device does not support bfloat16" (a GPU before Ampere)
+        raise ConfigError(f"train.amp={amp}: {str(e).splitlines()[0].rstrip('.')}; use {other}") from None
     if got != dtype:
         raise ConfigError(f"train.amp={amp}: torch {torch.__version__} has no {str(dtype).removeprefix('torch.')} "
-                          f"autocast on {device.type}; use {'bf16 or ' if amp == 'fp16' else ''}off")
+                          f"autocast on {device.type}; use {other}")
 
 
 def grad_scaler(device: str | torch.device, amp: str) -> torch.amp.GradScaler:

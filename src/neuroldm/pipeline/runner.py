@@ -95,11 +95,11 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     if runtime.is_main():
         layout.check_holds_a_run()  # a user's non-empty folder is refused before anything is written into it
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
-    memory_device = runtime.resolve_device(device)
+    device_here = runtime.resolve_device(device)
     ctx.cohort()  # a missing input fails here, before anything runs
     # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
     # date), before the run directory is created
-    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)])
+    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)], device_here)
     runtime.init_process_group(device)
     main = runtime.is_main()
     if main:
@@ -164,7 +164,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         if main:
             log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
         t0 = time.perf_counter()
-        peak = PeakMemory(memory_device)
+        peak = PeakMemory(device_here)
         try:
             with peak:
                 summary = stage.run(ctx) if main or stage.distributed else {}
