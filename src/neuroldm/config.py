@@ -191,8 +191,8 @@ class TrainConfig(Section):
     # device; fp16 is float16 autocast with a gradient scaler (GPUs without bf16); off is float32
     amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     ema_decay: float | None = None  # e.g. 0.9999; null: no EMA
-    # recompute each block's activations in the backward pass instead of keeping them: less memory, ~1/3 more time
-    # (VAE: encoder and decoder; DiT: every transformer block; EfficientNetV2: every MBConv block)
+    # recompute each block's activations in the backward pass instead of keeping them: less memory for a second
+    # forward pass (VAE: encoder and decoder; DiT: every transformer block; EfficientNetV2: every MBConv block)
     grad_checkpointing: bool = False
     val_every: int = Field(500, ge=1)  # steps between validations (and best-checkpoint updates)
     ckpt_every: int = Field(500, ge=1)  # steps between 'last' checkpoints
