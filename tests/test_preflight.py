@@ -181,7 +181,7 @@ def checked(monkeypatch, tmp_path):
     """The stages `run_pipeline` asks `preflight` about (it stops right there); the run dir must not appear."""
     seen: list[list[str]] = []
 
-    def fake(cfg, stages):
+    def fake(cfg, stages, device=None):
         seen.append(list(stages))
         raise _Stop
 

@@ -99,7 +99,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     ctx.cohort()  # a missing input fails here, before anything runs
     # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
     # date), before the run directory is created
-    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)], device_here)
+    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)], device=device_here)
     runtime.init_process_group(device)
     main = runtime.is_main()
     if main:
