@@ -240,8 +240,11 @@ def make_fake_run(run):
     RunDir(run).record_stage("train-vae", load_config("demo", None, []), prepared=prepared.resolve())
     write_json_atomic(run / "metrics.json", RUN_METRICS)
     write_json_atomic(run / "pipeline.json", {
-        "stages": {"prepare": {"state": "done", "seconds": 0.4, "finished": "2026-12-01T10:00:00"},
-                   "train-vae": {"state": "done", "seconds": 3456.5, "finished": "2026-12-01T11:00:00"},
+        "stages": {"prepare": {"state": "done", "seconds": 0.4, "finished": "2026-12-01T10:00:00",
+                               "memory": {"peak_rss_gb": 0.812, "rss_scope": "process"}},
+                   "train-vae": {"state": "done", "seconds": 3456.5, "finished": "2026-12-01T11:00:00",
+                                 "memory": {"peak_rss_gb": 3.254, "rss_scope": "stage", "peak_cuda_gb": 11.5},
+                                 "summary": {"seconds_per_step": 0.4123, "samples_per_step": 2}},
                    "saliency": {"state": "running", "started": "2026-12-01T11:10:00"}},
         "last_invocation": {"seconds": 3460.0, "stages": [{"name": "prepare", "status": "reused", "seconds": 0.0},
                                                           {"name": "train-vae", "status": "ran", "seconds": 3456.5},

@@ -129,3 +129,29 @@ def test_on_off_yes_no_stay_words_where_a_setting_takes_words(tmp_path):
     assert cfg.vae.train.amp == "off" and cfg.vae.augment.left_right_flip is True
     with pytest.raises(ConfigError, match=r"config key 'vae.train.amp'.*got 'no'"):
         load_config(None, None, ["vae.train.amp=no"])
+
+
+def test_the_old_diffusion_grad_checkpointing_key_is_read_at_its_new_place(tmp_path):
+    """diffusion.grad_checkpointing moved into diffusion.train, beside the VAE's and the classifier's: a run's
+    config.yaml and a model file written before still load, with the value where the DiT reads it."""
+    from neuroldm.config import DiffusionConfig, move_old_keys
+
+    old = tmp_path / "config.yaml"
+    old.write_text("diffusion:\n  model: DiT-S/4\n  grad_checkpointing: true\n")
+    cfg = load_config(None, old)
+    assert cfg.diffusion.train.grad_checkpointing and "grad_checkpointing" not in cfg.to_dict()["diffusion"]
+    assert load_config(None, None, ["diffusion.grad_checkpointing=true"]).diffusion.train.grad_checkpointing
+    stored = {"model": "DiT-S/4", "grad_checkpointing": True, "train": {"steps": 5}}  # a model file's section
+    moved = DiffusionConfig.model_validate(move_old_keys(stored, "model.safetensors", ("diffusion",)))
+    assert moved.train.grad_checkpointing and moved.train.steps == 5 and stored["grad_checkpointing"]  # a copy
+    old.write_text("diffusion:\n  grad_checkpointing: true\n  train:\n    grad_checkpointing: false\n")
+    with pytest.raises(ConfigError, match=rf"{old}: 'diffusion.grad_checkpointing' \(the old name of "
+                                          r"'diffusion.train.grad_checkpointing'\) and .* disagree"):
+        load_config(None, old)
+
+
+def test_amp_takes_fp16_and_a_wrong_word_is_a_one_line_error():
+    assert load_config(None, None, ["classifier.train.amp=fp16"]).classifier.train.amp == "fp16"
+    with pytest.raises(ConfigError, match=r"config key 'vae.train.amp': .*'auto', 'bf16', 'fp16' or 'off'") as e:
+        load_config(None, None, ["vae.train.amp=fp32"])
+    assert "\n" not in str(e.value)

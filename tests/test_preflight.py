@@ -181,7 +181,7 @@ def checked(monkeypatch, tmp_path):
     """The stages `run_pipeline` asks `preflight` about (it stops right there); the run dir must not appear."""
     seen: list[list[str]] = []
 
-    def fake(cfg, stages):
+    def fake(cfg, stages, device=None):
         seen.append(list(stages))
         raise _Stop
 
@@ -219,3 +219,18 @@ def test_run_pipeline_refuses_a_bad_config_before_creating_the_run(tmp_path):
     with pytest.raises(ConfigError, match="diffusion.model 'DiT-S/3'"):
         runner.run_pipeline(tmp_path / "run", _cfg("diffusion.model=DiT-S/3"), progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_given_the_device_an_autocast_it_cannot_run_is_refused_before_any_work(monkeypatch):
+    import contextlib
+
+    from neuroldm import runtime
+
+    cfg = load_config("demo", None, ["classifier.train.amp=fp16", "diffusion.train.amp=off"])
+    preflight(cfg, ["classify-grid", "train-diffusion"], "cpu")  # torch runs float16 autocast on the CPU
+    monkeypatch.setattr(runtime.torch, "autocast", lambda **kw: contextlib.nullcontext())  # a torch that cannot
+    preflight(cfg, ["classify-grid"])  # without a device nothing is probed
+    preflight(cfg, ["train-diffusion", "evaluate"], "cpu")  # the stages to run train in float32
+    with pytest.raises(ConfigError, match=r"^train.amp=fp16: torch .* has no float16 autocast on cpu; use bf16 or "
+                                          r"off$"):
+        preflight(cfg, ["classify-grid"], "cpu")

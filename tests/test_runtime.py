@@ -66,6 +66,76 @@ def test_autocast_is_bf16_on_cuda_for_auto_and_anywhere_for_bf16():
         assert isinstance(runtime.autocast("cuda:0", "off"), contextlib.nullcontext)
 
 
+def test_fp16_is_float16_autocast_with_a_loss_scaler_on_any_device():
+    ctx = runtime.autocast("cpu", "fp16")
+    assert isinstance(ctx, torch.autocast) and ctx.fast_dtype == torch.float16
+    with ctx:
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float16
+    # only float16 needs the scaler: bfloat16 has float32's exponent range
+    assert runtime.grad_scaler("cpu", "fp16").is_enabled()
+    assert not any(runtime.grad_scaler("cpu", amp).is_enabled() for amp in ("auto", "bf16", "off"))
+    runtime.check_amp("cpu", "fp16")  # torch >= 2.4 runs float16 autocast on the CPU
+    for amp in ("auto", "bf16", "off"):
+        runtime.check_amp("cpu", amp)
+
+
+def test_an_autocast_dtype_the_device_cannot_run_is_a_one_line_config_error(monkeypatch):
+    # torch warns and computes in float32 when its autocast lacks a dtype on a device: the run would silently be
+    # another run, so the check refuses it
+    monkeypatch.setattr(runtime.torch, "autocast", lambda **kw: contextlib.nullcontext())
+    with pytest.raises(ConfigError, match=r"^train.amp=fp16: torch .* has no float16 autocast on cpu; use bf16 or "
+                                          r"off$"):
+        runtime.check_amp("cpu", "fp16")
+    with pytest.raises(ConfigError, match=r"^train.amp=bf16: torch .* has no bfloat16 autocast on cpu; use fp16 or "
+                                          r"off$"):
+        runtime.check_amp("cpu", "bf16")
+    runtime.check_amp("cpu", "off")  # float32 needs no autocast
+
+
+def test_an_autocast_the_gpu_refuses_is_a_one_line_config_error(monkeypatch):
+    def old_gpu(**kw):
+        raise RuntimeError("Current CUDA Device does not support bfloat16. Please switch dtype to float16.")
+
+    monkeypatch.setattr(runtime.torch, "autocast", old_gpu)
+    with pytest.raises(ConfigError, match=r"^train.amp=bf16: Current CUDA Device does not support bfloat16. Please "
+                                          r"switch dtype to float16; use fp16 or off$"):
+        runtime.check_amp("cpu", "bf16")
+
+
+def _bn_net():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.BatchNorm3d(4), torch.nn.ReLU(),
+                              torch.nn.Sequential(torch.nn.Conv3d(4, 4, 1), torch.nn.BatchNorm3d(4)),
+                              torch.nn.GroupNorm(2, 4))
+    net(torch.randn(2, 1, 5, 5, 5))  # running statistics that differ from their initial values
+    return net
+
+
+def test_batchnorm_becomes_syncbatchnorm_in_several_gpu_processes_only(caplog):
+    gpus = runtime.World(rank=0, size=2, device=torch.device("cuda:0"))  # conversion needs neither GPU nor group
+    net = _bn_net()
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    synced = runtime.sync_batch_norm(net, gpus)
+    norms = [type(m).__name__ for m in synced.modules() if "Norm" in type(m).__name__]
+    assert norms == ["SyncBatchNorm", "SyncBatchNorm", "GroupNorm"]
+    after = synced.state_dict()
+    assert after.keys() == before.keys()  # the weights load into a network built without it
+    assert all(torch.equal(after[k], v) for k, v in before.items())
+
+    alone = runtime.World(rank=0, size=1, device=torch.device("cuda:0"))
+    cpus = runtime.World(rank=0, size=2, device=torch.device("cpu"))
+    net = _bn_net()
+    assert runtime.sync_batch_norm(net, alone) is net and "SyncBatchNorm" not in str(net)
+    with caplog.at_level("WARNING", logger="neuroldm.runtime"):
+        assert runtime.sync_batch_norm(net, cpus) is net and "SyncBatchNorm" not in str(net)
+    assert "BatchNorm in 2 CPU processes: SyncBatchNorm runs on GPUs only" in caplog.text
+    caplog.clear()
+    group_only = torch.nn.Sequential(torch.nn.Conv3d(1, 4, 3), torch.nn.GroupNorm(2, 4))
+    with caplog.at_level("WARNING", logger="neuroldm.runtime"):
+        assert runtime.sync_batch_norm(group_only, cpus) is group_only
+    assert caplog.text == ""  # nothing to say without BatchNorm
+
+
 def test_a_world_of_one(alone):
     world = runtime.setup("cpu")
     assert world == runtime.World(rank=0, size=1, local_rank=0, device=torch.device("cpu"))

@@ -8,6 +8,7 @@ settings that produced it.
 
 from __future__ import annotations
 
+import copy
 import re
 import types
 import typing
@@ -213,8 +214,12 @@ class TrainConfig(Section):
     min_lr_ratio: float = Field(0.05, ge=0, le=1)  # cosine floor, as a fraction of lr
     grad_clip: float | None = 1.0  # max global gradient norm; null turns clipping off
     grad_accum: int = Field(1, ge=1)
-    amp: Literal["auto", "bf16", "off"] = "auto"  # auto: bf16 autocast on CUDA, off on CPU
+    # mixed precision (`neuroldm.runtime.autocast`): auto is bf16 autocast on CUDA and none on the CPU; bf16 on any
+    # device; fp16 is float16 autocast with a gradient scaler (GPUs without bf16); off is float32
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
     ema_decay: float | None = None  # e.g. 0.9999; null: no EMA
+    # recompute each block's activations in the backward pass instead of keeping them: less memory for a second
+    # forward pass (VAE: encoder and decoder; DiT: every transformer block; EfficientNetV2: every MBConv block)
     grad_checkpointing: bool = False
     val_every: int = Field(500, ge=1)  # steps between validations (and best-checkpoint updates)
     ckpt_every: int = Field(500, ge=1)  # steps between 'last' checkpoints
@@ -290,7 +295,6 @@ class DiffusionConfig(Section):
     shift_windows: bool = True  # shift the windows by half a window in every other block (Swin)
     global_every: int = Field(0, ge=0)  # every k-th block attends globally (0: none)
     class_dropout: float = Field(0.1, ge=0, lt=1)  # label dropout for classifier-free guidance
-    grad_checkpointing: bool = False
     num_train_timesteps: int = Field(1000, ge=2)
     schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     beta_start: float = Field(1e-4, gt=0)
@@ -387,6 +391,14 @@ class ClassifierConfig(Section):
         if any(not 0 < f <= 1 for f in v):
             raise ValueError("subset fractions must be in (0, 1]")
         return v
+
+    @model_validator(mode="after")
+    def _checkpointed_arch(self) -> ClassifierConfig:
+        if self.train.grad_checkpointing and self.arch == "cnn":
+            raise ValueError("classifier.train.grad_checkpointing recomputes EfficientNetV2 blocks; the cnn baseline "
+                             "has none (it is small enough without): set it false or choose an efficientnetv2 arch")
+        return self
+
 
 class EvaluateConfig(Section):
     """Generative evaluation (`neuroldm.evaluate`); the defaults are the full paper evaluation."""
@@ -498,6 +510,39 @@ def _check_keys(data: Any, model: type[BaseModel], where: str, source: str) -> N
             _check_keys(value, annotation, full, source)
 
 
+# settings that moved, (old path, new path): a config file, a run's saved config.yaml or a model file written
+# before the move is read with the value at its new place
+MOVED_KEYS: tuple[tuple[tuple[str, ...], tuple[str, ...]], ...] = (
+    (("diffusion", "grad_checkpointing"), ("diffusion", "train", "grad_checkpointing")),
+)
+
+
+def move_old_keys(data: dict, source: str, root: tuple[str, ...] = ()) -> dict:
+    """A copy of `data` (a whole config mapping, or the section at `root`, e.g. ``("diffusion",)``) with each old
+    key of `MOVED_KEYS` moved to its new place; an old and a new key that disagree are a `ConfigError`."""
+    out = copy.deepcopy(data)
+    for old, new in MOVED_KEYS:
+        if old[:len(root)] != root or new[:len(root)] != root:
+            continue
+        parent: Any = out
+        for key in old[len(root):-1]:
+            parent = parent.get(key) if isinstance(parent, dict) else None
+        if not isinstance(parent, dict) or old[-1] not in parent:
+            continue
+        value = parent.pop(old[-1])
+        target = out
+        for key in new[len(root):-1]:
+            target = target.setdefault(key, {})
+            if not isinstance(target, dict):  # a malformed section: left for the key check to name
+                break
+        else:
+            if target.get(new[-1], value) != value:
+                raise ConfigError(f"{source}: '{'.'.join(old)}' (the old name of '{'.'.join(new)}') and "
+                                  f"'{'.'.join(new)}' disagree; give '{'.'.join(new)}' only")
+            target[new[-1]] = value
+    return out
+
+
 # mappings a later source replaces whole rather than merges into: a label map or a set of bars is one decision
 WHOLE_MAPS = ("label_map", "bars")
 
@@ -561,7 +606,7 @@ def preset_dict(name: str) -> dict:
         raise ConfigError(f"unknown preset '{name}'; available presets: {', '.join(PRESETS)}")
     ref = resources.files("neuroldm.configs") / f"{name}.yaml"
     with resources.as_file(ref) as path:
-        data = _read_yaml(Path(path), f"preset {name}")
+        data = move_old_keys(_read_yaml(Path(path), f"preset {name}"), f"preset {name}")
     _check_keys(data, Config, "", f"preset {name}")
     return data
 
@@ -599,7 +644,7 @@ def load_config(preset: str | None = None, config_file: str | Path | list[str | 
     user: dict = {}
     files = [] if config_file is None else config_file if isinstance(config_file, list) else [config_file]
     for file in files:
-        data = _read_yaml(Path(file), str(file))
+        data = move_old_keys(_read_yaml(Path(file), str(file)), str(file))
         _check_keys(data, Config, "", str(file))
         if preset and data.get("preset") not in (None, preset):
             raise ConfigError(f"{file}: names preset '{data['preset']}', but preset '{preset}' was asked for; "
@@ -610,7 +655,7 @@ def load_config(preset: str | None = None, config_file: str | Path | list[str | 
     merged = _merge(merged, user)
     for item in overrides:
         path, value = parse_override(item)
-        override = _nest(path, value)
+        override = move_old_keys(_nest(path, value), f"--set {item}")
         _check_keys(override, Config, "", f"--set {item}")
         merged = _merge(merged, override)
     if name:

@@ -20,6 +20,7 @@ Where each rule lives:
   train-diffusion   diffusion.model is a `DIT_MODELS` size
   classify,         classifier.arch is ``cnn`` or an EfficientNetV2 preset
   classify-grid
+  (with a device)   each training stage's train.amp is an autocast the device can run (`runtime.check_amp`)
   evaluate          the FID Inception weights (or evaluate.random_features); evaluate.medicalnet_path
   report            every key of pipeline.bars is a flat metric of metrics.json
   ================  ====================================================================================
@@ -37,6 +38,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
+import torch
+
 from neuroldm.classify.efficientnet import PRESETS
 from neuroldm.config import Config
 from neuroldm.diffusion.dit import DIT_MODELS
@@ -44,18 +47,25 @@ from neuroldm.errors import ConfigError, InputError
 from neuroldm.evaluate.inception import find_inception, resolve_feature_network
 from neuroldm.report.headline import check_bar_keys
 from neuroldm.runs import STAGE_ORDER
+from neuroldm.runtime import check_amp
 from neuroldm.vae.network import VAE_ARCHS
 from neuroldm.vae.perceptual import backbone_weights_path
 
 
-def preflight(cfg: Config, stages: Iterable[str]) -> None:
-    """Raise the first broken rule or missing file of `stages` (pipeline stage or command names) in `cfg`.
+def preflight(cfg: Config, stages: Iterable[str], device: str | torch.device | None = None) -> None:
+    """Raise the first broken rule or missing file of `stages` (pipeline stage or command names) in `cfg`, and,
+    given the `device`, an autocast setting of a training stage that it cannot run.
 
     Names without rules of their own (e.g. ``prepare``) pass; `cfg` itself was validated when it was loaded.
     """
     stages = set(stages)
     check_config(cfg, stages)
     check_files(cfg, stages)
+    if device is not None:
+        for stage, train in (("train-vae", cfg.vae.train), ("train-diffusion", cfg.diffusion.train),
+                             ("classify", cfg.classifier.train), ("classify-grid", cfg.classifier.train)):
+            if stage in stages:
+                check_amp(device, train.amp)
 
 
 def check_stage_options(from_stage: str | None, only: str | None, stages=STAGE_ORDER) -> None:

@@ -4,7 +4,9 @@
 ``neuroldm ...`` is a world of one. Nothing here starts processes. Every other module asks this one:
 
 - `resolve_device` turns ``--device`` (a name, ``auto`` or nothing) into this rank's device;
-- `autocast` is the mixed-precision context of the ``train.amp`` setting on that device;
+- `autocast` is the mixed-precision context of the ``train.amp`` setting on that device, `check_amp` refuses a
+  setting the device cannot run, and `grad_scaler` is the loss scaler that float16 needs;
+- `sync_batch_norm` makes BatchNorm layers normalise over the whole batch of every process (GPUs);
 - `init_process_group` joins the torchrun group once (NCCL on GPU, gloo on CPU) with `BARRIER_TIMEOUT`;
 - `is_main`, `barrier`, `all_true`, `mean_across`, `teardown` are what the stages and the engine need of it;
 - `setup` does all of it for a training run and returns the `World` the engine keeps.
@@ -13,14 +15,19 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from neuroldm.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 # one timeout for every collective: under `neuroldm run` rank 0 samples and evaluates alone while the other ranks
 # wait at a barrier, and NCCL's default of 10 minutes would end that wait with an error
@@ -69,13 +76,69 @@ def resolve_device(name: str | torch.device | None = None) -> torch.device:
     return device
 
 
+def amp_dtype(device: str | torch.device, amp: str = "auto") -> torch.dtype | None:
+    """The autocast dtype of a ``train.amp`` setting on `device`: bfloat16 for ``bf16`` (on any device) and for
+    ``auto`` on CUDA, float16 for ``fp16``; None (float32) for ``off``, or for ``auto`` on the CPU."""
+    if amp == "bf16" or (amp == "auto" and torch.device(device).type == "cuda"):
+        return torch.bfloat16
+    return torch.float16 if amp == "fp16" else None
+
+
 def autocast(device: str | torch.device, amp: str = "auto") -> contextlib.AbstractContextManager:
-    """The mixed-precision context of a ``train.amp`` setting on `device`: bf16 autocast for ``bf16`` (on any
-    device) and for ``auto`` on CUDA; none for ``off``, or for ``auto`` on the CPU."""
+    """The mixed-precision context of a ``train.amp`` setting on `device` (`amp_dtype`), or a null context."""
     device = torch.device(device)
-    if amp == "bf16" or (amp == "auto" and device.type == "cuda"):
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    dtype = amp_dtype(device, amp)
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def check_amp(device: str | torch.device, amp: str) -> None:
+    """Refuse, in one line, an autocast setting this torch cannot run on `device`.
+
+    torch's autocast does not fail on a dtype it does not support there: it warns and runs in float32, so a run
+    asking for float16 would silently be another run. A matrix product under the context shows what it does.
+    """
+    device = torch.device(device)
+    dtype = amp_dtype(device, amp)
+    if dtype is None:
+        return
+    other = "fp16 or off" if dtype == torch.bfloat16 else "bf16 or off"
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the warning of an unsupported dtype; the probe below is the verdict
+            with torch.autocast(device_type=device.type, dtype=dtype):
+                got = (torch.ones(2, 2, device=device) @ torch.ones(2, 2, device=device)).dtype
+    except RuntimeError as e:  # e.g. "Current CUDA Device does not support bfloat16" (a GPU before Ampere)
+        raise ConfigError(f"train.amp={amp}: {str(e).splitlines()[0].rstrip('.')}; use {other}") from None
+    if got != dtype:
+        raise ConfigError(f"train.amp={amp}: torch {torch.__version__} has no {str(dtype).removeprefix('torch.')} "
+                          f"autocast on {device.type}; use {other}")
+
+
+def grad_scaler(device: str | torch.device, amp: str) -> torch.amp.GradScaler:
+    """The loss scaler of a ``train.amp`` setting: on for float16 autocast (float16 gradients underflow without
+    it), a pass-through otherwise (bfloat16 has float32's exponent range)."""
+    device = torch.device(device)
+    return torch.amp.GradScaler(device.type, enabled=amp_dtype(device, amp) == torch.float16)
+
+
+def sync_batch_norm(module: nn.Module, world: World) -> nn.Module:
+    """`module` with every BatchNorm layer a `torch.nn.SyncBatchNorm` when it trains in several CUDA processes.
+
+    Under DDP a plain BatchNorm normalises with the statistics of its own process's batch (``batch_size``, not
+    the whole batch of ``batch_size × world size``), and its running statistics are rank 0's (DDP broadcasts the
+    buffers). SyncBatchNorm gathers the statistics of every process. It runs on GPUs only, so on CPU processes
+    (gloo) the layers stay per-process and a warning says so; GroupNorm does not depend on the batch at all. The
+    state dict keys are those of BatchNorm, so the weights load into a network built without it.
+    """
+    if not world.distributed or not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules()):
+        return module
+    if world.device.type != "cuda":
+        if world.is_main:
+            log.warning("BatchNorm in %d CPU processes: SyncBatchNorm runs on GPUs only, so each process normalises "
+                        "with the statistics of its own batch; classifier.norm=group does not depend on the batch",
+                        world.size)
+        return module
+    return nn.SyncBatchNorm.convert_sync_batchnorm(module)
 
 
 def init_process_group(device: str | torch.device) -> None:

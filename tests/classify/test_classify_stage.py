@@ -92,6 +92,20 @@ def test_grid_tables_and_paired_delong(cohort, tmp_path):
     run_grid(cohort, tmp_path / "run", cfg, samples=samples, progress=False)
     assert (grid / "real" / "seed-0" / "result.json").stat().st_mtime_ns == stamp
     assert json.loads((grid / "summary.json").read_text())["skipped_regimes"] == []
+    # the grid's step time: its runs' own, weighted by the steps each timed
+    timed = [json.loads((grid / r / "seed-0" / "result.json").read_text())["train_summary"]
+             for r in ("real", "mixed-1.00")]
+    assert all(t["seconds_per_step"] > 0 and t["steps_this_run"] == 4 for t in timed)
+    assert summary["seconds_per_step"] == pytest.approx(sum(t["seconds_per_step"] for t in timed) / 2, abs=1e-4)
+
+
+def test_grid_seconds_per_step_weights_each_run_by_its_timed_steps():
+    from neuroldm.classify.grid import seconds_per_step
+
+    assert seconds_per_step([{"seconds_per_step": 1.0, "steps_this_run": 3},
+                             {"seconds_per_step": 2.0, "steps_this_run": 1},
+                             {"steps": 5}]) == 1.25  # a run trained before steps were timed is left out
+    assert seconds_per_step([{"seconds_per_step": None, "steps_this_run": 0}]) is None
 
 
 def test_a_truncated_grid_run_is_listed_then_resumed_not_reused(cohort, tmp_path):

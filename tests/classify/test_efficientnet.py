@@ -86,3 +86,55 @@ def test_model_is_deterministic_in_eval_and_random_in_train():
 def test_plain_cnn_baseline_shapes():
     model = PlainCNN3d(num_classes=2, norm="group").eval()
     assert model(torch.randn(1, 1, 24, 32, 24)).shape == (1, 2)
+
+
+def _train_pass(model, seed=0):
+    """One training forward (stochastic depth and dropout on) and backward on a fixed batch, under seed `seed`."""
+    torch.manual_seed(seed)
+    x, y = torch.randn(2, 1, 32, 36, 32), torch.tensor([0, 1])
+    model.train()
+    loss = torch.nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    grads = {k: p.grad.clone() for k, p in model.named_parameters()}
+    return loss.detach(), grads, {k: b.clone() for k, b in model.named_buffers()}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_gradients_and_batchnorm_statistics():
+    from neuroldm.classify.network import build_classifier
+    from neuroldm.config import ClassifierConfig, TrainConfig
+
+    runs = {}
+    for on in (False, True):
+        cfg = ClassifierConfig(arch="efficientnetv2-tiny", stochastic_depth=0.5,
+                               train=TrainConfig(grad_checkpointing=on))
+        torch.manual_seed(0)
+        model = build_classifier(cfg, 2)
+        assert model.grad_checkpointing is on  # the classifier.train key builds it
+        calls = []
+        model.blocks[1].register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
+        runs[on] = (*_train_pass(model), len(calls))
+    (loss_off, grads_off, bufs_off, calls_off), (loss_on, grads_on, bufs_on, calls_on) = runs[False], runs[True]
+    assert (calls_off, calls_on) == (1, 2)  # checkpointed: the block runs again in the backward pass
+    # equal to float32 round-off (rtol 1e-6, atol 1e-8); the same stochastic-depth masks in both passes
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-6, atol=1e-8)
+    for k in grads_off:
+        torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-6, atol=1e-8, msg=k)
+    # the recomputation does not update the BatchNorm running statistics a second time
+    assert int(bufs_on["blocks.1.block.0.1.num_batches_tracked"]) == 1
+    for k in bufs_off:
+        torch.testing.assert_close(bufs_on[k], bufs_off[k], rtol=1e-6, atol=1e-8, msg=k)
+
+
+def test_gradient_checkpointing_is_off_in_eval_and_refused_for_the_plain_cnn():
+    from neuroldm.config import load_config
+    from neuroldm.errors import ConfigError
+
+    torch.manual_seed(0)
+    model = EfficientNetV2("tiny", grad_checkpointing=True).eval()
+    calls = []
+    model.blocks[1].register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
+    x = torch.randn(1, 1, 32, 32, 32, requires_grad=True)
+    model(x).sum().backward()  # saliency: gradients of the input in eval mode, nothing recomputed
+    assert calls == [1]
+    with pytest.raises(ConfigError, match="classifier.train.grad_checkpointing recomputes EfficientNetV2 blocks"):
+        load_config(None, None, ["classifier.arch=cnn", "classifier.train.grad_checkpointing=true"])

@@ -133,3 +133,49 @@ def test_a_tiny_model_overfits_two_latents():
     # each class's sample lands near its own training latent, farther from the other's
     d = torch.cdist(out.flatten(1), data.flatten(1))
     assert d[0, 0] < 0.5 * d[0, 1] and d[1, 1] < 0.5 * d[1, 0]
+
+
+def _loss_and_grads(model, seed=0):
+    """One training forward (label dropout on) and backward of `model` on fixed inputs, under seed `seed`."""
+    torch.manual_seed(seed)
+    x, t, y = torch.randn(2, 4, 5, 6, 7), torch.tensor([3, 700]), torch.tensor([0, 1])
+    model.train()
+    loss = (model(x, t, y) - x).pow(2).mean()
+    loss.backward()
+    return loss.detach(), {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None}
+
+
+def test_gradient_checkpointing_gives_the_same_loss_and_gradients_and_recomputes_each_block():
+    from neuroldm.config import DiffusionConfig, TrainConfig
+    from neuroldm.diffusion.weights import dit_from_config
+
+    runs = {}
+    for on in (False, True):
+        cfg = DiffusionConfig(model="tiny", patch=(2, 4, 2), window=(2, 2, 2), class_dropout=0.5,
+                              train=TrainConfig(grad_checkpointing=on))
+        torch.manual_seed(0)
+        m = _trained_like(dit_from_config(cfg, (4, 5, 6, 7), 2))  # non-zero gates: gradients reach every block
+        assert m.grad_checkpointing is on  # the diffusion.train key builds it
+        calls = []
+        m.blocks[0].register_forward_pre_hook(lambda *_, seen=calls: seen.append(1))
+        runs[on] = (*_loss_and_grads(m), len(calls))
+    (loss_off, grads_off, calls_off), (loss_on, grads_on, calls_on) = runs[False], runs[True]
+    assert (calls_off, calls_on) == (1, 2)  # checkpointed: the block runs again in the backward pass
+    # the same operations on the same inputs: equal to float32 round-off (rtol 1e-6, atol 1e-8)
+    torch.testing.assert_close(loss_on, loss_off, rtol=1e-6, atol=1e-8)
+    assert grads_on.keys() == grads_off.keys() and len(grads_on) == len(list(m.parameters()))
+    for k in grads_off:
+        torch.testing.assert_close(grads_on[k], grads_off[k], rtol=1e-6, atol=1e-8, msg=k)
+
+
+def test_the_seed_dit_s4_trains_on_the_paper_latent():
+    """The seed's DiT-S/4 with patch (4, 2, 4) on 4x28x34x28 latents (833 tokens, global attention): one forward
+    and backward pass of one latent."""
+    torch.manual_seed(0)
+    m = _trained_like(build_dit("DiT-S/4", (28, 34, 28), 4, 2, patch=(4, 2, 4))).train()
+    assert m.x_embedder.num_tokens == 833 and all(b.attn.window is None for b in m.blocks)
+    x = torch.randn(1, 4, 28, 34, 28)
+    out = m(x, torch.tensor([500]), torch.tensor([1]))
+    assert out.shape == x.shape
+    (out - x).pow(2).mean().backward()
+    assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in m.parameters())

@@ -54,6 +54,38 @@ def test_second_run_reuses_everything(toy, tmp_path):
     assert set(on_disk["stages"]) == {"a", "b", "c"} and on_disk["stages"]["b"]["summary"] == {"ok": "b"}
 
 
+def test_each_built_stage_records_its_own_peak_memory(monkeypatch, tmp_path):
+    import numpy as np
+
+    from neuroldm import memory
+
+    calls: list[str] = []
+    a, b, c = _toy_stages(calls)
+
+    def heavy(ctx):  # 160 MB resident while it runs
+        block = np.ones(20 << 20)
+        calls.append("b")
+        (ctx.run / "b").mkdir(exist_ok=True)
+        (ctx.run / "b" / "out.txt").write_text(str(block[0]))
+        return {"seconds_per_step": 0.25}
+
+    stages = (a, Stage("b", heavy, b.keys, b.after, b.outputs, clean=b.clean), c)
+    monkeypatch.setattr(runner, "STAGES", stages)
+    monkeypatch.setattr(runner, "STAGE_NAMES", tuple(s.name for s in stages))
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    records = json.loads((tmp_path / "pipeline.json").read_text())["stages"]
+    assert all(set(r["memory"]) == {"peak_rss_gb", "rss_scope"} for r in records.values())  # no GPU here
+    if records["c"]["memory"]["rss_scope"] == "stage":  # Linux: c's peak is its own, not b's
+        assert records["b"]["memory"]["peak_rss_gb"] - records["c"]["memory"]["peak_rss_gb"] > 0.1
+    assert records["b"]["summary"]["seconds_per_step"] == 0.25  # what the report shows as s/step
+
+    # without the reset, the peak is the process's so far and says so
+    monkeypatch.setattr(memory, "_CLEAR_REFS", tmp_path / "no" / "clear_refs")
+    runner.run_pipeline(tmp_path, _cfg(), from_stage="c", progress=False)
+    record = json.loads((tmp_path / "pipeline.json").read_text())["stages"]["c"]
+    assert record["memory"]["rss_scope"] == "process" and record["memory"]["peak_rss_gb"] > 0
+
+
 def test_a_changed_setting_rebuilds_its_stage_and_everything_below(toy, tmp_path):
     runner.run_pipeline(tmp_path, _cfg(), progress=False)
     (tmp_path / "b" / "stale.txt").write_text("from the old settings")

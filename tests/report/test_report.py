@@ -68,6 +68,11 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
     assert re.search(r"<td>saliency</td><td[^>]*>running</td><td[^>]*>failed</td>", html)
     # counted from the run's list: the model file holds only the list's sha256
     assert re.search(r"<td>training subjects</td><td[^>]*>4</td>", html)
+    # per stage: seconds per optimiser step and peak memory (pipeline.json), a process-wide peak said as such
+    assert re.search(r"<td>train-vae</td>(<td[^>]*>[^<]*</td>){3}<td[^>]*>0.412</td>"
+                     r"<td[^>]*>3.254 GB RSS, 11.5 GB CUDA</td>", html)
+    assert re.search(r"<td>prepare</td>(<td[^>]*>[^<]*</td>){3}<td[^>]*>–</td><td[^>]*>0.812 GB RSS \(process "
+                     r"peak\)</td>", html)
 
 
 def test_class_difference_agreement_is_tabulated(fake_run, page):

@@ -104,6 +104,73 @@ def test_resume_reproduces_an_uninterrupted_run(tmp_path):
     assert rows("a") == rows("b")
 
 
+def test_fp16_scales_the_loss_and_skips_the_updates_whose_gradients_overflow(tmp_path, monkeypatch):
+    from neuroldm.train import engine
+
+    # a first loss scale of 2^40: every float16 gradient overflows, so each update is skipped and the scale halved
+    monkeypatch.setattr(engine.runtime, "grad_scaler",
+                        lambda device, amp: torch.amp.GradScaler("cpu", init_scale=2.0**40, enabled=amp == "fp16"))
+    t = _trainer(tmp_path, _cfg(steps=2, amp="fp16", ema_decay=None, warmup_steps=0), loss=mse)
+    before = _weights(t.model)
+    summary = t.fit()
+    assert all(torch.equal(v, t.model.state_dict()[k]) for k, v in before.items())
+    assert summary["last_terms"]["loss_scale"] == 2.0**39 and t.scaler.get_scale() == 2.0**38
+    assert not math.isfinite(summary["last_terms"]["grad_norm"])  # clipped after unscaling: the overflow shows
+
+
+def test_fp16_learns_and_resumes_with_its_loss_scale(tmp_path):
+    cfg = _cfg(steps=30, lr=3e-2, amp="fp16", ema_decay=None)
+    straight = _trainer(tmp_path / "a", cfg, loss=mse)
+    summary = straight.fit()
+    assert summary["last_terms"]["loss_scale"] > 0 and summary["last_terms"]["loss"] < 0.5
+    interrupted = _trainer(tmp_path / "b", cfg, loss=mse)
+    interrupted.fit(until_step=12)
+    assert load_state(tmp_path / "b" / "checkpoints" / "last.safetensors")["scaler"] == interrupted.scaler.state_dict()
+    resumed = _trainer(tmp_path / "b", cfg, loss=mse)
+    resumed.fit()
+    assert resumed.scaler.state_dict() == straight.scaler.state_dict()
+    for (k, a), b in zip(_weights(straight.model).items(), _weights(resumed.model).values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_without_fp16_there_is_no_loss_scale(tmp_path):
+    summary = _trainer(tmp_path, _cfg(steps=2, amp="bf16"), loss=mse).fit()
+    assert "loss_scale" not in summary["last_terms"]
+    assert load_state(tmp_path / "checkpoints" / "last.safetensors")["scaler"] == {}
+
+
+def test_the_engine_trains_the_module_with_synchronised_batchnorm(tmp_path, monkeypatch):
+    from neuroldm.train import engine
+
+    seen = []
+
+    def convert(module, world):
+        seen.append(world)
+        return nn.Sequential(module)  # what SyncBatchNorm conversion of a BatchNorm root returns: a new module
+
+    monkeypatch.setattr(engine.runtime, "sync_batch_norm", convert)
+    t = _trainer(tmp_path, _cfg(steps=1), loss=mse)
+    assert seen == [t.world] and isinstance(t.model, nn.Sequential) and isinstance(t.model[0], nn.Sequential)
+    assert t.optimizers["model"].param_groups[0]["params"][0] is next(t.model.parameters())
+
+
+def test_seconds_per_step_time_the_steps_alone(tmp_path, monkeypatch):
+    clock = SlowClock(tick=1.0)  # every reading one second after the last
+    monkeypatch.setattr("neuroldm.train.engine.time.perf_counter", clock)
+
+    def slow_validation(t):
+        for _ in range(10):  # ten seconds of validation
+            clock()
+        return {"loss": 1.0}
+
+    t = Trainer(_model(), _cfg(steps=4, val_every=2), tmp_path, dataset=Regression(), loss_fn=mse, progress=False,
+                validate=slow_validation)
+    summary = t.fit()
+    assert t.step_seconds == [1.0] * 4  # one reading before and one after each step
+    assert summary["seconds_per_step"] == 1.0 and summary["seconds"] > 4 + 2 * 10
+    assert summary["samples_per_step"] == 4
+
+
 def test_gradient_accumulation_matches_a_bigger_batch(tmp_path):
     big = _trainer(tmp_path / "a", _cfg(steps=3, batch_size=4, grad_accum=1, ema_decay=None), loss=mse)
     acc = _trainer(tmp_path / "b", _cfg(steps=3, batch_size=2, grad_accum=2, ema_decay=None), loss=mse)

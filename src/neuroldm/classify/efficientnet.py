@@ -11,6 +11,11 @@ Written here because MONAI ships only EfficientNet V1 (`monai.networks.nets.Effi
 - **Stochastic depth** (Huang et al. 2016): each residual branch is dropped per sample with a rate that grows
   linearly from 0 at the first block to ``stochastic_depth`` at the last; kept branches are scaled by
   ``1 / (1 - rate)`` so eval mode (the identity) needs no rescaling.
+- **Gradient checkpointing** (``grad_checkpointing``): in training, each block keeps only its input and recomputes
+  its inside (the expanded activations, four to six times the block's width) in the backward pass. The recomputation
+  draws the same stochastic-depth masks (the RNG state is replayed) and does not update the BatchNorm running
+  statistics a second time (`_checkpoint_contexts`), so loss, gradients and running statistics are those of a
+  network without it.
 
 Presets: ``s`` is Table 4 of the paper. ``m`` and ``l`` are not tabulated in the paper; their stage tables are
 those of the official implementation (``effnetv2_configs.py`` in google/automl, also used by torchvision).
@@ -21,11 +26,14 @@ the parameter counts are larger than the paper's 2D ones (see ``tests/classify/t
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
+from functools import partial
 from typing import Literal
 
 import torch
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,31 @@ class MBConv(nn.Module):
         return x + self.drop(out) if self.residual else out
 
 
+@contextlib.contextmanager
+def _running_stats_frozen(module: nn.Module):
+    """BatchNorm layers of `module` normalise with the batch's statistics as in training, and leave their running
+    statistics and batch counter as they were: for the recomputation of a checkpointed block, whose first pass
+    updated them. Momentum 0 makes the update ``1·running + 0·batch``, exactly the old value (the layers still
+    receive their running statistics, so the recomputation saves the same tensors as the first pass did)."""
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0
+    try:
+        yield
+    finally:
+        for m, (momentum, count) in zip(norms, saved):
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def _checkpoint_contexts(module: nn.Module):
+    """`torch.utils.checkpoint.checkpoint`'s ``context_fn``: nothing around the first pass, frozen BatchNorm
+    statistics around the recomputation."""
+    return contextlib.nullcontext(), _running_stats_frozen(module)
+
+
 class EfficientNetV2(nn.Module):
     """``forward((B, C, D, H, W)) -> (B, num_classes)`` logits.
 
@@ -156,8 +189,10 @@ class EfficientNetV2(nn.Module):
     """
 
     def __init__(self, preset: str | Preset = "s", in_channels: int = 1, num_classes: int = 2,
-                 dropout: float = 0.2, stochastic_depth: float = 0.2, norm: str = "batch"):
+                 dropout: float = 0.2, stochastic_depth: float = 0.2, norm: str = "batch",
+                 grad_checkpointing: bool = False):
         super().__init__()
+        self.grad_checkpointing = grad_checkpointing
         cfg = PRESETS[preset] if isinstance(preset, str) else preset
         self.stem = conv_norm_act(in_channels, cfg.stem, 3, stride=2, norm=norm)
         total = sum(s.layers for s in cfg.stages)
@@ -191,7 +226,13 @@ class EfficientNetV2(nn.Module):
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
         """``(B, C, D, H, W) -> (B, head)`` pooled features."""
-        return self.pool(self.head(self.blocks(self.stem(x)))).flatten(1)
+        x = self.stem(x)
+        if self.grad_checkpointing and self.training and torch.is_grad_enabled():
+            for block in self.blocks:
+                x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_checkpoint_contexts, block))
+        else:
+            x = self.blocks(x)
+        return self.pool(self.head(x)).flatten(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.dropout(self.features(x)))

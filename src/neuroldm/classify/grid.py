@@ -138,6 +138,14 @@ def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame) -> tuple[pd.DataF
     return per_run, tests
 
 
+def seconds_per_step(train_summaries: list[dict]) -> float | None:
+    """The mean optimiser-step time over the grid's runs, each weighted by the steps it timed (its last training
+    call); None when no run has a timing (a grid of runs trained before steps were timed)."""
+    timed = [s for s in train_summaries if s.get("seconds_per_step") and s.get("steps_this_run")]
+    steps = sum(s["steps_this_run"] for s in timed)
+    return round(sum(s["seconds_per_step"] * s["steps_this_run"] for s in timed) / steps, 4) if steps else None
+
+
 def _markdown(df: pd.DataFrame) -> str:
     cols = list(df.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
@@ -165,7 +173,7 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
             _, val, test = fold_split(rows, fold)
             check_leak(sample_set, val, test)
 
-    results, predictions, truncated_runs = [], [], []
+    results, predictions, truncated_runs, timings = [], [], [], []
     plan = [(r, s, f) for r in regimes for s in ccfg.seeds for f in folds]
     for k, (regime, seed, fold) in enumerate(plan, 1):
         out = root.run(regime.name, seed, fold)
@@ -182,6 +190,7 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
                                    "steps": result["train_summary"]["steps"],
                                    "planned_steps": result["train_summary"]["planned_steps"]})
         results.append(_run_row(result))
+        timings.append(result["train_summary"])
         pred = pd.read_csv(out.predictions, dtype={"subject": str, "session": str}, keep_default_na=False)
         predictions.append(pred.assign(regime=regime.name, seed=seed, fold=-1 if fold is None else fold))
 
@@ -209,6 +218,6 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
                       + per_run.to_html(index=False, border=0) + tests.to_html(index=False, border=0))
     out = {"runs": len(runs), "regimes": order, "skipped_regimes": skipped, "folds": folds, "seeds": ccfg.seeds,
            "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records"),
-           "truncated_runs": truncated_runs}
+           "truncated_runs": truncated_runs, "seconds_per_step": seconds_per_step(timings)}
     write_json_atomic(root.summary, out)
     return out

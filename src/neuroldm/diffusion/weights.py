@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from neuroldm.config import DiffusionConfig
+from neuroldm.config import DiffusionConfig, move_old_keys
 from neuroldm.diffusion.dit import DiT3D, build_dit
 from neuroldm.errors import InputError
 from neuroldm.io import load_weights, save_weights_atomic, verified_sha256, write_json_atomic
@@ -33,7 +33,7 @@ def dit_from_config(cfg: DiffusionConfig, latent_shape, num_classes: int) -> DiT
     c, *spatial = (int(s) for s in latent_shape)
     return build_dit(cfg.model, spatial, c, num_classes, patch=cfg.patch, window=cfg.window,
                      shift_windows=cfg.shift_windows, global_every=cfg.global_every,
-                     class_dropout=cfg.class_dropout, grad_checkpointing=cfg.grad_checkpointing)
+                     class_dropout=cfg.class_dropout, grad_checkpointing=cfg.train.grad_checkpointing)
 
 
 def subjects_sha256(subjects: Iterable[str]) -> str:
@@ -59,7 +59,8 @@ def read_dit(path: str | Path, device: str | torch.device = "cpu", *,
     path = Path(path)
     digest = sha256 or verified_sha256(path, model_record(path))  # a damaged file is refused before it is used
     state, metadata = load_weights(path, device, required_key="diffusion_config", what="diffusion model")
-    cfg = DiffusionConfig.model_validate_json(metadata["diffusion_config"])
+    cfg = DiffusionConfig.model_validate(move_old_keys(json.loads(metadata["diffusion_config"]), str(path),
+                                                       ("diffusion",)))
     meta = json.loads(metadata.get("meta", "{}"))
     model = dit_from_config(cfg, meta["latent_shape"], len(meta["classes"]))
     model.load_state_dict(state)

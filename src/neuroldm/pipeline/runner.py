@@ -1,13 +1,18 @@
 """`neuroldm run`: the stages in order in one run directory, skipping those that are up to date (like make).
 
-``RUN/pipeline.json`` keeps, per stage, the fingerprint it was built with, its status and wall time::
+``RUN/pipeline.json`` keeps, per stage, the fingerprint it was built with, its status, wall time and peak memory::
 
     {"stages": {"train-vae": {"fingerprint": "...", "state": "done", "seconds": 512.3, "finished": "...",
-                              "summary": {...}}, ...},
+                              "memory": {"peak_rss_gb": 3.1, "rss_scope": "stage", "peak_cuda_gb": 9.8},
+                              "summary": {"seconds_per_step": 0.41, "samples_per_step": 2, ...}}, ...},
      "last_invocation": {"stages": [{"name", "status", "seconds"}, ...], "seconds": ...},
      "order": ["demo-cohort", "prepare", ...]}
 
 (read through `neuroldm.runs.RunDir`: the report takes the stage order from ``order``, not from this package).
+``memory`` is rank 0's peak while the stage ran (`neuroldm.memory.PeakMemory`: resident memory, the stage's own
+where Linux lets the peak be reset, else the process's so far, as ``rss_scope`` says; CUDA allocator memory on a
+GPU). The training stages' summaries hold ``seconds_per_step``: the mean optimiser step, validation and checkpoints
+excluded (for classify-grid, over all its runs).
 
 A stage is *up to date* when its recorded state is ``done``, its fingerprint equals the one computed now, and its
 outputs exist. A stage that was interrupted (state ``running``) with an unchanged fingerprint is re-entered, and
@@ -37,6 +42,7 @@ from neuroldm import __version__, runtime
 from neuroldm.config import Config
 from neuroldm.errors import NeuroLDMError
 from neuroldm.io import write_json_atomic
+from neuroldm.memory import PeakMemory
 from neuroldm.pipeline.stages import STAGE_NAMES, STAGES, Context, Stage, remove_outputs
 from neuroldm.preflight import check_stage_options, preflight
 from neuroldm.runs import RunDir, truncation_text
@@ -89,10 +95,11 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
     if runtime.is_main():
         layout.check_holds_a_run()  # a user's non-empty folder is refused before anything is written into it
     ctx = Context(run=run, cfg=cfg, device=device, progress=progress)
+    device_here = runtime.resolve_device(device)
     ctx.cohort()  # a missing input fails here, before anything runs
     # every rule and file of the stages this invocation may run (those before --from too: they rerun when out of
     # date), before the run directory is created
-    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)])
+    preflight(cfg, [s.name for s in STAGES if s.enabled(cfg) and only in (None, s.name)], device=device_here)
     runtime.init_process_group(device)
     main = runtime.is_main()
     if main:
@@ -157,8 +164,10 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
         if main:
             log.info("[%s] %s", stage.name, "resuming" if resuming else "running")
         t0 = time.perf_counter()
+        peak = PeakMemory(device_here)
         try:
-            summary = stage.run(ctx) if main or stage.distributed else {}
+            with peak:
+                summary = stage.run(ctx) if main or stage.distributed else {}
             runtime.barrier()
         except BaseException:
             # the record stays "running": a re-run with the same settings re-enters (and resumes) this stage
@@ -177,6 +186,7 @@ def run_pipeline(run_dir: str | Path, cfg: Config, *, from_stage: str | None = N
                                "state": "truncated" if truncated else "done",
                                "seconds": seconds if not unchanged
                                else rec.get("seconds", seconds), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "memory": rec.get("memory", peak.result()) if unchanged else peak.result(),
                                "summary": summary, **({"truncated": truncated} if truncated else {})}
         fingerprints[stage.name] = _built_fingerprint(fp, truncated)
         status = "truncated" if truncated else "reused" if unchanged else "ran"

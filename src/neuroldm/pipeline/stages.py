@@ -102,6 +102,12 @@ def truncated(name: str, summary: dict) -> list[dict]:
     return [{"name": name, "steps": summary["steps"], "planned_steps": summary["planned_steps"]}]
 
 
+def step_timing(summary: dict) -> dict:
+    """The optimiser-step timing of a training summary (`Trainer.fit`): seconds per step (validation and
+    checkpoints excluded) and the samples one step trains on (over every process)."""
+    return {"seconds_per_step": summary.get("seconds_per_step"), "samples_per_step": summary.get("samples_per_step")}
+
+
 def _demo_cohort(ctx: Context) -> dict:
     table = make_demo_cohort(ctx.layout.cohort, ctx.cfg.demo_cohort, progress=ctx.progress)
     return {"subjects": len(table), "tle": int((table["group"] == "TLE").sum())}
@@ -126,7 +132,7 @@ def _train_vae(ctx: Context) -> dict:
         return {"truncated": stopped} if stopped else {}
     recon = reconstruct(ctx.run, prepared, split="val", device=ctx.device, progress=ctx.progress)
     return {"steps": summary["steps"], "planned_steps": summary["planned_steps"],
-            "train_seconds": round(summary["seconds"], 1), "val_n": recon["n"],
+            "train_seconds": round(summary["seconds"], 1), **step_timing(summary), "val_n": recon["n"],
             **{f"val_{k}": round(v, 4) for k, v in recon["mean"].items()},
             **({"truncated": stopped} if stopped else {})}
 
@@ -142,7 +148,7 @@ def _train_diffusion(ctx: Context) -> dict:
     if not runtime.is_main():
         return {"truncated": stopped} if stopped else {}
     return {"steps": summary["steps"], "planned_steps": summary["planned_steps"],
-            "train_seconds": round(summary["seconds"], 1), "best_val_loss": summary["best"],
+            "train_seconds": round(summary["seconds"], 1), **step_timing(summary), "best_val_loss": summary["best"],
             **({"truncated": stopped} if stopped else {})}
 
 
@@ -191,7 +197,7 @@ def _classify_grid(ctx: Context) -> dict:
                        progress=ctx.progress)
     stopped = summary.get("truncated_runs") or []
     return {"runs": summary.get("runs"), "regimes": summary.get("regimes"),
-            **({"truncated": stopped} if stopped else {})}
+            "seconds_per_step": summary.get("seconds_per_step"), **({"truncated": stopped} if stopped else {})}
 
 
 def _clean_synthetic_runs(run: Path) -> None:

@@ -199,14 +199,32 @@ def summary_blocks(run: RunDir) -> list[Block]:
         for name, rec in sorted(records.items(), key=lambda item: order.get(item[0], len(order))):
             if name == "report" and rec.get("state") == "running":
                 continue  # this page, being written
-            seconds = float(rec.get("seconds") or 0) if rec.get("state") in ("done", "truncated") else None
+            built = rec.get("state") in ("done", "truncated")
+            seconds = float(rec.get("seconds") or 0) if built else None
             total += seconds or 0.0
-            rows.append([name, rec.get("state", "?"), last.get(name, ""), fmt(seconds), rec.get("finished", "")])
-        rows.append(["total", "", "", fmt(total), ""])
-        blocks.append(Table(["stage", "state", "last invocation", "seconds to build", "finished"], rows,
+            per_step = (rec.get("summary") or {}).get("seconds_per_step") if built else None
+            rows.append([name, rec.get("state", "?"), last.get(name, ""), fmt(seconds), fmt(per_step),
+                         peak_memory_text(rec.get("memory")) if built else "–", rec.get("finished", "")])
+        rows.append(["total", "", "", fmt(total), "", "", ""])
+        blocks.append(Table(["stage", "state", "last invocation", "seconds to build", "s/step", "peak memory",
+                             "finished"], rows,
                             "Pipeline stages (last invocation: ran = computed, reused = up to date, failed, "
-                            "truncated = stopped before its planned steps)"))
+                            "truncated = stopped before its planned steps). s/step: the training stages' mean "
+                            "optimiser step, validation and checkpoints excluded. Peak memory: the resident memory "
+                            "of the main process while the stage ran (GB; 'process peak' where only the process's "
+                            "peak so far could be read, earlier stages included) and torch's CUDA allocator peak on "
+                            "a GPU"))
     return blocks
+
+
+def peak_memory_text(memory: dict | None) -> str:
+    """A stage's ``memory`` record of pipeline.json (`neuroldm.memory.PeakMemory.result`) for the stage table."""
+    if not memory or memory.get("peak_rss_gb") is None:
+        return "–"
+    text = f"{fmt(memory['peak_rss_gb'])} GB RSS" + (" (process peak)" if memory.get("rss_scope") != "stage" else "")
+    if memory.get("peak_cuda_gb") is not None:
+        text += f", {fmt(memory['peak_cuda_gb'])} GB CUDA"
+    return text
 
 
 # --------------------------------------------------------------------------------------------------------------

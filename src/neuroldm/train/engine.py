@@ -1,10 +1,11 @@
 """The training engine shared by the VAE, the diffusion transformer and the classifier.
 
 One loop, written once: AdamW, linear warm-up then cosine or constant learning rate, gradient accumulation and
-clipping, bf16 autocast on GPU, an optional EMA of the weights (`torch.optim.swa_utils.AveragedModel`),
-periodic validation with a *best* checkpoint, a *last* checkpoint every ``ckpt_every`` steps, exact resume, a
-NaN/Inf guard, a progress bar with an estimate of the time left and a CSV metrics log, and DistributedDataParallel
-when launched by ``torchrun``.
+clipping, bf16 autocast on GPU (or fp16 with a gradient scaler, ``train.amp``), an optional EMA of the weights
+(`torch.optim.swa_utils.AveragedModel`), periodic validation with a *best* checkpoint, a *last* checkpoint every
+``ckpt_every`` steps, exact resume, a NaN/Inf guard, a progress bar with an estimate of the time left and a CSV
+metrics log, and DistributedDataParallel when launched by ``torchrun`` (with SyncBatchNorm on GPUs,
+`neuroldm.runtime.sync_batch_norm`).
 
 The number of steps is the contract: the clock never decides what is trained, unless a user sets ``max_minutes``.
 A training stopped before its planned steps (``max_minutes``, Ctrl-C) checkpoints, validates when it had not yet,
@@ -17,8 +18,12 @@ Models with an auxiliary network trained by its own optimiser (a VAE's discrimin
 `Part`; the loss function is then called once per part and step, with ``ctx.part`` telling which, and only that
 part's parameters receive gradients.
 
-Resume reproduces the run: checkpoints hold the weights, EMA, optimiser and scheduler states, the step and every
-RNG state, and the batches are a pure function of (seed, step) (`neuroldm.train.batches`).
+Resume reproduces the run: checkpoints hold the weights, EMA, optimiser, scheduler and loss-scaler states, the step
+and every RNG state, and the batches are a pure function of (seed, step) (`neuroldm.train.batches`).
+
+Timing: `Trainer.step_seconds` holds the wall time of each optimiser step of a `Trainer.fit` call (the batch, the
+forward and backward passes and the update; not validation, checkpoints or logs), and the summary's
+``seconds_per_step`` is their mean.
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ import random
 import signal
 import threading
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,8 +218,10 @@ class Trainer:
         self.checkpoints = self.layout.checkpoints
         self.metrics_path = self.layout.train_log
 
+        runtime.check_amp(self.world.device, cfg.amp)
         seed_everything(cfg.seed)
         for p in parts:
+            p.module = runtime.sync_batch_norm(p.module, self.world)
             p.module.to(self.world.device)
         self._wrapped: dict[str, nn.Module] = {
             name: (DistributedDataParallel(p.module, device_ids=[self.world.device.index]
@@ -224,6 +232,9 @@ class Trainer:
                            for name, p in self.parts.items()}
         self.schedulers = {name: torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(s, cfg))
                            for name, opt in self.optimizers.items()}
+        # one scaler for every part (a pass-through unless amp is fp16), updated once per step
+        self.scaler = runtime.grad_scaler(self.world.device, cfg.amp)
+        self.step_seconds: list[float] = []
         self.ema = (AveragedModel(self.model, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
                     if cfg.ema_decay else None)
         self.plan = BatchPlan(len(dataset), cfg.batch_size, cfg.seed, self.world.rank, self.world.size,
@@ -256,7 +267,7 @@ class Trainer:
                 "ema": self.ema.state_dict() if self.ema is not None else None,
                 "optimizers": {n: o.state_dict() for n, o in self.optimizers.items()},
                 "schedulers": {n: s.state_dict() for n, s in self.schedulers.items()},
-                "rng": _rng_state()}
+                "scaler": self.scaler.state_dict(), "rng": _rng_state()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         for n, p in self.parts.items():
@@ -269,6 +280,8 @@ class Trainer:
             o.load_state_dict(state["optimizers"][n])
         for n, s in self.schedulers.items():
             s.load_state_dict(state["schedulers"][n])
+        if self.scaler.is_enabled() and state.get("scaler"):  # {} from a run without fp16
+            self.scaler.load_state_dict(state["scaler"])
         self.step, self.best = int(state["step"]), state["best"]
         self.since_best = int(state.get("since_best", 0))
         _set_rng_state(state["rng"])
@@ -374,18 +387,27 @@ class Trainer:
                     finite = runtime.all_true(bool(torch.isfinite(loss.detach()).all()), self.world)
                     if not finite:
                         self._diverged(part.name, out)
-                    (loss / cfg.grad_accum).backward()
+                    self.scaler.scale(loss / cfg.grad_accum).backward()
                 prefix = "" if part.name == self.model_name else f"{part.name}_"
                 for k, v in out.items():
                     value = float(v.detach()) if isinstance(v, torch.Tensor) else float(v)
                     terms[prefix + k] = terms.get(prefix + k, 0.0) + value / cfg.grad_accum
         for part in active:
+            opt = self.optimizers[part.name]
             if cfg.grad_clip:
+                self.scaler.unscale_(opt)  # clip the true gradients, not the scaled ones
                 norm = torch.nn.utils.clip_grad_norm_(part.module.parameters(), cfg.grad_clip)
                 terms[("" if part.name == self.model_name else f"{part.name}_") + "grad_norm"] = float(norm)
-            self.optimizers[part.name].step()
-        for part in active:  # an auxiliary part's schedule (and warm-up) starts when the part switches on
-            self.schedulers[part.name].step()
+            self.scaler.step(opt)  # with fp16, skipped when a gradient overflowed (the scale is then lowered)
+        if self.scaler.is_enabled():
+            terms["loss_scale"] = float(self.scaler.get_scale())
+            self.scaler.update()
+        with warnings.catch_warnings():
+            # an fp16 update skipped for overflow still spends its step of the schedule (steps are the contract);
+            # torch warns about that order of calls, which is intended here
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for part in active:  # an auxiliary part's schedule (and warm-up) starts when the part switches on
+                self.schedulers[part.name].step()
         if self.ema is not None:
             self.ema.update_parameters(self.model)
         self.step += 1
@@ -447,9 +469,15 @@ class Trainer:
         next_line = PLAIN_PROGRESS_SECONDS
         stop_reason = None
         ctrl_c = _CtrlC().install()
+        self.step_seconds = []
         try:
             while self.step < end:
-                terms = runtime.mean_across(self._train_step(batches), self.world)
+                step_start = time.perf_counter()
+                # on a GPU an update's last kernels may still run when the step returns (its logged terms are read
+                # back before the optimiser step): their time counts in the next step, so the mean is the true one
+                step_terms = self._train_step(batches)
+                self.step_seconds.append(time.perf_counter() - step_start)
+                terms = runtime.mean_across(step_terms, self.world)
                 lr = self.schedulers[self.model_name].get_last_lr()[0]
                 done, elapsed = self.step - started_at, time.perf_counter() - start_time
                 left = time_left(elapsed / done, cfg.steps - self.step)
@@ -503,6 +531,9 @@ class Trainer:
         seconds = time.perf_counter() - start_time
         summary = {"steps": self.step, "planned_steps": cfg.steps, "truncated": truncated,
                    "stop_reason": stop_reason, "steps_this_run": self.step - started_at, "seconds": round(seconds, 2),
+                   "seconds_per_step": (round(sum(self.step_seconds) / len(self.step_seconds), 4)
+                                        if self.step_seconds else None),
+                   "samples_per_step": cfg.batch_size * cfg.grad_accum * self.world.size,
                    "stopped_early": stopped_early, "early_stopped": patience_out, "best": self.best, "monitor": f"val_{self.monitor}",
                    "last_terms": terms, "last_validation": val, "world_size": self.world.size}
         if self.world.is_main:
