@@ -3,7 +3,8 @@ import re
 import pytest
 import yaml
 
-from neuroldm.config import Config, load_config, parse_override, save_config
+from neuroldm.config import (ClassifierConfig, Config, DiffusionConfig, TrainConfig, load_config, parse_override,
+                             save_config)
 from neuroldm.runs import RunDir
 from neuroldm.errors import ConfigError
 
@@ -155,3 +156,22 @@ def test_amp_takes_fp16_and_a_wrong_word_is_a_one_line_error():
     with pytest.raises(ConfigError, match=r"config key 'vae.train.amp': .*'auto', 'bf16', 'fp16' or 'off'") as e:
         load_config(None, None, ["vae.train.amp=fp32"])
     assert "\n" not in str(e.value)
+
+
+def test_a_partial_train_block_keeps_its_sections_own_defaults(tmp_path):
+    """A `train:` block that sets a few keys keeps the rest of *its section's* defaults (the diffusion model's
+    400,000 steps, constant schedule, 1,000 warm-up steps and EMA), not TrainConfig's generic ones; in a preset,
+    a file and a --set alike."""
+    section = DiffusionConfig().train
+    assert (section.steps, section.schedule, section.warmup_steps, section.ema_decay) != (
+        TrainConfig().steps, TrainConfig().schedule, TrainConfig().warmup_steps, TrainConfig().ema_decay)
+    paper = load_config("paper").diffusion.train  # paper.yaml sets batch_size, lr and ema_decay only
+    assert (paper.steps, paper.schedule, paper.warmup_steps) == (400000, "constant", 1000)
+    by_set = load_config(None, overrides=["diffusion.train.lr=1e-4"]).diffusion.train
+    assert by_set.lr == 1e-4
+    assert by_set.model_dump(exclude={"lr"}) == section.model_dump(exclude={"lr"})
+    f = tmp_path / "c.yaml"
+    f.write_text("classifier:\n  train:\n    steps: 7\n")
+    clf = load_config(None, f).classifier.train
+    assert clf.steps == 7
+    assert clf.model_dump(exclude={"steps"}) == ClassifierConfig().train.model_dump(exclude={"steps"})

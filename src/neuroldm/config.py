@@ -651,7 +651,11 @@ def load_config(preset: str | None = None, config_file: str | Path | list[str | 
                               f"give one of them")
         user = _merge(user, data)
     name = preset or user.get("preset")
-    merged = preset_dict(name) if name else {}
+    # every key starts at its own section's default: a partial block (``diffusion: {train: {lr: ...}}``, in a
+    # preset, a file or a --set) keeps the rest of that block's defaults, not those of the block's type
+    # (pydantic would build a nested block given as a dict from the type's defaults: TrainConfig's 10,000 steps
+    # instead of the diffusion model's 400,000)
+    merged = _merge(Config().model_dump(mode="python"), preset_dict(name) if name else {})
     merged = _merge(merged, user)
     for item in overrides:
         path, value = parse_override(item)
