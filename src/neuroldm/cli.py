@@ -322,6 +322,32 @@ def cmd_sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from neuroldm import runtime
+    from neuroldm.config import CounterfactualConfig
+    from neuroldm.counterfactual.make import counterfactuals_to_folder
+
+    cfg = _resolve(args, run=args.run)
+    given = {k: v for k, v in {"strength": args.strength, "method": args.method, "guidance": args.guidance,
+                               "seed": args.seed}.items() if v is not None}
+    try:  # the options override the config's counterfactual section and are checked as it is
+        ccfg = CounterfactualConfig.model_validate({**cfg.counterfactual.model_dump(), **given})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    _RUN_LOG.open(args.run, args.argv, create=False)
+    result = counterfactuals_to_folder(args.run, args.input, args.out, args.to, ccfg, cfg.data,
+                                       source_label=args.source, device=runtime.resolve_device(args.device),
+                                       progress=not args.no_progress)
+    steps = result["timesteps"]
+    print(f"{result['n']} counterfactual(s) to {result['target']} by {ccfg.method} at strength {ccfg.strength:g} "
+          f"({f'from timestep {steps[0]}, {len(steps)} steps' if steps else 'no step: the reconstruction'}, "
+          f"guidance {ccfg.guidance:g}) in {result['seconds']:.1f} s: {result['folder']}")
+    return 0
+
+
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
     from neuroldm.metrics.interval import Interval
 
@@ -670,6 +696,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
     p.set_defaults(func=cmd_sample)
+
+    p = sub.add_parser(
+        "counterfactual", parents=[common], formatter_class=_Formatter,
+        help="a real volume as it would look in another class",
+        description="Prepare each input as the run's cohort was (same grid and normalisation), encode it, take its "
+                    "posterior mean to the noise level of --strength (sdedit: forward noise; inversion: deterministic "
+                    "DDIM inversion), denoise it under class --to with classifier-free guidance and decode. Writes, "
+                    "on the input's prepared grid with its affine: the counterfactual, the input's reconstruction "
+                    "(the no-change reference), the difference map (counterfactual - reconstruction), a JSON "
+                    "sidecar and an overlay figure. Defaults come from the counterfactual.* settings. Every input "
+                    "is checked before anything is written.")
+    _run_dir_option(p, "run directory holding the VAE, the encoded latents and the diffusion model")
+    p.add_argument("--input", required=True,
+                   help="a NIfTI file, a folder of them, or a CSV/TSV with the cohort CSV's path column (optional "
+                        "subject, session and label columns: output names and the inputs' classes)")
+    p.add_argument("--to", required=True, help="target class name (e.g. HC, TLE) or index")
+    p.add_argument("--from", dest="source", default=None, metavar="CLASS",
+                   help="the inputs' class, which conditions an inversion (default: a CSV's label column, else the "
+                        "null class)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="noise level to edit from, in (0, 1]: t = strength x T (default: counterfactual.strength)")
+    p.add_argument("--method", choices=("sdedit", "inversion"), default=None,
+                   help="sdedit: forward noise (seeded); inversion: deterministic DDIM inversion, DDIM back down "
+                        "(default: counterfactual.method)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance toward --to, 1 = none (default: counterfactual.guidance)")
+    p.add_argument("--seed", type=int, default=None, help="sdedit's noise (default: counterfactual.seed)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
+    p.set_defaults(func=cmd_counterfactual)
 
     p = sub.add_parser(
         "classify", parents=[common], formatter_class=_Formatter, help="train and test a 3D classifier",

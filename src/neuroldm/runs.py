@@ -20,6 +20,8 @@
                            predictions.csv, summary.json / .md / .html
       evaluation/          evaluate: metrics.json and figures
       saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
+      counterfactual/      counterfactual: per test subject its reconstruction and, at the default strength, its
+                           counterfactual, difference map, sidecar (a few figures); counterfactuals.csv, summary.json
 
 A folder holding ``run.json`` or ``pipeline.json`` (`RUN_MARKERS`) is a neuroldm run; `neuroldm run` and `demo` write
 nothing into a non-empty folder that is not one (`RunDir.check_holds_a_run`).
@@ -404,6 +406,45 @@ class SaliencyDir(Folder):
 
 
 @dataclass(frozen=True)
+class CounterfactualDir(Folder):
+    """``neuroldm counterfactual`` (any folder) and the pipeline's counterfactual stage: per input its reconstruction,
+    per counterfactual (named by `neuroldm.counterfactual.make.counterfactual_name`) the volume, the difference map,
+    a JSON sidecar and an overlay figure; the stage adds counterfactuals.csv and summary.json."""
+
+    def reconstruction(self, name: str) -> Path:
+        """The input's reconstruction (its decoded posterior mean): the no-change reference."""
+        return self.root / f"{name}_reconstruction.nii.gz"
+
+    def volume(self, name: str) -> Path:
+        return self.root / f"{name}.nii.gz"
+
+    def difference(self, name: str) -> Path:
+        """Counterfactual minus reconstruction."""
+        return self.root / f"{name}_difference.nii.gz"
+
+    def sidecar(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def figures(self) -> list[Path]:
+        return sorted(self.root.glob("*.png"))
+
+    @property
+    def table(self) -> Path:
+        """One row per counterfactual with its measures (every strength of the stage's sweep)."""
+        return self.root / "counterfactuals.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary)
+
+
+@dataclass(frozen=True)
 class RunDir(Folder):
     """One run directory: every stage's folder and the run's own files."""
 
@@ -480,6 +521,10 @@ class RunDir(Folder):
     @property
     def saliency(self) -> SaliencyDir:
         return SaliencyDir(self.root / "saliency")
+
+    @property
+    def counterfactual(self) -> CounterfactualDir:
+        return CounterfactualDir(self.root / "counterfactual")
 
     # ---- readers -------------------------------------------------------------------------------------------
 
