@@ -809,10 +809,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", parents=[common], formatter_class=_Formatter, help="the whole pipeline in one run directory",
         description="Run prepare, train-vae (+ reconstruct), encode, train-diffusion, sample, classify-grid, "
-                    "evaluate, saliency and report in one run directory. A stage whose outputs are up to date with "
-                    "its settings and inputs is reused (as make does); an interrupted stage resumes. Prints the "
-                    "stages' wall times and the headline metrics, written to OUT/metrics.json. The cohort is "
-                    "pipeline.input (a BIDS folder, a CSV, or demo-cohort).")
+                    "evaluate, saliency, counterfactual and report in one run directory. A stage whose outputs are "
+                    "up to date with its settings and inputs is reused (as make does); an interrupted stage resumes. "
+                    "Prints the stages' wall times and the headline metrics, written to OUT/metrics.json. The cohort "
+                    "is pipeline.input (a BIDS folder, a CSV, or demo-cohort).")
     p.add_argument("config_file", nargs="?", metavar="CONFIG.yaml", default=None,
                    help="YAML settings (may name its own 'preset:'); same as --config")
     p.add_argument("--out", required=True, help="run directory")

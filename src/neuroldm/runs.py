@@ -62,7 +62,7 @@ RUN_MARKERS = ("run.json", "pipeline.json")  # a folder holding one of these is 
 # The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
 # order); the report and the summary read the order from here, or from the run's pipeline.json.
 STAGE_ORDER = ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample", "classify-grid",
-               "evaluate", "saliency", "report")
+               "evaluate", "saliency", "counterfactual", "report")
 
 
 def truncation_text(truncated: list[dict]) -> str:
