@@ -822,7 +822,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
-                    "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
+                    "it with the demo preset, offline on the CPU (about 26 minutes on 2 cores; --quick: a few "
                     "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
                     "--quick's settings); --preset can only be demo. OUT is a run directory that "
                     "`neuroldm sample --run-dir` and `neuroldm report` accept.")
