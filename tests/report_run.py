@@ -18,7 +18,7 @@ from neuroldm.evaluate.slice_fid import AXES, per_slice_fid
 from neuroldm.evaluate.stats import mean_summary
 from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.metrics.classification import METRICS, classification_report
-from neuroldm.metrics.interval import BOOTSTRAP, Interval
+from neuroldm.metrics.interval import BOOTSTRAP, NORMAL, WILSON, Interval
 from neuroldm.runs import RunDir
 from neuroldm.samples import SAMPLE_COLUMNS, write_sample_manifest
 from neuroldm.viz.slices import comparison_figure
@@ -30,6 +30,8 @@ RUN_METRICS = {"wall_seconds": 5321.0, "vae.val.ssim": 0.8123, "classifier.real.
                "fid.synthetic.overall": 41.73, "fid.real_baseline.overall": 18.37, "memorization.flagged": 0.0}
 RECON = {"psnr": 27.46, "ssim": 0.8123, "ms_ssim": 0.9341, "l1": 0.0712}
 ENRICHMENT = Interval(3.214, 2.052, 4.377, 6, BOOTSTRAP)
+CF_VALIDITY = Interval(0.9167, 0.7417, 0.9768, 24, WILSON)
+CF_SSIM = Interval(0.9537, 0.9481, 0.9593, 24, NORMAL)
 
 
 def _png(path, seed=0):
@@ -233,6 +235,28 @@ def _saliency(run):
                                              "peak_rss_gb": 1.5, "methods": methods})
 
 
+def _counterfactual(run):
+    out = run / "counterfactual"
+
+    def measures(scale: float) -> dict:
+        return {"validity": CF_VALIDITY.to_dict(), "identity": Interval(1.0, 0.86, 1.0, 24, WILSON).to_dict(),
+                "roi_enrichment": Interval(10.3 * scale, 8.1, 12.6, 24, BOOTSTRAP).to_dict(),
+                "ssim_outside_roi": CF_SSIM.to_dict(), "psnr_outside_roi": Interval(31.2, 30.8, 31.6, 24,
+                                                                                    NORMAL).to_dict(),
+                "lateralisation": Interval(0.59, 0.55, 0.63, 12, NORMAL).to_dict(),
+                "reversal": Interval(0.443, 0.38, 0.51, 12, NORMAL).to_dict(),
+                "contralateral_change": Interval(0.289, 0.22, 0.35, 12, NORMAL).to_dict()}
+
+    for k, name in enumerate(("sub-01_to-TLE_inversion-s0.3_g6", "sub-02_to-HC_inversion-s0.3_g6")):
+        _png(out / f"{name}.png", seed=10 + k)
+    write_json_atomic(out / "summary.json", {
+        "split": "test", "n_subjects": 24, "classes": CLASSES, "reference_class": "HC", "method": "inversion",
+        "strength": 0.3, "strengths": [0.3, 0.5], "guidance": 6.0, "sampler": "ddim", "steps": 20, "seed": None,
+        "start_timestep": 299, "model_evaluations": {"0.3": 12, "0.5": 20}, "default": measures(1.0),
+        "sweep": [{"strength": 0.3, **measures(1.0)}, {"strength": 0.5, **measures(0.5)}],
+        "directions": {"HC->TLE": measures(1.0), "TLE->HC": measures(1.0)}})
+
+
 def make_fake_run(run):
     """A run directory with every stage's outputs; returns the numbers the tests look for."""
     prepared = _prepared(run)
@@ -268,4 +292,5 @@ def make_fake_run(run):
     grid = _classifier_grid(run)
     result = _classifier(run)
     _saliency(run)
+    _counterfactual(run)
     return SimpleNamespace(groups=groups, grid=grid, result=result)

@@ -310,7 +310,7 @@ def test_sample_uses_the_runs_config_unless_told_otherwise(tmp_path, monkeypatch
 
 
 @pytest.mark.parametrize("command", ["train-vae", "encode", "train-diffusion", "sample", "classify", "classify-grid",
-                                     "saliency"])
+                                     "saliency", "counterfactual"])
 def test_every_command_on_a_run_starts_from_its_config(tmp_path, monkeypatch, capsys, command):
     from neuroldm import cli
 
@@ -322,7 +322,9 @@ def test_every_command_on_a_run_starts_from_its_config(tmp_path, monkeypatch, ca
 
     monkeypatch.setattr(cli, "load_config", stop)
     run = _run_with_config(tmp_path)
-    extra = ["--n", "1", "--label", "HC", "--out", str(tmp_path / "s")] if command == "sample" else []
+    extra = {"sample": ["--n", "1", "--label", "HC", "--out", str(tmp_path / "s")],
+             "counterfactual": ["--input", str(tmp_path / "x.nii.gz"), "--to", "HC", "--out", str(tmp_path / "c")]
+             }.get(command, [])
     assert main([command, "--run", str(run), "--no-progress", *extra]) == 2
     assert bases == [(None, run / "config.yaml")]
     assert main([command, "--run", str(run), "--no-progress", "--preset", "demo", *extra]) == 2
@@ -434,7 +436,7 @@ TORCHRUN_TINY = [
     "classifier.regimes=[real]"]
 
 
-@pytest.mark.slow  # nine torchrun launches of two processes each: about 100 s on two free cores
+@pytest.mark.slow  # ten torchrun launches of two processes each: about 110 s on two free cores
 def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
     """`torchrun --nproc_per_node=2 -m neuroldm STAGE --run-dir R ...`, as the README and --help write it, for every
     command that takes --run-dir: the DDP stages train on both ranks, the others run on rank 0 alone."""
@@ -474,6 +476,9 @@ def test_every_stage_command_runs_under_torchrun_as_documented(tmp_path):
         "volume(s) written") == 1
     assert len(list((tmp_path / "s").glob("TLE_*.nii.gz"))) == 1
     assert torchrun("saliency", "--limit", "2").count("maps, figures and attributions.csv") == 1
+    scan = tmp_path / "bids" / "sub-00" / "anat" / "sub-00_T1w.nii.gz"
+    assert torchrun("counterfactual", "--input", str(scan), "--to", "HC", "--out", str(tmp_path / "cf")).count(
+        "counterfactual(s) to HC") == 1
 
 
 def test_run_and_n_stay_as_hidden_aliases(tmp_path, capsys):

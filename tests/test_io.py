@@ -75,6 +75,8 @@ NIFTI_WRITERS = {
     "neuroldm/vae/reconstruct.py": "tests/vae/test_vae_stage.py",  # reconstructions
     "neuroldm/vae/prior.py": "tests/vae/test_vae_stage.py",  # VAE prior samples
     "neuroldm/classify/saliency.py": "tests/classify/test_saliency.py",  # saliency maps and class means
+    "neuroldm/counterfactual/make.py": "tests/counterfactual/test_make.py",  # counterfactuals, differences
+    "neuroldm/counterfactual/cohort.py": "tests/counterfactual/test_cohort.py",  # the stage's reconstructions
 }
 
 

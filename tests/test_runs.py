@@ -33,6 +33,8 @@ GOLDEN = {
     "evaluation.metrics": "evaluation/metrics.json", "evaluation.closest_pairs_figure":
         "evaluation/closest_pairs.png", "evaluation.ladder_figure": "evaluation/realism_ladder.png",
     "saliency.summary": "saliency/summary.json", "saliency.attributions": "saliency/attributions.csv",
+    "counterfactual.summary": "counterfactual/summary.json",
+    "counterfactual.table": "counterfactual/counterfactuals.csv",
 }
 
 
@@ -69,6 +71,12 @@ def test_per_item_paths(tmp_path):
     assert run.saliency.map("saliency", "sub-01") == tmp_path / "saliency/saliency/sub-01.nii.gz"
     assert run.saliency.figure("gradient_shap", "sub-01") == tmp_path / "saliency/gradient_shap/figures/sub-01.png"
     assert run.evaluation.slice_fid_figure("TLE") == tmp_path / "evaluation/slice_fid_TLE.png"
+    cf = run.counterfactual
+    assert cf.reconstruction("sub-01") == tmp_path / "counterfactual/sub-01_reconstruction.nii.gz"
+    assert cf.volume("sub-01_to-HC") == tmp_path / "counterfactual/sub-01_to-HC.nii.gz"
+    assert cf.difference("sub-01_to-HC") == tmp_path / "counterfactual/sub-01_to-HC_difference.nii.gz"
+    assert cf.sidecar("sub-01_to-HC") == tmp_path / "counterfactual/sub-01_to-HC.json"
+    assert cf.figure("sub-01_to-HC") == tmp_path / "counterfactual/sub-01_to-HC.png"
     assert run.vae.reconstruction.volume("sub-01") == tmp_path / "vae/reconstruction/volumes/sub-01_recon.nii.gz"
     assert run.latents.volume("abc") == Path("volumes/abc.safetensors")
     assert run.prepared.volume("sub-01_k") == Path("volumes/sub-01_k.nii")

@@ -345,6 +345,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_counterfactual(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from neuroldm import runtime
+    from neuroldm.config import CounterfactualConfig
+    from neuroldm.counterfactual.make import counterfactuals_to_folder
+
+    cfg = _resolve(args, run=args.run)
+    given = {k: v for k, v in {"strength": args.strength, "method": args.method, "guidance": args.guidance,
+                               "seed": args.seed}.items() if v is not None}
+    try:  # the options override the config's counterfactual section and are checked as it is
+        ccfg = CounterfactualConfig.model_validate({**cfg.counterfactual.model_dump(), **given})
+    except ValidationError as e:
+        err = e.errors()[0]
+        raise ConfigError(f"--{err['loc'][0]}: {err['msg']} (got {err.get('input')!r})") from None
+    _RUN_LOG.open(args.run, args.argv, create=False)
+    result = counterfactuals_to_folder(args.run, args.input, args.out, args.to, ccfg, cfg.data,
+                                       source_label=args.source, device=runtime.resolve_device(args.device),
+                                       progress=not args.no_progress)
+    steps = result["timesteps"]
+    print(f"{result['n']} counterfactual(s) to {result['target']} by {ccfg.method} at strength {ccfg.strength:g} "
+          f"({f'from timestep {steps[0]}, {len(steps)} steps' if steps else 'no step: the reconstruction'}, "
+          f"guidance {ccfg.guidance:g}) in {result['seconds']:.1f} s: {result['folder']}")
+    return 0
+
+
 def _metric_line(report: dict, names=("auc_roc", "balanced_accuracy", "sensitivity", "specificity")) -> str:
     from neuroldm.metrics.interval import Interval
 
@@ -701,6 +727,37 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sample)
 
     p = sub.add_parser(
+        "counterfactual", parents=[common], formatter_class=_Formatter,
+        help="a real volume as it would look in another class",
+        description="Prepare each input as the run's cohort was (same grid and normalisation), encode it, take its "
+                    "posterior mean to the noise level of --strength (sdedit: forward noise; inversion: deterministic "
+                    "DDIM inversion), denoise it under class --to with classifier-free guidance and decode. Writes, "
+                    "on the input's prepared grid with its affine: the counterfactual, the input's reconstruction "
+                    "(the no-change reference), the difference map (counterfactual - reconstruction), a JSON "
+                    "sidecar and an overlay figure. Defaults come from the counterfactual.* settings. Every input "
+                    "is checked before anything is written.")
+    _run_dir_option(p, "run directory holding the VAE, the encoded latents and the diffusion model")
+    p.add_argument("--input", required=True,
+                   help="a NIfTI file, a folder of them, or a CSV/TSV with the cohort CSV's path column (optional "
+                        "subject, session and label columns: output names and the inputs' classes)")
+    p.add_argument("--to", required=True, help="target class name (e.g. HC, TLE) or index")
+    p.add_argument("--from", dest="source", default=None, metavar="CLASS",
+                   help="the inputs' class, which conditions an inversion (default: a CSV's label column, else the "
+                        "null class)")
+    p.add_argument("--strength", type=float, default=None,
+                   help="noise level to edit from, in (0, 1]: t = strength x T (default: counterfactual.strength)")
+    p.add_argument("--method", choices=("sdedit", "inversion"), default=None,
+                   help="sdedit: forward noise (seeded); inversion: deterministic DDIM inversion, DDIM back down "
+                        "(default: counterfactual.method)")
+    p.add_argument("--guidance", type=float, default=None,
+                   help="classifier-free guidance toward --to, 1 = none (default: counterfactual.guidance)")
+    p.add_argument("--seed", type=int, default=None, help="sdedit's noise (default: counterfactual.seed)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars (none when stderr is not a terminal)")
+    p.set_defaults(func=cmd_counterfactual)
+
+    p = sub.add_parser(
         "classify", parents=[common], formatter_class=_Formatter, help="train and test a 3D classifier",
         description="Train the classifier (classifier.* settings) on one data regime of the prepared cohort's "
                     "train split (real, synthetic[-R], mixed-R, subset-F), select on validation AUC with early "
@@ -796,10 +853,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "run", parents=[common], formatter_class=_Formatter, help="the whole pipeline in one run directory",
         description="Run prepare, train-vae (+ reconstruct), encode, train-diffusion, sample, classify-grid, "
-                    "evaluate, saliency and report in one run directory. A stage whose outputs are up to date with "
-                    "its settings and inputs is reused (as make does); an interrupted stage resumes. Prints the "
-                    "stages' wall times and the headline metrics, written to OUT/metrics.json. The cohort is "
-                    "pipeline.input (a BIDS folder, a CSV, or demo-cohort).")
+                    "evaluate, saliency, counterfactual and report in one run directory. A stage whose outputs are "
+                    "up to date with its settings and inputs is reused (as make does); an interrupted stage resumes. "
+                    "Prints the stages' wall times and the headline metrics, written to OUT/metrics.json. The cohort "
+                    "is pipeline.input (a BIDS folder, a CSV, or demo-cohort).")
     p.add_argument("config_file", nargs="?", metavar="CONFIG.yaml", default=None,
                    help="YAML settings (may name its own 'preset:'); same as --config")
     p.add_argument("--out", required=True, help="run directory")
@@ -809,7 +866,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "demo", parents=[common], formatter_class=_Formatter, help="the whole pipeline on the demo cohort, offline",
         description="Generate the demo cohort from the MNI152 template nilearn ships and run the whole pipeline on "
-                    "it with the demo preset, offline on the CPU (about 25 minutes on 2 cores; --quick: a few "
+                    "it with the demo preset, offline on the CPU (about 26 minutes on 2 cores; --quick: a few "
                     "minutes, only to see every stage work). --config and --set apply over the demo preset (and "
                     "--quick's settings); --preset can only be demo. OUT is a run directory that "
                     "`neuroldm sample --run-dir` and `neuroldm report` accept.")

@@ -439,6 +439,36 @@ class EvaluateConfig(Section):
         return v
 
 
+class CounterfactualConfig(Section):
+    """`neuroldm counterfactual` and the pipeline's counterfactual stage (`neuroldm.counterfactual`): a real volume
+    taken part of the way to noise and denoised under another class (`neuroldm.diffusion.edit`)."""
+
+    # the defaults are the demo's choice, made on its validation subjects (README); no paper-scale evidence yet
+    method: Literal["sdedit", "inversion"] = "inversion"  # inversion: deterministic DDIM inversion, DDIM back down
+    strength: float = Field(0.25, gt=0, le=1)  # noise level t = strength x T to edit from
+    strengths: list[float] = Field(default_factory=lambda: [0.25, 0.5, 0.75])  # the stage's sweep, for the report
+    guidance: float = Field(8.0, ge=0)  # classifier-free guidance toward the target class; 1: none
+    sampler: str = "dpm++"  # sdedit's sampler (a name of SAMPLERS); inversion denoises with ddim
+    steps: int = Field(20, ge=1)  # of the whole schedule: an edit of strength S takes floor(S x steps) of them
+    seed: int = 0  # sdedit's noise (the same for every input: an input's counterfactual depends on it alone)
+    split: Literal["train", "val", "test"] = "test"  # the stage's real subjects, each to every other class
+    batch_size: int = Field(8, ge=1)  # volumes edited together
+    top_fraction: float = Field(0.01, gt=0, le=1)  # ROI enrichment of the difference map, as for saliency
+    figures: int = Field(2, ge=0)  # the stage's overlay PNGs per direction (source -> target class)
+
+    @field_validator("sampler")
+    @classmethod
+    def _known_sampler(cls, v):
+        return get_sampler(v).name
+
+    @field_validator("strengths")
+    @classmethod
+    def _strengths(cls, v):
+        if any(not 0 < s <= 1 for s in v):
+            raise ValueError(f"every strength must be in (0, 1], got {v}")
+        return v
+
+
 class PipelineConfig(Section):
     """`neuroldm run` / `neuroldm demo`: the cohort and the choices that tie the stages together."""
 
@@ -481,6 +511,7 @@ class Config(Section):
     sample: SampleConfig = Field(default_factory=SampleConfig)
     classifier: ClassifierConfig = Field(default_factory=ClassifierConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    counterfactual: CounterfactualConfig = Field(default_factory=CounterfactualConfig)
     pipeline: PipelineConfig = Field(default_factory=PipelineConfig)
 
     def to_dict(self) -> dict[str, Any]:

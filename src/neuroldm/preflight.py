@@ -25,8 +25,9 @@ Where each rule lives:
   report            every key of pipeline.bars is a flat metric of metrics.json
   ================  ====================================================================================
 
-  The other stages (demo-cohort, prepare, encode, sample, saliency, report) need nothing beyond the config's
-  own validation: encode and sample use the models a run already holds, with the settings they were built with.
+  The other stages (demo-cohort, prepare, encode, sample, saliency, counterfactual, report) need nothing beyond the
+  config's own validation: encode, sample and counterfactual use the models a run already holds, with the settings
+  they were built with.
 
 What the DiT does *not* require, so is not checked: a patch that tiles the latent grid (`PatchEmbed3D` pads an
 axis that is not a multiple of the patch and crops the output) or a window that fits the token grid (`Attention`

@@ -21,6 +21,8 @@
                            predictions.csv, summary.json / .md / .html
       evaluation/          evaluate: metrics.json and figures
       saliency/            saliency: summary.json, attributions.csv, <method>/ maps and figures/
+      counterfactual/      counterfactual: per test subject its reconstruction and, at the default strength, its
+                           counterfactual, difference map, sidecar (a few figures); counterfactuals.csv, summary.json
 
 `neuroldm export RUN --out BUNDLE` writes a run's generator to a folder of its own (`BundleDir`), to sample from on
 another machine:
@@ -73,7 +75,7 @@ BUNDLE_MARKER = "bundle.json"  # a folder holding it is a bundle of `neuroldm ex
 # The stages of `neuroldm run`, in order. `neuroldm.pipeline.stages` defines one Stage per name (and checks the
 # order); the report and the summary read the order from here, or from the run's pipeline.json.
 STAGE_ORDER = ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample", "classify-grid",
-               "evaluate", "saliency", "report")
+               "evaluate", "saliency", "counterfactual", "report")
 
 
 def truncation_text(truncated: list[dict]) -> str:
@@ -471,6 +473,45 @@ class BundleDir(Folder):
 
 
 @dataclass(frozen=True)
+class CounterfactualDir(Folder):
+    """``neuroldm counterfactual`` (any folder) and the pipeline's counterfactual stage: per input its reconstruction,
+    per counterfactual (named by `neuroldm.counterfactual.make.counterfactual_name`) the volume, the difference map,
+    a JSON sidecar and an overlay figure; the stage adds counterfactuals.csv and summary.json."""
+
+    def reconstruction(self, name: str) -> Path:
+        """The input's reconstruction (its decoded posterior mean): the no-change reference."""
+        return self.root / f"{name}_reconstruction.nii.gz"
+
+    def volume(self, name: str) -> Path:
+        return self.root / f"{name}.nii.gz"
+
+    def difference(self, name: str) -> Path:
+        """Counterfactual minus reconstruction."""
+        return self.root / f"{name}_difference.nii.gz"
+
+    def sidecar(self, name: str) -> Path:
+        return self.root / f"{name}.json"
+
+    def figure(self, name: str) -> Path:
+        return self.root / f"{name}.png"
+
+    def figures(self) -> list[Path]:
+        return sorted(self.root.glob("*.png"))
+
+    @property
+    def table(self) -> Path:
+        """One row per counterfactual with its measures (every strength of the stage's sweep)."""
+        return self.root / "counterfactuals.csv"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def read_summary(self) -> dict | None:
+        return read_json(self.summary)
+
+
+@dataclass(frozen=True)
 class RunDir(Folder):
     """One run directory: every stage's folder and the run's own files."""
 
@@ -547,6 +588,10 @@ class RunDir(Folder):
     @property
     def saliency(self) -> SaliencyDir:
         return SaliencyDir(self.root / "saliency")
+
+    @property
+    def counterfactual(self) -> CounterfactualDir:
+        return CounterfactualDir(self.root / "counterfactual")
 
     # ---- readers -------------------------------------------------------------------------------------------
 

@@ -8,6 +8,8 @@ from monai.networks.schedulers import DDPMScheduler as MonaiDDPM
 from neuroldm.config import DiffusionConfig, SampleConfig
 from neuroldm.diffusion.process import diffusion_loss, make_sampler, sample_latents, snr, training_scheduler
 
+from denoisers import Oracle
+
 MONAI_SCHEDULES = {"linear": "linear_beta", "scaled_linear": "scaled_linear_beta"}
 
 
@@ -51,23 +53,6 @@ def test_ddpm_mean_equals_monai_at_the_last_step():
     # at t = 0 no noise is added, so the step is the posterior mean in both; 1 - alpha_bar_0 = 1e-4 in float32
     # differs between the two in the 4th digit, hence the tolerance
     torch.testing.assert_close(ours.step(eps, 0, x).prev_sample, ref.step(eps, 0, x)[0], rtol=1e-3, atol=1e-3)
-
-
-class Oracle(torch.nn.Module):
-    """The exact denoiser of a point mass at `target`: its epsilon or v for any x_t."""
-
-    def __init__(self, target, cfg):
-        super().__init__()
-        self.target, self.cfg = target, cfg
-        self.ac = training_scheduler(cfg).alphas_cumprod
-
-    def forward(self, x, t, y, force_drop=None):
-        a = self.ac[t].view(-1, 1, 1, 1, 1).to(x.dtype)
-        eps = (x - a.sqrt() * self.target) / (1 - a).sqrt()
-        return eps if self.cfg.prediction == "epsilon" else a.sqrt() * eps - (1 - a).sqrt() * self.target
-
-    def forward_with_cfg(self, x, t, y, guidance):
-        return self(x, t, y)
 
 
 @pytest.mark.parametrize("sampler,steps", [("ddim", 10), ("dpm++", 10), ("ddpm", 1)])  # ddpm: steps ignored

@@ -10,23 +10,10 @@ import pytest
 import torch
 
 from neuroldm.config import DiffusionConfig, SampleConfig
-from neuroldm.diffusion.dit import build_dit
 from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import SAMPLERS, Sampler, get_sampler
 
-SHAPE = (2, 4, 4, 4)  # (C, d, h, w)
-T = 50  # training timesteps: DDPM runs all of them, so few keep it fast; beta_end 0.2 ends near pure noise
-
-
-def tiny_model() -> torch.nn.Module:
-    """A tiny DiT whose every weight is seeded and non-zero (adaLN-Zero alone would make its output zero)."""
-    torch.manual_seed(0)
-    m = build_dit("tiny", SHAPE[1:], SHAPE[0], 2, patch=(2, 2, 2), window=None, class_dropout=0.1)
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for p in m.parameters():
-            p.add_(0.1 * torch.randn(p.shape, generator=g))
-    return m.eval()
+from denoisers import SHAPE, T, tiny_model
 
 
 def run_case(sampler: str, steps: int, guidance: float, guidance_interval, eta: float,

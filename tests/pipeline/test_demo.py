@@ -11,7 +11,8 @@ from neuroldm.evaluate.inception import find_inception
 
 REQUIRED = ("wall_seconds", "classifier.real.auc", "classifier.synthetic.auc", "synthetic.class_fidelity",
             "saliency.ig.roi_enrichment", "memorization.flagged", "fid.synthetic.overall",
-            "fid.real_baseline.overall", "vae.val.ssim",
+            "fid.real_baseline.overall", "vae.val.ssim", "counterfactual.validity", "counterfactual.identity",
+            "counterfactual.ssim_outside_roi", "counterfactual.roi_enrichment",
             # the realism ladder: the autoencoder's rungs and the readings of why
             "fid.reconstruction.overall", "fid.vae_prior.overall", "fid.synthetic.baseline_ratio",
             "sharpness.synthetic", "sharpness.reconstruction", "latent.std_ratio")
@@ -35,7 +36,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert 0 <= metrics["classifier.real.auc"] <= 1 and metrics["memorization.flagged"] >= 0
     pipeline = json.loads((run / "pipeline.json").read_text())
     assert all(s["state"] == "done" for s in pipeline["stages"].values())
-    assert [s["status"] for s in pipeline["last_invocation"]["stages"]] == ["ran"] * 10
+    assert [s["status"] for s in pipeline["last_invocation"]["stages"]] == ["ran"] * 11
 
     # synthetic volumes are NIfTI on the prepared grid with the cohort's affine
     samples = json.loads((run / "samples" / "samples.json").read_text())
@@ -55,7 +56,7 @@ def test_quick_demo_end_to_end(tmp_path, capsys):
     assert {s["name"]: s["status"] for s in again} == {
         "demo-cohort": "reused", "prepare": "reused", "train-vae": "reused", "encode": "reused",
         "train-diffusion": "reused", "sample": "reused", "classify-grid": "reused", "evaluate": "reused",
-        "saliency": "reused", "report": "ran"}
+        "saliency": "reused", "counterfactual": "reused", "report": "ran"}
 
     # the run directory is one that `neuroldm sample` accepts
     assert main(["sample", "--run", str(run), "--n", "1", "--label", "TLE", "--steps", "2", "--out",
@@ -89,7 +90,7 @@ def test_quick_demo_stopped_by_a_time_budget_says_so_then_completes(tmp_path, ca
     assert {s["name"]: s["status"] for s in pipeline["last_invocation"]["stages"]} == {
         "demo-cohort": "reused", "prepare": "reused", "train-vae": "ran", "encode": "ran",
         "train-diffusion": "ran", "sample": "ran", "classify-grid": "ran", "evaluate": "ran",
-        "saliency": "ran", "report": "ran"}
+        "saliency": "ran", "counterfactual": "ran", "report": "ran"}
     summary = json.loads((run / "vae" / "train_summary.json").read_text())
     assert (summary["steps"], summary["steps_this_run"], summary["truncated"]) == (6, 5, False)  # resumed
     assert json.loads((run / "metrics.json").read_text())["truncated_stages"] == []

@@ -142,7 +142,7 @@ def test_missing_input_fails_before_anything_runs(toy, tmp_path):
 
 def test_the_real_stage_order():
     assert STAGE_NAMES == ("demo-cohort", "prepare", "train-vae", "encode", "train-diffusion", "sample",
-                           "classify-grid", "evaluate", "saliency", "report")
+                           "classify-grid", "evaluate", "saliency", "counterfactual", "report")
 
 
 def test_partial_clean_keeps_what_does_not_depend_on_the_changed_stage(monkeypatch, tmp_path):

@@ -34,8 +34,9 @@ def test_bad_bars_are_one_line_errors():
 def test_a_config_replaces_the_presets_bars_whole():
     assert set(load_config("demo", None, []).pipeline.bars) == {
         "vae.val.ssim", "classifier.real.auc", "synthetic.class_fidelity", "classifier.synthetic.auc_ratio",
-        "saliency.ig.roi_enrichment", "memorization.flagged", "fid.synthetic.baseline_ratio",
-        "fid.reconstruction.baseline_ratio"}
+        "saliency.ig.roi_enrichment", "counterfactual.validity", "counterfactual.roi_enrichment",
+        "counterfactual.ssim_outside_roi", "counterfactual.identity", "memorization.flagged",
+        "fid.synthetic.baseline_ratio", "fid.reconstruction.baseline_ratio"}
     cfg = load_config("demo", None, ['pipeline.bars={vae.val.ssim: ">= 0.9"}'])
     assert cfg.pipeline.bars == {"vae.val.ssim": ">= 0.9"}
     preflight(load_config("demo", None, []), ["report"])  # the demo's own bars name real metrics

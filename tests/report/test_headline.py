@@ -3,7 +3,7 @@
 import json
 
 import pytest
-from report_run import ENRICHMENT, RECON, make_fake_run
+from report_run import CF_SSIM, CF_VALIDITY, ENRICHMENT, RECON, make_fake_run
 
 from neuroldm.metrics.interval import Interval
 from neuroldm.report.headline import KEYS, collect_metrics, write_metrics
@@ -45,6 +45,13 @@ def test_metrics_come_from_the_stage_outputs(fake):
     assert m["synthetic.class_difference.corr_training.n"] == 4
     assert m["real.class_difference.corr_training_heldout"] == cd["corr_training_heldout"]
     assert m["synthetic.class_difference.amplification"] == cd["amplification"]
+    # the counterfactual stage's numbers at its default strength, each with its interval and N
+    assert (m["counterfactual.validity"], m["counterfactual.validity.low"], m["counterfactual.validity.n"]) == \
+        (CF_VALIDITY.value, CF_VALIDITY.low, CF_VALIDITY.n)
+    assert (m["counterfactual.ssim_outside_roi"], m["counterfactual.ssim_outside_roi.high"]) == (CF_SSIM.value,
+                                                                                               CF_SSIM.high)
+    assert m["counterfactual.roi_enrichment"] == pytest.approx(10.3) and m["counterfactual.identity"] == 1.0
+    assert m["counterfactual.reversal"] == 0.443 and m["counterfactual.reversal.n"] == 12
 
 
 def test_the_realism_ladder_keys_come_from_the_evaluation(fake):

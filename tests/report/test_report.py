@@ -10,7 +10,7 @@ from neuroldm.metrics.interval import Interval
 from neuroldm.report import write_report
 from neuroldm.report.sections import SECTIONS, fmt
 
-from report_run import ENRICHMENT, RECON
+from report_run import CF_SSIM, CF_VALIDITY, ENRICHMENT, RECON
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 TITLES = [title for _, title, _, _ in SECTIONS]
@@ -33,7 +33,7 @@ def test_the_page_is_written_beside_the_run_with_every_section(fake_run, page):
     html, _ = page
     assert (fake_run[0] / "report.html").exists()
     for title in ["Summary", "Real vs synthetic", "Autoencoder", "Diffusion model", "Generative evaluation",
-                  "Classifier", "Saliency", "Configuration and software"]:
+                  "Classifier", "Saliency", "Counterfactuals", "Configuration and software"]:
         assert f"<h2>{title}</h2>" in html
     assert "Not run" not in html  # every stage of the fake run has its outputs
 
@@ -41,8 +41,9 @@ def test_the_page_is_written_beside_the_run_with_every_section(fake_run, page):
 def test_every_image_is_an_embedded_png(page):
     html, _ = page
     sources = re.findall(r'src="([^"]*)"', html)
-    # real vs synthetic, reconstruction, 3 training curves, 3 slice FID + closest pairs, 2 x (2 means + 2 subjects)
-    assert len(sources) == 1 + 1 + 3 + 4 + 8
+    # real vs synthetic, reconstruction, 3 training curves, 3 slice FID + closest pairs, 2 x (2 means + 2 subjects),
+    # 2 counterfactuals
+    assert len(sources) == 1 + 1 + 3 + 4 + 8 + 2
     assert len(sources) == html.count("<img ")
     for src in sources:
         assert src.startswith("data:image/png;base64,")
@@ -73,6 +74,9 @@ def test_key_numbers_appear_with_their_n_and_ci(page):
                      r"<td[^>]*>3.254 GB RSS, 11.5 GB CUDA</td>", html)
     assert re.search(r"<td>prepare</td>(<td[^>]*>[^<]*</td>){3}<td[^>]*>–</td><td[^>]*>0.812 GB RSS \(process "
                      r"peak\)</td>", html)
+    assert "91.7% [74.2%, 97.7%] (N=24)" in html and CF_VALIDITY.value == 0.9167  # a share, in percent
+    assert f"{fmt(CF_SSIM.value)} [{fmt(CF_SSIM.low)}, {fmt(CF_SSIM.high)}]" in html
+    assert "<td>strength 0.5</td>" in html and "<td>HC → TLE</td>" in html
 
 
 def test_class_difference_agreement_is_tabulated(fake_run, page):

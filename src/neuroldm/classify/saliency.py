@@ -70,9 +70,8 @@ from neuroldm.config import Config, SaliencyConfig
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest, reference_affine, reference_frame_code
 from neuroldm.errors import InputError, NeuroLDMError
+from neuroldm.evaluate.stats import bootstrap_mean_ci
 from neuroldm.io import atomic_path, read_frame_code, save_nifti_atomic, write_json_atomic
-from neuroldm.metrics.classification import bootstrap_ci
-from neuroldm.metrics.interval import BOOTSTRAP, Interval
 from neuroldm.names import UniqueNames
 from neuroldm.runs import SaliencyDir
 from neuroldm.viz.overlay import overlay_figure
@@ -153,17 +152,6 @@ def _volume_name(row: pd.Series, names: UniqueNames) -> str:
 def _peak_rss_gb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return rss / 2**30 if sys.platform == "darwin" else rss / 2**20  # bytes on macOS, KiB on Linux
-
-
-def _mean_ci(values: np.ndarray, seed: int) -> Interval:
-    """The mean of the finite `values` with a percentile-bootstrap 95% CI (NaN bounds below two values)."""
-    v = values[np.isfinite(values)]
-    if v.size == 0:
-        return Interval(math.nan, math.nan, math.nan, 0, BOOTSTRAP)
-    if v.size == 1:
-        return Interval(float(v[0]), math.nan, math.nan, 1, BOOTSTRAP)
-    # a bootstrap of the mean over subjects (labels are irrelevant here: one stratum)
-    return bootstrap_ci(np.zeros(v.size, int), v, lambda _, s: float(s.mean()), n=2000, seed=seed)
 
 
 def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | Path, cfg: Config, *,
@@ -253,9 +241,10 @@ def explain_cohort(model_path: str | Path, prepared: str | Path, out_dir: str | 
         if part["ig_delta"].notna().any():
             entry["ig_max_abs_delta"] = float(part["ig_delta"].max())
         if "enrichment" in part:
-            entry["enrichment"] = {"all": _mean_ci(part["enrichment"].to_numpy(float), 0).to_dict()}
+            entry["enrichment"] = {"all": bootstrap_mean_ci(part["enrichment"].to_numpy(float)).to_dict()}
             for label, sub in part.groupby("label"):
-                entry["enrichment"][classes[int(label)]] = _mean_ci(sub["enrichment"].to_numpy(float), 0).to_dict()
+                entry["enrichment"][classes[int(label)]] = \
+                    bootstrap_mean_ci(sub["enrichment"].to_numpy(float)).to_dict()
         summary["methods"][method] = entry
     write_json_atomic(out.summary, summary)
     return summary

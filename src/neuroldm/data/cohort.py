@@ -28,7 +28,8 @@ NIFTI_EXTENSIONS = (".nii.gz", ".nii")
 ENTITY_FILTERS = ("space", "desc", "acq", "run", "rec")  # the data.bids keys that select a T1w image
 
 
-def _read_table(path: Path, sep: str) -> pd.DataFrame:
+def read_table(path: Path, sep: str) -> pd.DataFrame:
+    """A CSV or TSV table with every value as text; an unreadable one is an `InputError` naming it."""
     try:
         # every value as text: labels such as "0"/"1" or "n/a" must not become numbers or NaN
         return pd.read_csv(path, sep=sep, dtype=str, keep_default_na=False).rename(columns=str.strip)
@@ -38,7 +39,8 @@ def _read_table(path: Path, sep: str) -> pd.DataFrame:
         raise InputError(path, f"not a readable {'TSV' if sep == chr(9) else 'CSV'} table ({e})") from None
 
 
-def _require_columns(table: pd.DataFrame, columns: list[str], path: Path) -> None:
+def require_columns(table: pd.DataFrame, columns: list[str], path: Path) -> None:
+    """Refuse a table that lacks any of `columns`, listing the ones it has."""
     missing = [c for c in columns if c not in table.columns]
     if missing:
         raise InputError(path, f"missing column{'s' if len(missing) > 1 else ''} {', '.join(map(repr, missing))}; "
@@ -133,9 +135,9 @@ def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
     """
     root = Path(root)
     tsv = root / "participants.tsv"
-    table = _read_table(tsv, "\t")
+    table = read_table(tsv, "\t")
     label_col = cfg.bids.label_column
-    _require_columns(table, ["participant_id", label_col, *cfg.covariates], tsv)
+    require_columns(table, ["participant_id", label_col, *cfg.covariates], tsv)
     if table.empty:
         raise InputError(tsv, "no rows: the table has a header but lists no participant")
     filters = _filters(cfg.bids)
@@ -168,9 +170,9 @@ def read_bids(root: str | Path, cfg: DataConfig) -> pd.DataFrame:
 def read_csv(path: str | Path, cfg: DataConfig) -> pd.DataFrame:
     """Rows of a cohort CSV (or TSV); relative image paths are relative to the table's folder."""
     path = Path(path)
-    table = _read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",")
+    table = read_table(path, "\t" if path.suffix.lower() == ".tsv" else ",")
     c = cfg.csv
-    _require_columns(table, [c.path_column, c.subject_column, c.label_column, *cfg.covariates], path)
+    require_columns(table, [c.path_column, c.subject_column, c.label_column, *cfg.covariates], path)
     if table.empty:
         raise InputError(path, "no rows: the table has a header but lists no image")
     rows = []

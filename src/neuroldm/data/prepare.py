@@ -101,19 +101,26 @@ def _roi_on_grid(path: Path, out_affine: np.ndarray, grid) -> np.ndarray:
                                     order=0, mode="constant", cval=0).astype(np.uint8)
 
 
+def prepare_file(path: str | Path, cfg: PrepareConfig) -> dict:
+    """One image file on the model grid (`prepare_volume`'s dict); a file that cannot be read, whose field of view
+    cannot hold the grid, or that has no foreground is an `InputError` naming it."""
+    data, affine = load_volume(path)
+    check_field_of_view(data.shape, affine, cfg, str(path))
+    try:
+        return prepare_volume(data, affine, cfg)
+    except ValueError as e:  # e.g. no foreground after resampling
+        raise InputError(path, f"cannot prepare: {e}") from None
+
+
 def _process(task: dict) -> dict:
     """Prepare one image; returns the manifest fields to set (or a ``reason``). Runs in a worker process."""
     cfg = PrepareConfig.model_validate(task["prepare"])
     source, out_dir = task["source"], Path(task["out_dir"])
     try:
-        data, affine = load_volume(source)
+        result = prepare_file(source, cfg)
         frame = read_frame_code(source)  # the prepared volume lies in the input's world, resampled
-        check_field_of_view(data.shape, affine, cfg, source)
-        result = prepare_volume(data, affine, cfg)
     except InputError as e:
         return {"reason": e.problem, "reason_path": e.path}
-    except ValueError as e:  # e.g. no foreground after resampling
-        return {"reason": f"cannot prepare: {e}", "reason_path": source}
     key = hashlib.sha256(f"{task['source_sha256']}{task['prep_hash']}".encode()).hexdigest()[:10]
     stem = safe_name("_".join(p for p in (task["subject"], task["session"]) if p))
     layout = PreparedDir(out_dir)

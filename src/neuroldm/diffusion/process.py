@@ -78,12 +78,20 @@ def sample_latents(model, cfg: DiffusionConfig, labels: torch.Tensor, noise: tor
     `generators` (one per sample) drive the stochastic samplers (DDPM, DDIM with eta > 0), so a sample depends
     only on its own seed, not on the batch it is drawn in. `progress` is called once per step.
     """
+    sched = make_sampler(cfg, scfg.sampler, scfg.steps)
+    return reverse_steps(model, sched, sched.timesteps, noise * sched.init_noise_sigma, labels, scfg,
+                         generators=generators, progress=progress)
+
+
+@torch.no_grad()
+def reverse_steps(model, sched, timesteps: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, scfg: SampleConfig,
+                  *, generators: list[torch.Generator] | None = None, progress=None) -> torch.Tensor:
+    """The reverse-process loop of `sample_latents` over `timesteps` of `sched` (all of them, or the tail that an
+    edit starts from: `neuroldm.diffusion.edit`), from `x` at the first of them; guidance as `sample_latents`."""
     spec = get_sampler(scfg.sampler)
-    sched = spec.make(cfg, scfg.steps)
-    x = noise * sched.init_noise_sigma
     step_args = {k: v for k, v in {"generator": generators, "eta": scfg.eta}.items() if k in spec.step_args}
     low, high = scfg.guidance_interval or (None, None)
-    for t in sched.timesteps:
+    for t in timesteps:
         tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         g = scfg.guidance if low is None or low <= int(t) <= high else 1.0
         out = model.forward_with_cfg(sched.scale_model_input(x, t), tt, labels, g)

@@ -69,6 +69,11 @@ class Generator:
             raise InputError(self.vae_file,
                              "the autoencoder changed after the latents were encoded; re-run encode and "
                              "train-diffusion")
+        trained_on = self.meta.get("vae_sha256")  # recorded by train-diffusion
+        if trained_on and trained_on != self.vae_meta["sha256"]:
+            raise InputError(self.dit_file,
+                             "the diffusion model was trained on the latents of another autoencoder than the run's; "
+                             "re-run encode and train-diffusion")
         self.classes: list[str] = list(self.meta["classes"])
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.space = LatentSpace.from_meta(self.meta)  # the factor training scaled by

@@ -23,6 +23,7 @@ from neuroldm.classify.grid import run_grid
 from neuroldm.classify.predict import load_classifier, predict_proba
 from neuroldm.classify.saliency import explain_cohort
 from neuroldm.config import Config
+from neuroldm.counterfactual.cohort import counterfactual_cohort
 from neuroldm.data.manifest import read_manifest
 from neuroldm.data.prepare import prepare_cohort
 from neuroldm.demo.cohort import make_demo_cohort
@@ -230,6 +231,15 @@ def _saliency(ctx: Context) -> dict:
     return {m: round(e["seconds_per_volume"], 2) for m, e in summary["methods"].items()}
 
 
+def _counterfactual(ctx: Context) -> dict:
+    summary = counterfactual_cohort(ctx.run, headline_classifier(ctx).root, ctx.layout.prepared.root,
+                                    ctx.layout.counterfactual.root, ctx.cfg, device=ctx.device, progress=ctx.progress)
+    default = summary["default"]
+    return {"n": default["validity"]["n"], "strengths": summary["strengths"],
+            "model_evaluations": summary["model_evaluations"], "validity": default["validity"]["value"],
+            "identity": default["identity"]["value"]}
+
+
 def _report(ctx: Context) -> dict:
     metrics = write_metrics(ctx.run, ctx.cfg.pipeline)  # the report shows it, so it is written first
     return {"file": str(write_report(ctx.run)), "metrics": len(metrics)}
@@ -256,8 +266,11 @@ STAGES: tuple[Stage, ...] = (
           ("prepare", "sample", "classify-grid", "encode"), _rel(L.evaluation.metrics), clean=_rel(L.evaluation)),
     Stage("saliency", _saliency, ("classifier.saliency", "pipeline.saliency_limit"), ("classify-grid",),
           _rel(L.saliency.summary), clean=_rel(L.saliency)),
-    Stage("report", _report, (), ("train-vae", "evaluate", "classify-grid", "saliency"), _rel(L.report),
-          always=True),
+    Stage("counterfactual", _counterfactual, ("counterfactual", "evaluate.memorization_downsample"),
+          ("prepare", "encode", "train-diffusion", "classify-grid"), _rel(L.counterfactual.summary),
+          clean=_rel(L.counterfactual)),
+    Stage("report", _report, (), ("train-vae", "evaluate", "classify-grid", "saliency", "counterfactual"),
+          _rel(L.report), always=True),
 )
 del L
 

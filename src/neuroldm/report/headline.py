@@ -47,6 +47,18 @@ KEYS: dict[str, str] = {
                                   "divided by the ROI's share of the grid (1 = chance; bootstrap CI)",
     "saliency.ixg.roi_enrichment": "the same ROI enrichment for Input x Gradient",
     "saliency.gradient_shap.roi_enrichment": "the same ROI enrichment for GradientSHAP",
+    "counterfactual.validity": "share of the held-out subjects' counterfactuals (each subject to the other class, "
+                               "default strength) the real-trained classifier assigns to the target class (Wilson "
+                               "CI; N: counterfactuals)",
+    "counterfactual.roi_enrichment": "ROI enrichment of their difference maps (counterfactual - reconstruction), as "
+                                     "for saliency (1 = chance; bootstrap CI)",
+    "counterfactual.ssim_outside_roi": "mean SSIM of counterfactual vs reconstruction over the windows centred "
+                                       "outside the ROI (normal CI)",
+    "counterfactual.identity": "share of counterfactuals whose nearest real volume of the cohort (image space) is "
+                               "their own source subject's (Wilson CI)",
+    "counterfactual.reversal": "mean intensity change (z units) in the lesion-side hippocampus when a subject of "
+                               "another class is edited to the reference class (TLE -> HC): > 0 reduces the "
+                               "lesion signal (normal CI; N: those counterfactuals)",
     "memorization.flagged": "synthetic volumes flagged as copies of a training volume (image or latent space)",
     "memorization.z_u": "Meehan's data-copying Z_U in image space (<< 0: copying; > 0: farther than real data)",
     "fid.synthetic.overall": "per-slice FID (mean over slice positions and axes) of synthetic vs reference real "
@@ -210,6 +222,12 @@ def collect_metrics(run: str | Path) -> dict:
             enr = (sal["methods"].get(method, {}).get("enrichment") or {}).get("all")
             if enr and enr.get("n"):
                 _put_interval(out, f"saliency.{short}.roi_enrichment", enr)
+
+    cf = run.counterfactual.read_summary()
+    if cf:
+        for key in ("validity", "roi_enrichment", "ssim_outside_roi", "identity", "reversal"):
+            if cf["default"].get(key, {}).get("n"):
+                _put_interval(out, f"counterfactual.{key}", cf["default"][key])
     return out
 
 
