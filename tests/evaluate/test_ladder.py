@@ -178,3 +178,20 @@ def test_blur_sigmas_must_increase():
         EvaluateConfig(blur_sigmas=(1.0, 0.5))
     with pytest.raises(ValueError, match="positive"):
         EvaluateConfig(blur_sigmas=(0.0, 1.0))
+
+
+def test_a_decoded_rung_is_made_once_and_handed_out_as_copies():
+    made = []
+
+    def load(key):
+        made.append(key)
+        return np.full((2, 3, 4), float(key), np.float32)
+
+    load_kept = ladder.kept(load, max_bytes=2 * 2 * 3 * 4 * 4)  # room for two volumes
+    first = load_kept(1)
+    first[:] = -1  # a reader that writes into its volume changes nothing kept
+    for key in (1, 2, 1, 2):
+        np.testing.assert_array_equal(load_kept(key), float(key))
+    assert made == [1, 2]
+    load_kept(3), load_kept(3)  # beyond the budget: made again each time
+    assert made == [1, 2, 3, 3]

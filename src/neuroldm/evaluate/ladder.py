@@ -94,31 +94,58 @@ class Autoencoder:
         mu, _ = encode_volume(self.model, x, self.cfg)
         return decode_volume(self.model, mu, self.cfg)[0, 0].float().cpu().numpy()
 
-    def prior_latent(self, seed: int, index: int) -> torch.Tensor:
-        """The `index`-th latent of `seed`'s draw: ``N(channel_mean, channel_std²)`` per channel, as
+    def prior_latents(self, seed: int, n: int) -> list[torch.Tensor]:
+        """The first `n` latents of `seed`'s draw: ``N(channel_mean, channel_std²)`` per channel, as
         ``neuroldm vae-sample`` draws them (one generator per seed, latents in order)."""
         g = torch.Generator().manual_seed(seed)
-        z = None
-        for _ in range(index + 1):
-            z = torch.randn(self.latent_shape, generator=g)
-        return z * self.channel_std[:, None, None, None] + self.channel_mean[:, None, None, None]
+        std, mean = self.channel_std[:, None, None, None], self.channel_mean[:, None, None, None]
+        return [torch.randn(self.latent_shape, generator=g) * std + mean for _ in range(n)]
+
+    def prior_latent(self, seed: int, index: int) -> torch.Tensor:
+        """The `index`-th latent of `seed`'s draw (`prior_latents`)."""
+        return self.prior_latents(seed, index + 1)[index]
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> np.ndarray:
         return decode_volume(self.model, z[None].to(self.device), self.cfg)[0, 0].float().cpu().numpy()
 
 
+CACHE_BYTES = 2 * 1024 ** 3  # decoded volumes kept for a rung's later reads (features, MS-SSIM pairs, sharpness)
+
+
+def kept(load: Callable[[object], np.ndarray], max_bytes: int = CACHE_BYTES) -> Callable[[object], np.ndarray]:
+    """`load`, with each volume it makes kept in memory (up to `max_bytes` in all; beyond, made again) and handed
+    out as a copy: a decoded rung is read by the slice features, the MS-SSIM pairs, the sharpness measure and the
+    figure, and decoding it again each time cost more than the rest of the ladder (the demo: ~4 decodes per
+    volume). Decoding is deterministic, so a kept volume equals a new one."""
+    store: dict = {}
+    used = 0
+
+    def load_kept(key) -> np.ndarray:
+        nonlocal used
+        if key in store:
+            return store[key].copy()
+        volume = load(key)
+        if used + volume.nbytes <= max_bytes:
+            store[key] = volume.copy()
+            used += volume.nbytes
+        return volume
+
+    return load_kept
+
+
 def reconstruction_source(vae: Autoencoder, paths: Sequence[str], ids: Sequence[str],
                           labels: Sequence[int]) -> VolumeSource:
-    """The posterior-mean reconstructions of the volumes at `paths`."""
+    """The posterior-mean reconstructions of the volumes at `paths` (each decoded once: `kept`)."""
     return VolumeSource(list(paths), list(ids), np.asarray(labels, int),
-                        lambda path: vae.reconstruct(load_prepared_volume(path)))
+                        kept(lambda path: vae.reconstruct(load_prepared_volume(path))))
 
 
 def prior_source(vae: Autoencoder, n: int, seed: int) -> VolumeSource:
-    """`n` decoded prior latents of `seed`'s draw (unconditional: no labels)."""
+    """`n` decoded prior latents of `seed`'s draw (unconditional: no labels; each decoded once: `kept`)."""
+    latents = vae.prior_latents(seed, n)
     return VolumeSource(list(range(n)), [f"prior_seed{seed}_{i:03d}" for i in range(n)], None,
-                        lambda i: vae.decode(vae.prior_latent(seed, int(i))))
+                        kept(lambda i: vae.decode(latents[int(i)])))
 
 
 # --------------------------------------------------------------------------------------------------------------
