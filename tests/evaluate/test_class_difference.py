@@ -150,7 +150,8 @@ def test_too_few_real_volumes_or_no_baseline_is_inconclusive(tmp_path, cohort):
     heldout = cohort["heldout"]
     tiny = (heldout[0][:4], heldout[1][:4])  # two per class: a CI, but not one to judge by
     res, c = _verdict(tmp_path, cohort, "training", synthetic=cohort["training"], heldout=tiny)
-    assert res["verdict"] == "inconclusive" and "too few real volumes per class (held-out 2" in res["why"]
+    assert res["verdict"] == c["verdict"] == "inconclusive"
+    assert "too few real volumes per class (held-out 2" in res["why"]
     res = class_difference(cohort["training"], heldout, cohort["training"], CLASSES)
     assert res["verdict"] == "inconclusive" and res["why"].startswith("no real baseline subjects")
     assert "excess_training_agreement" not in res["contrasts"]["TLE-HC"]
