@@ -84,3 +84,74 @@ def _read(path):
     import nibabel as nib
 
     return np.asarray(nib.load(path).dataobj, dtype=np.float32)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The verdict: each set's class difference is the effect plus the chance difference of its own subjects
+# --------------------------------------------------------------------------------------------------------------
+
+SUBJECT_SD = 0.6  # each subject's own deviation, voxel by voxel: its set's chance class difference comes from it
+
+
+@pytest.fixture(scope="module")
+def cohort(tmp_path_factory, maps):
+    """Training, held-out and validation (baseline) sets of 10 + 10 subjects of one population, and a training set
+    whose TLE group differs from its HC group by a planted chance pattern too."""
+    effect, chance = maps
+    tmp, rng = tmp_path_factory.mktemp("verdict"), np.random.default_rng(4)
+    return {name: _set(tmp, name, 10, effect + (chance * 0.7 if name == "planted" else 0), SUBJECT_SD, rng)
+            for name in ("training", "heldout", "baseline", "planted")}
+
+
+def _verdict(tmp_path, cohort, training, diff=None, synthetic=None, heldout=None):
+    synthetic = synthetic or _set(tmp_path, "syn", 10, diff, 0.1, np.random.default_rng(5))
+    res = class_difference(cohort[training], heldout or cohort["heldout"], synthetic, CLASSES,
+                           baseline=cohort["baseline"])
+    return res, res["contrasts"]["TLE-HC"]
+
+
+def test_a_copier_of_the_training_subjects_overfits_its_training_groups(tmp_path, cohort):
+    res, c = _verdict(tmp_path, cohort, "training", synthetic=cohort["training"])
+    excess = Interval.from_dict(c["excess_training_agreement"])
+    assert excess.low > 0.3 and (excess.n, excess.method) == (40, "jackknife")  # N: held-out + baseline volumes
+    assert c["corr_training"] == pytest.approx(1.0)
+    assert excess.value == pytest.approx((c["corr_training"] - c["corr_heldout"]["value"])
+                                         - (c["corr_baseline_training"] - c["corr_baseline_heldout"]))
+    assert (res["verdict"], c["verdict"]) == ("overfits-training-groups", "overfits-training-groups")
+    assert res["why"].startswith("the generator learned chance differences between its training groups")
+    assert "lower guidance" in res["why"] and c["n"]["baseline"] == [10, 10]
+
+
+def test_a_learner_of_the_effect_is_ok(tmp_path, cohort, maps):
+    res, c = _verdict(tmp_path, cohort, "training", diff=2 * maps[0])
+    excess = Interval.from_dict(c["excess_training_agreement"])
+    assert excess.low < 0 < excess.high and abs(excess.value) < 0.1
+    assert res["verdict"] == "ok"
+
+
+def test_a_generator_that_amplifies_a_planted_chance_difference_is_flagged(tmp_path, cohort, maps):
+    effect, chance = maps
+    res, c = _verdict(tmp_path, cohort, "planted", diff=2 * (effect + chance * 0.7))
+    assert c["amplification"] > 1.5 and Interval.from_dict(c["excess_training_agreement"]).low > 0
+    assert res["verdict"] == "overfits-training-groups"
+    assert f"guidance amplifies them (amplification {c['amplification']:.1f})" in res["why"]
+    # the same training set, a generator that learned only the effect: not flagged
+    assert _verdict(tmp_path, cohort, "planted", diff=2 * effect)[0]["verdict"] == "ok"
+
+
+def test_a_strong_difference_new_subjects_do_not_share_is_amplifies(tmp_path, cohort):
+    unrelated = np.random.default_rng(6).normal(0, 1, GRID)  # in neither training nor held-out subjects
+    res, c = _verdict(tmp_path, cohort, "training", diff=2 * unrelated)
+    assert c["amplification"] > 1.5 and c["corr_heldout"]["high"] < c["corr_baseline_heldout"]
+    assert res["verdict"] == "amplifies" and res["why"].startswith("guidance amplifies a class difference")
+
+
+def test_too_few_real_volumes_or_no_baseline_is_inconclusive(tmp_path, cohort):
+    heldout = cohort["heldout"]
+    tiny = (heldout[0][:4], heldout[1][:4])  # two per class: a CI, but not one to judge by
+    res, c = _verdict(tmp_path, cohort, "training", synthetic=cohort["training"], heldout=tiny)
+    assert res["verdict"] == c["verdict"] == "inconclusive"
+    assert "too few real volumes per class (held-out 2" in res["why"]
+    res = class_difference(cohort["training"], heldout, cohort["training"], CLASSES)
+    assert res["verdict"] == "inconclusive" and res["why"].startswith("no real baseline subjects")
+    assert "excess_training_agreement" not in res["contrasts"]["TLE-HC"]

@@ -93,7 +93,9 @@ class EvaluationSets:
     ``reference`` and ``heldout``: the real splits (at most ``max_volumes`` each); ``audited``: the synthetic volumes
     (at most ``max_volumes``) that the memorization audit, the class difference and the fidelity see;
     ``synthetic``: those the distribution metrics compare (``audited`` matched per class to the held-out counts with
-    ``match_n``); ``training``: the generator's training volumes, as ``training_set`` says.
+    ``match_n``); ``training``: the generator's training volumes, as ``training_set`` says; ``baseline``: real
+    volumes in neither the training nor the held-out set (the class-difference verdict's real baseline), as
+    ``baseline_set`` says (empty when the cohort has none).
     """
 
     reference: pd.DataFrame
@@ -104,6 +106,8 @@ class EvaluationSets:
     grid: tuple[int, ...]
     training: pd.DataFrame
     training_set: str
+    baseline: pd.DataFrame | None = None
+    baseline_set: str = ""
 
     def compared(self) -> dict[str, pd.DataFrame]:
         """The three sets the distribution metrics compare, by the name their features go under."""
@@ -139,8 +143,21 @@ def select_sets(real: str | Path, synthetic: str | Path, cfg: EvaluateConfig, re
     else:
         training = rows[rows["split"] == reference_split].reset_index(drop=True)
         training_set = f"real '{reference_split}' split (samples.json lists no training subjects)"
+    baseline, baseline_set = _baseline_rows(rows, training, held, cfg, reference_split, heldout_split)
     return EvaluationSets(reference=ref, heldout=held, samples=samples, audited=syn_all, synthetic=syn,
-                          grid=grid, training=training, training_set=training_set)
+                          grid=grid, training=training, training_set=training_set, baseline=baseline,
+                          baseline_set=baseline_set)
+
+
+def _baseline_rows(rows: pd.DataFrame, training: pd.DataFrame, held: pd.DataFrame, cfg: EvaluateConfig,
+                   reference_split: str, heldout_split: str) -> tuple[pd.DataFrame, str]:
+    """The class-difference verdict's real baseline: the first of the splits val, test, train that is neither the
+    reference nor the held-out split, without the generator's training and the held-out subjects (at most
+    ``max_volumes``, its own seeded draw so that the other sets' draws stay as they were)."""
+    split = next((s for s in ("val", "test", "train") if s not in (reference_split, heldout_split)), None)
+    part = rows[(rows["split"] == split) & ~rows["subject"].isin(set(training["subject"]) | set(held["subject"]))]
+    part = _subsample(part, cfg.max_volumes, np.random.default_rng([cfg.seed, 1]))
+    return part, f"real '{split}' split, without the generator's training subjects" if len(part) else ""
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -421,7 +438,10 @@ def class_difference_agreement(sets: EvaluationSets, classes: list[str], progres
     return class_difference((list(sets.training["path"]), list(sets.training["label"])),
                             (list(sets.heldout["path"]), list(sets.heldout["label"])),
                             (list(sets.audited["path"]), list(sets.audited["label"])), classes,
-                            progress=progress) | {"training_set": sets.training_set}
+                            baseline=(None if sets.baseline is None
+                                      else (list(sets.baseline["path"]), list(sets.baseline["label"]))),
+                            progress=progress) | {"training_set": sets.training_set,
+                                                  "baseline_set": sets.baseline_set}
 
 
 def synthetic_fidelity(sets: EvaluationSets, classes: list[str], predict: Predict | None) -> dict:
@@ -514,7 +534,8 @@ def evaluate(real: str | Path, synthetic: str | Path, out: str | Path, cfg: Eval
       (``samples.json`` ``train_subjects``);
     - ``class_difference``: `neuroldm.evaluate.class_difference.class_difference` of the generator's training
       volumes (as for memorization), the held-out and the audited synthetic volumes, plus ``training_set``
-      (``corr_heldout`` is an interval, jackknife on Fisher's z);
+      (``corr_heldout`` is an interval, jackknife on Fisher's z), with the real ``val`` subjects as the baseline of
+      its ``verdict`` (``excess_training_agreement``, an interval, jackknife) and ``baseline_set``;
     - ``fidelity``: `conditional_fidelity` with a classifier (the accuracy as an interval, Wilson, plus
       ``mean_p_requested`` and ``per_class``), else ``{"skipped"}``;
     - ``figures``: written file names.

@@ -13,6 +13,7 @@ computed (one value, one class) are NaN and are written as every other float of 
 - ``delong``: AUC ± z √var with DeLong's variance (DeLong, DeLong & Clarke-Pearson 1988);
 - ``bootstrap``: a percentile bootstrap interval;
 - ``jackknife-fisher-z``: a delete-one jackknife variance on Fisher's z scale, transformed back;
+- ``jackknife``: a delete-one jackknife variance, value ± 1.96 √var (a difference of correlations);
 - ``auc-score``: the score-type interval of an AUC (`neuroldm.metrics.classification.auc_score_interval`);
 - ``mover-wilson``: Wilson intervals of shares combined for their mean by MOVER (Zou & Donner 2008);
 - ``none``: not computed (the bounds are NaN).
@@ -29,6 +30,7 @@ WILSON = "wilson"
 DELONG = "delong"
 BOOTSTRAP = "bootstrap"
 JACKKNIFE_FISHER_Z = "jackknife-fisher-z"
+JACKKNIFE = "jackknife"
 AUC_SCORE = "auc-score"
 MOVER_WILSON = "mover-wilson"
 NONE = "none"

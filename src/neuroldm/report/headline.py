@@ -43,6 +43,14 @@ KEYS: dict[str, str] = {
                                                    "(what a generator that copies its training groups scores)",
     "synthetic.class_difference.amplification": "RMS of the synthetic class-difference map / that of the training "
                                                 "volumes (guidance makes it > 1)",
+    "synthetic.class_difference.excess_training_agreement": "[r(S,T) - r(S,H)] - [r(V,T) - r(V,H)]: how much more "
+                                                            "the synthetic class-difference map agrees with the "
+                                                            "training than the held-out map, beyond real validation "
+                                                            "subjects (V); jackknife CI; N: held-out + validation",
+    "synthetic.class_difference.verdict": "ok, overfits-training-groups (the excess CI above 0), amplifies "
+                                          "(amplification >= 1.5 and corr_heldout below real subjects') or "
+                                          "inconclusive (no validation subjects, or < 5 of a class); the cause in "
+                                          "evaluation/metrics.json class_difference.why",
     "saliency.ig.roi_enrichment": "Integrated Gradients: share of the top-1% attribution mass inside the ROI "
                                   "divided by the ROI's share of the grid (1 = chance; bootstrap CI)",
     "saliency.ixg.roi_enrichment": "the same ROI enrichment for Input x Gradient",
@@ -94,6 +102,8 @@ KEYS: dict[str, str] = {
 }
 # what the run promised or left undone, not what it measured (the CLI and the report say them apart)
 VERDICT_KEYS = ("quick", "bars", "bars_passed", "truncated_stages")
+# measured, but words, not numbers: shown with the numbers, never given a bar
+TEXT_KEYS = ("synthetic.class_difference.verdict",)
 
 # why a headline number has no interval (the report prints it in the interval's place)
 NO_INTERVAL: dict[str, str] = {
@@ -104,6 +114,7 @@ NO_INTERVAL: dict[str, str] = {
     "synthetic.class_difference.corr_training": "the generator's own training subjects: no sampling to bound",
     "real.class_difference.corr_training_heldout": "a reference for corr_heldout, not an estimate of it",
     "synthetic.class_difference.amplification": "a ratio of map norms; its spread is not estimated",
+    "synthetic.class_difference.verdict": "a verdict, read off the CI of the excess",
     "memorization.flagged": "a count of flagged volumes (the evaluation gives the share's Wilson interval)",
     "memorization.z_u": "a test statistic (Meehan et al. 2020), not an estimate",
     "fid.synthetic.overall": "FID is one distance between two sets, biased at small N: compare with the baseline",
@@ -207,6 +218,11 @@ def collect_metrics(run: str | Path) -> dict:
                  n=sum(first["n"]["training"]))
             _put(out, "real.class_difference.corr_training_heldout", first["corr_training_heldout"])
             _put(out, "synthetic.class_difference.amplification", first["amplification"])
+            if "excess_training_agreement" in first:
+                _put_interval(out, "synthetic.class_difference.excess_training_agreement",
+                              first["excess_training_agreement"])
+        if "verdict" in ev.get("class_difference", {}):  # the worst contrast's
+            out["synthetic.class_difference.verdict"] = ev["class_difference"]["verdict"]
         mem = ev.get("memorization", {})
         audits = [a for a in (mem.get("image"), mem.get("latent")) if a and "n_copies" in a]
         if audits:
@@ -239,10 +255,10 @@ def pipeline_order(keys) -> list[str]:
 
 def check_bar_keys(bars: dict[str, str]) -> None:
     """Every bar names a flat metric (one line listing them otherwise)."""
-    unknown = [k for k in bars if k not in KEYS or k in VERDICT_KEYS]
+    unknown = [k for k in bars if k not in KEYS or k in VERDICT_KEYS or k in TEXT_KEYS]
     if unknown:
         raise ConfigError(f"pipeline.bars: {', '.join(unknown)} is not a metric of metrics.json; bars can be set "
-                          f"on {', '.join(k for k in KEYS if k not in VERDICT_KEYS)}")
+                          f"on {', '.join(k for k in KEYS if k not in VERDICT_KEYS + TEXT_KEYS)}")
 
 
 def write_metrics(run: str | Path, pipeline: PipelineConfig | None = None) -> dict:

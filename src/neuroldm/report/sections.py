@@ -458,12 +458,24 @@ def _class_difference_rows(cd: dict) -> list[list[str]]:
     rows = []
     for name, c in cd.get("contrasts", {}).items():
         if "skipped" in c:
-            rows.append([name, f"skipped ({c['skipped']})", "–", "–", "–", "–"])
+            rows.append([name, f"skipped ({c['skipped']})", "–", "–", "–", "–", "–", "–"])
             continue
         n = c["n"]
+        excess = c.get("excess_training_agreement")
         rows.append([name, fmt(c["corr_training"]), fmt_interval(c["corr_heldout"]), fmt(c["corr_training_heldout"]),
-                     fmt(c["amplification"]), " / ".join(str(sum(n[k])) for k in ("training", "heldout", "synthetic"))])
+                     fmt(c["amplification"]), " / ".join(str(sum(n[k])) for k in ("training", "heldout", "synthetic")),
+                     fmt_interval(excess) if excess else "–", c.get("verdict", "–")])
     return rows
+
+
+def _class_difference_verdict(cd: dict) -> list[Block]:
+    """The verdict of the class-difference check in one line, a warning when it flags the generator."""
+    if "verdict" not in cd:
+        return []
+    text = f"Class-difference verdict: {cd['verdict']} ({cd.get('why', '')})."
+    base = f" Real baseline: {cd['baseline_set']}." if cd.get("baseline_set") else ""
+    flagged = cd["verdict"] in ("overfits-training-groups", "amplifies")
+    return [Note(text + base) if flagged else Paragraph(text + base)]
 
 
 def evaluation_blocks(run: RunDir) -> list[Block]:
@@ -529,12 +541,16 @@ def evaluation_blocks(run: RunDir) -> list[Block]:
     rows = _class_difference_rows(m.get("class_difference", {}))
     if rows:
         blocks.append(Table(["contrast", "synthetic vs training", "synthetic vs held-out [95% CI]",
-                             "real: training vs held-out", "amplification", "N (training / held-out / synthetic)"],
+                             "real: training vs held-out", "amplification", "N (training / held-out / synthetic)",
+                             "excess training agreement [95% CI]", "verdict"],
                             rows, "Class-difference agreement: correlation of the class-mean difference maps. A "
                                   "generator that learned the effect agrees with held-out subjects about as well as "
                                   "the training subjects do (real column); one that agrees with its training "
                                   "subjects far better than with held-out ones learned their chance differences, "
-                                  "and a classifier trained on its samples will not transfer"))
+                                  "and a classifier trained on its samples will not transfer. Excess: (synthetic "
+                                  "vs training − synthetic vs held-out) − the same for real validation subjects; "
+                                  "above 0 with its CI: overfits-training-groups"))
+        blocks += _class_difference_verdict(m.get("class_difference", {}))
     names = list(m.get("figures") or []) or sorted(p.name for p in folder.root.glob("*.png"))
     for name in names:
         path = folder / name
