@@ -3,6 +3,7 @@ tampered file, and carries a model card with the run's numbers."""
 
 import json
 import shutil
+from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -14,6 +15,7 @@ from neuroldm.config import load_config
 from neuroldm.diffusion.train import train_diffusion
 from neuroldm.diffusion.weights import load_dit, subjects_sha256
 from neuroldm.evaluate import memorization
+from neuroldm.export import shareable_config
 from neuroldm.io import save_weights_atomic, write_json_atomic
 from neuroldm.runs import RunDir, model_record
 from neuroldm.samples import read_sample_manifest
@@ -223,3 +225,29 @@ def test_the_model_card_says_what_the_run_lacks_or_missed(run, tmp_path):
     assert "| vae.val.ssim | 0.812 | [0.790, 0.835] | 2 | >= 0.85 | MISSED |" in text
     assert "| classifier.real.auc | 0.779 | – | – | >= 0.7 | met |" in text
     assert "- **Quality bars missed**: vae.val.ssim (pipeline.bars)." in text
+
+
+def test_no_local_path_leaves_in_the_bundle(run, bundle, tmp_path):
+    """Every byte of every bundle file searched for the run's folder (the autoencoder file once named its
+    checkpoint by absolute path); the config's file settings are emptied and its first line says which."""
+    where = str(Path(run).resolve()).encode()
+    found = [p.name for p in sorted(bundle.rglob("*")) if p.is_file() and where in p.read_bytes()]
+    assert found == []
+    header, _ = RunDir(run).vae.read_model_header()
+    assert json.loads(header["meta"])["checkpoint"] == "checkpoints/best.safetensors"
+
+    cfg = load_config(None, run / "config.yaml")
+    local = cfg.model_copy(update={
+        "pipeline": cfg.pipeline.model_copy(update={"input": "/home/someone/study/cohort.csv"}),
+        "vae": cfg.vae.model_copy(update={"perceptual_weights_path": "/home/someone/vgg16-397923af.pth"})})
+    config = tmp_path / "config.yaml"
+    config.write_text(local.to_yaml())
+    text = shareable_config(config)
+    assert "/home/someone" not in text
+    assert text.splitlines()[0] == ("# the run's config; local file settings emptied by neuroldm export: "
+                                    "pipeline.input, vae.perceptual_weights_path")
+    back = tmp_path / "back.yaml"
+    back.write_text(text)
+    shared = load_config(None, back)
+    assert shared.sample == cfg.sample and shared.vae.arch == cfg.vae.arch  # what sampling reads is untouched
+    assert shared.pipeline.input is None and shared.vae.perceptual_weights_path is None

@@ -7,7 +7,9 @@ last, records the sha256 of each. A half-written bundle has no manifest and is r
 
 No file names a subject: the diffusion model records only the sha256 of its training subjects' IDs (which stay in
 ``RUN/diffusion/train_subjects.json``), the latent statistics are a fixed list of aggregate keys (not the prepared
-cohort's location), and the card gives counts. A model file written before the IDs left it is refused here.
+cohort's location), and the card gives counts. A model file written before the IDs left it is refused here. Nor
+does a local path leave the machine: the bundle's config is the run's with its file settings (`LOCAL_PATHS`: the
+cohort, the weights files) emptied, and the autoencoder file names its checkpoint relative to itself.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import shutil
 from pathlib import Path
 
 from neuroldm.bundle import write_manifest
+from neuroldm.config import Config, load_config
 from neuroldm.diffusion.weights import LEGACY_SUBJECTS_KEY
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, verified_sha256, write_json_atomic, write_text_atomic
@@ -26,6 +29,22 @@ from neuroldm.runs import BundleDir, RunDir, model_record
 # the keys of latents.json a bundle keeps: what sampling and the card need, aggregates only
 LATENT_KEYS = ("scale_factor", "latent_shape", "reference_affine", "n", "n_train", "train_mean", "train_std",
                "channel_mean", "channel_std", "vae_sha256", "vae_arch")
+# the config's settings that name files of this machine: emptied in a bundle's config (sampling needs none)
+LOCAL_PATHS = (("pipeline", "input"), ("vae", "perceptual_weights_path"), ("evaluate", "inception_path"),
+               ("evaluate", "medicalnet_path"))
+
+
+def shareable_config(path: Path) -> str:
+    """The run's config at `path` as a bundle keeps it: every `LOCAL_PATHS` setting null, said in a first line."""
+    cfg = load_config(None, path).to_dict()
+    emptied = []
+    for section, key in LOCAL_PATHS:
+        if cfg.get(section, {}).get(key) is not None:
+            cfg[section][key] = None
+            emptied.append(f"{section}.{key}")
+    note = (f"# the run's config; local file settings emptied by neuroldm export: {', '.join(emptied)}\n"
+            if emptied else "# the run's config\n")
+    return note + Config.model_validate(cfg).to_yaml()
 
 
 def export_run(run: str | Path, out: str | Path) -> dict:
@@ -60,7 +79,7 @@ def export_run(run: str | Path, out: str | Path) -> dict:
             shutil.copyfile(source, tmp)
     write_json_atomic(bundle.latents, {**{k: latents[k] for k in LATENT_KEYS if k in latents},
                                        "grid": vae_meta.get("grid"), "spacing": vae_meta.get("spacing")})
-    write_text_atomic(bundle.config, run.config.read_text(encoding="utf-8"))
+    write_text_atomic(bundle.config, shareable_config(run.config))
     write_text_atomic(bundle.model_card, model_card(run, vae_sha256=vae_sha256, dit_sha256=dit_sha256))
     manifest = write_manifest(bundle, classes=list(dit_meta["classes"]),
                               train_subjects_sha256=dit_meta.get("train_subjects_sha256", ""))

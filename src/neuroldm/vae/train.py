@@ -133,6 +133,8 @@ def export_best(checkpoint: Path, cfg: Config, path: Path, *, grid: tuple[int, .
     state = load_state(checkpoint)
     model = build_vae(cfg.vae)
     model.load_state_dict(eval_weights(state))
+    # the checkpoint relative to the model file: no local path travels in a file that `neuroldm export` copies
+    where = checkpoint.relative_to(path.parent) if checkpoint.is_relative_to(path.parent) else checkpoint.name
     export_vae(model, cfg.vae, path, meta={"step": state["step"], "best": state["best"],
-                                           "checkpoint": str(checkpoint), "grid": [int(g) for g in grid],
+                                           "checkpoint": str(where), "grid": [int(g) for g in grid],
                                            "spacing": [float(s) for s in spacing]})
