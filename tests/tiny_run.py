@@ -22,11 +22,12 @@ TINY = ["prepare.spacing=[8,8,8]", "prepare.grid=[20,24,20]", "split.folds=0", "
 SUBJECTS = {f"sub-{i:02d}": "HC" if i % 2 else "TLE" for i in range(10)}  # subject -> group
 
 
-def encoded_run(root: Path) -> Path:
+def encoded_run(root: Path, settings: list[str] = TINY, extra_columns: dict[str, dict[str, str]] | None = None) -> Path:
     """``root/run``: the tiny cohort prepared (``root/prep``), the autoencoder trained and the cohort encoded, the
-    settings recorded in the run as its commands record them."""
-    cfg = load_config(None, None, TINY)
-    prepare_cohort(write_bids(root / "bids", SUBJECTS), root / "prep", cfg, progress=False)
+    settings recorded in the run as its commands record them; `extra_columns` of participants.tsv (covariates)."""
+    cfg = load_config(None, None, settings)
+    prepare_cohort(write_bids(root / "bids", SUBJECTS, extra_columns=extra_columns), root / "prep", cfg,
+                   progress=False)
     train_vae(root / "prep", root / "run", cfg, progress=False)
     encode_cohort(root / "run", root / "prep", progress=False)
     RunDir(root / "run").record_stage("encode", cfg, prepared=root / "prep")

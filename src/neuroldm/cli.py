@@ -303,10 +303,20 @@ def cmd_sample(args: argparse.Namespace) -> int:
     from neuroldm import runtime
     from neuroldm.bundle import open_bundle
     from neuroldm.config import SampleConfig
-    from neuroldm.diffusion.sample import sample_to_folder
+    from neuroldm.diffusion.conditions import parse_condition_args, read_conditions_table
+    from neuroldm.diffusion.sample import sample_table, sample_to_folder
 
-    if args.n < 1:
-        raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
+    if args.conditions is not None:
+        if args.label is not None or args.n is not None or args.condition:
+            raise ConfigError("--conditions FILE gives each volume's label and conditions; leave out --label, -n and "
+                              "--condition")
+        table = read_conditions_table(args.conditions)
+    else:
+        if args.label is None or args.n is None:
+            raise ConfigError("give --label and -n (or --conditions FILE)")
+        if args.n < 1:
+            raise ConfigError(f"--n {args.n}: the number of volumes must be at least 1")
+        conditions = parse_condition_args(args.condition) if args.condition else None
     if args.run is not None and BundleDir(args.run).is_bundle():  # nothing of a run's, run.log included, goes there
         raise InputError(args.run, "a bundle of `neuroldm export`, not a run directory: give it with --model")
     bundle = open_bundle(args.model) if args.model is not None else None  # every file checked before it is read
@@ -322,8 +332,12 @@ def cmd_sample(args: argparse.Namespace) -> int:
             from None
     if bundle is None:  # a bundle is left as it was exported
         _RUN_LOG.open(args.run, args.argv, create=False)
-    result = sample_to_folder(bundle or args.run, args.out, args.n, args.label, scfg, seed=args.seed,
-                              device=runtime.resolve_device(args.device), progress=not args.no_progress)
+    where = {"seed": args.seed, "device": runtime.resolve_device(args.device), "progress": not args.no_progress}
+    if args.conditions is not None:
+        result = sample_table(bundle or args.run, args.out, table, scfg, **where)
+    else:
+        result = sample_to_folder(bundle or args.run, args.out, args.n, args.label, scfg, conditions=conditions,
+                                  **where)
     print(f"{result['written']} {result['label']} volume(s) written, {result['skipped']} already there, in "
           f"{result['seconds']:.1f} s; manifest: {SampleDir(args.out).manifest}")
     return 0
@@ -705,12 +719,21 @@ def build_parser() -> argparse.ArgumentParser:
                     "there are skipped, so an interrupted run resumes. Defaults come from the sample.* settings "
                     "(of the run, or of the bundle). --model samples from a bundle of `neuroldm export` instead, "
                     "with no run directory: the same seed and settings give the same volumes, and samples.json "
-                    "lists no training subjects.")
+                    "lists no training subjects. A model trained with diffusion.conditions takes covariates: "
+                    "--condition NAME=VALUE for every volume, or --conditions FILE with one row per volume; "
+                    "without them each volume gets a training volume's covariates of its class, drawn with its "
+                    "seed (from a bundle: none, the null condition).")
     source = _run_dir_option(p, "run directory holding the VAE and diffusion models")
     source.add_argument("--model", metavar="BUNDLE", default=None,
                         help="folder written by `neuroldm export` (instead of --run-dir)")
-    _count_option(p, required=True)
-    p.add_argument("--label", required=True, help="class name (e.g. TLE, HC) or index")
+    _count_option(p)
+    p.add_argument("--label", default=None, help="class name (e.g. TLE, HC) or index (required without --conditions)")
+    p.add_argument("--condition", action="append", default=[], metavar="NAME=VALUE",
+                   help="a covariate of every volume, e.g. age=70 or sex=F (repeatable; the ones not given are null;"
+                        " none given: drawn from the training cohort of the class)")
+    p.add_argument("--conditions", default=None, metavar="FILE",
+                   help="CSV with one row per volume: a label column and one column per condition (empty: null); "
+                        "row i has seed SEED+i; replaces --label, -n and --condition")
     p.add_argument("--sampler", choices=tuple(SAMPLERS), default=None,
                    help="; ".join(f"{s.name}: {s.help}" for s in SAMPLERS.values()) + " (default: sample.sampler)")
     p.add_argument("--steps", type=int, default=None, help="sampling steps (default: sample.steps)")

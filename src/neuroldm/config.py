@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_serializer, model_validator
 
 from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.errors import ConfigError
@@ -283,6 +283,44 @@ def _positive_sizes(v: tuple[int, ...] | None, name: str) -> tuple[int, ...] | N
     return v
 
 
+# columns of a sample manifest (`neuroldm.samples.SAMPLE_COLUMNS`) and of the latents index, which a condition's
+# value column beside them must not shadow
+RESERVED_CONDITION_NAMES = ("sample", "path", "label", "label_name", "seed", "sampler", "steps", "guidance",
+                            "subject", "session", "split", "fold", "file", "data_sha256")
+
+
+class ConditionSpec(Section):
+    """One covariate the DiT is conditioned on (`diffusion.conditions`), read from the manifest column `name`.
+
+    ``continuous`` values are normalised to [0, 1] over `range` ``[lo, hi]``; ``categorical`` values are one of
+    `levels` (compared as text: ``1`` and ``"1"`` are the same level). A value outside the range or levels is an
+    error, in the training manifest as in a sampling request; an empty or ``n/a`` value is the null condition.
+    """
+
+    name: str = Field(min_length=1)
+    type: Literal["continuous", "categorical"]
+    range: tuple[float, float] | None = None  # continuous only
+    levels: list[str] | None = None  # categorical only
+
+    @field_validator("levels", mode="before")
+    @classmethod
+    def _levels_as_text(cls, v):
+        return [str(x) for x in v] if isinstance(v, (list, tuple)) else v
+
+    @model_validator(mode="after")
+    def _range_or_levels(self) -> ConditionSpec:
+        if self.name in RESERVED_CONDITION_NAMES:
+            raise ValueError(f"condition name {self.name!r} is a column of the sample manifest; rename the column")
+        if self.type == "continuous":
+            if self.range is None or not self.range[0] < self.range[1] or self.levels is not None:
+                raise ValueError(f"continuous condition {self.name!r} needs range: [lo, hi] with lo < hi (and no "
+                                 f"levels)")
+        elif not self.levels or len(set(self.levels)) != len(self.levels) or self.range is not None:
+            raise ValueError(f"categorical condition {self.name!r} needs levels: a list of distinct values (and no "
+                             f"range)")
+        return self
+
+
 class DiffusionConfig(Section):
     """The class-conditional 3D DiT and its DDPM training (`neuroldm train-diffusion`)."""
 
@@ -295,6 +333,8 @@ class DiffusionConfig(Section):
     shift_windows: bool = True  # shift the windows by half a window in every other block (Swin)
     global_every: int = Field(0, ge=0)  # every k-th block attends globally (0: none)
     class_dropout: float = Field(0.1, ge=0, lt=1)  # label dropout for classifier-free guidance
+    # covariates besides the class (neuroldm.diffusion.conditions); [] is the class-conditional model of before
+    conditions: list[ConditionSpec] = Field(default_factory=list)
     num_train_timesteps: int = Field(1000, ge=2)
     schedule: Literal["linear", "scaled_linear", "cosine"] = "linear"
     beta_start: float = Field(1e-4, gt=0)
@@ -311,6 +351,23 @@ class DiffusionConfig(Section):
     def _positive_patch_and_window(cls, v, info):
         # any positive size builds: the DiT pads a partial patch and cuts a window to the token grid
         return _positive_sizes(v, info.field_name)
+
+    @field_validator("conditions")
+    @classmethod
+    def _distinct_condition_names(cls, v):
+        names = [c.name for c in v]
+        if len(set(names)) != len(names):
+            raise ValueError(f"condition names must be distinct, got {names}")
+        return v
+
+    @model_serializer(mode="wrap")
+    def _no_empty_conditions(self, handler):
+        # without conditions the section dumps as it did before they existed: the model file's header, the
+        # sidecars and the pipeline's train-diffusion fingerprint of such a run stay byte for byte the same
+        data = handler(self)
+        if not self.conditions:
+            data.pop("conditions", None)
+        return data
 
 
 class SampleConfig(Section):

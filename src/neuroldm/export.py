@@ -10,6 +10,8 @@ No file names a subject: the diffusion model records only the sha256 of its trai
 cohort's location), and the card gives counts. A model file written before the IDs left it is refused here. Nor
 does a local path leave the machine: the bundle's config is the run's with its file settings (`LOCAL_PATHS`: the
 cohort, the weights files) emptied, and the autoencoder file names its checkpoint relative to itself.
+A model trained with `diffusion.conditions` is sampled from a bundle with the covariates given (or null): the
+training cohort's covariate rows, which sampling from a run draws from by default, do not leave the run.
 """
 
 from __future__ import annotations
@@ -61,7 +63,10 @@ def export_run(run: str | Path, out: str | Path) -> dict:
     vae_sha256 = verified_sha256(vae_file, model_record(vae_file))  # a damaged model is not exported
     dit_sha256 = verified_sha256(dit_file, model_record(dit_file))
     vae_meta = json.loads(run.vae.read_model_header()[0].get("meta", "{}"))
-    dit_meta = json.loads(run.diffusion.read_model_header()[0].get("meta", "{}"))
+    dit_header = run.diffusion.read_model_header()[0]
+    dit_meta = json.loads(dit_header.get("meta", "{}"))
+    # the covariates the model takes (the model file holds them too); a model without conditions records none
+    conditions = json.loads(dit_header.get("diffusion_config", "{}")).get("conditions") or []
     if LEGACY_SUBJECTS_KEY in dit_meta:
         raise InputError(dit_file, "lists its training subjects' IDs (written before they were kept out of model "
                                    "files), so it cannot leave the run; run `neuroldm train-diffusion` on the run "
@@ -82,7 +87,8 @@ def export_run(run: str | Path, out: str | Path) -> dict:
     write_text_atomic(bundle.config, shareable_config(run.config))
     write_text_atomic(bundle.model_card, model_card(run, vae_sha256=vae_sha256, dit_sha256=dit_sha256))
     manifest = write_manifest(bundle, classes=list(dit_meta["classes"]),
-                              train_subjects_sha256=dit_meta.get("train_subjects_sha256", ""))
+                              train_subjects_sha256=dit_meta.get("train_subjects_sha256", ""),
+                              **({"conditions": conditions} if conditions else {}))
     copied = manifest["files"]
     if (copied[bundle.vae.name], copied[bundle.diffusion.name]) != (vae_sha256, dit_sha256):
         bundle.manifest.unlink()

@@ -4,11 +4,14 @@ A sample folder holds one NIfTI per synthetic volume, a JSON sidecar per volume,
 atomically. A sidecar (``<sample>.json``) holds the volume's ``sample``, ``label``, ``label_name``, ``seed``, the
 sampling settings, ``checkpoint_sha256``, ``vae_sha256``, ``run``, ``diffusion_config``, and two provenance keys:
 ``"synthetic": true`` (no subject was scanned: BIDS has no key for this, so the name says it plainly) and
-``software_versions`` (`software_versions`: neuroldm, torch, monai, nibabel). The two folder files:
+``software_versions`` (`software_versions`: neuroldm, torch, monai, nibabel); a model with `diffusion.conditions`
+adds ``conditions`` (``{name: value or null}``) and ``conditions_source`` (``given``, ``training-cohort``: drawn
+from the training volumes of the class, or ``null``). The two folder files:
 
 - ``manifest.csv`` — one row per volume, columns `SAMPLE_COLUMNS`:
   ``sample`` (unique id, also the file stem), ``path`` (relative to the folder), ``label`` (class index),
-  ``label_name``, ``seed`` (of this volume), ``sampler``, ``steps``, ``guidance``;
+  ``label_name``, ``seed`` (of this volume), ``sampler``, ``steps``, ``guidance``; then, for a model with
+  conditions, one column per condition (empty: null);
 - ``samples.json`` — what made them: ``train_subjects`` (every subject the generator — VAE and diffusion model —
   was trained on; the classifier's leak guard reads it; empty when sampled from a bundle of `neuroldm export`,
   which names no subject), ``train_subjects_sha256`` (of those IDs, as the diffusion model records it),

@@ -122,7 +122,7 @@ def test_sample_options_override_the_config_section_and_are_validated(monkeypatc
 
     seen = []
 
-    def fake(run_dir, out, n, label, scfg, *, seed, device, progress):
+    def fake(run_dir, out, n, label, scfg, *, seed, device, progress, conditions=None):
         seen.append(scfg)
         return {"written": n, "skipped": 0, "label": label, "seconds": 0.0}
 

@@ -1,8 +1,9 @@
-"""Embeddings of the 3D DiT: patches, fixed 3D sin-cos positions, timesteps and class labels.
+"""Embeddings of the 3D DiT: patches, fixed 3D sin-cos positions, timesteps, class labels and covariates.
 
 Follows DiT (Peebles & Xie 2023, ``models.py``) in 3D: the position embedding splits the channels in three and
 gives each axis its own 1D sin-cos code, the timestep goes through a 256-d sinusoid and an MLP, and the class
-table has one extra row, the null class, used for classifier-free guidance.
+table has one extra row, the null class, used for classifier-free guidance. Covariates (`diffusion.conditions`)
+have their own embedders, each with a null entry (`CovariateEmbedder`).
 """
 
 from __future__ import annotations
@@ -110,6 +111,59 @@ class LabelEmbedder(nn.Module):
         if force_drop is not None:
             labels = torch.where(force_drop, torch.full_like(labels, self.null_class), labels)
         elif self.training and self.dropout > 0:
-            drop = torch.rand(labels.shape[0], device=labels.device) < self.dropout
-            labels = torch.where(drop, torch.full_like(labels, self.num_classes), labels)
+            labels = torch.where(self.training_drop(labels), torch.full_like(labels, self.num_classes), labels)
         return self.table(labels)
+
+    def training_drop(self, labels: torch.Tensor) -> torch.Tensor:
+        """The training dropout's draw: which of `labels` become the null class."""
+        return torch.rand(labels.shape[0], device=labels.device) < self.dropout
+
+
+class CovariateEmbedder(nn.Module):
+    """Covariates ``(B, K)`` (`neuroldm.diffusion.conditions.encode`: NaN = null) to one vector ``(B, hidden)``, the
+    sum of one embedding per condition, each with a learned null embedding.
+
+    A continuous value in [0, 1] goes through fixed Fourier features ``sin/cos(2^k·π·x)``, k < `frequencies`
+    (Tancik et al. 2020), and a two-layer MLP, as the timestep does: a scalar fed straight into a linear layer can
+    only move the conditioning vector along one line, so the effect of age would be linear; the features let a
+    small MLP bend it (e.g. atrophy speeding up late in life) while the lowest frequency keeps neighbouring ages
+    close. The highest frequency resolves 1/2^frequencies of the range (2 years over 0-100 at 6). A categorical
+    value indexes a table with one extra row, the null level, as the class table does.
+
+    In training each condition is replaced by null with probability `dropout`, independently of the others, so
+    any of them can be left unspecified at sampling; `force_drop` (a bool mask ``(B,)``) nulls every condition of
+    the chosen rows (the class label's dropout and classifier-free guidance's unconditional branch).
+    """
+
+    def __init__(self, kinds: Sequence[int], hidden: int, dropout: float, frequencies: int = 6):
+        """`kinds`: per condition, 0 for continuous or its number of levels (categorical)."""
+        super().__init__()
+        self.kinds, self.dropout = [int(k) for k in kinds], dropout
+        self.register_buffer("freqs", math.pi * 2.0 ** torch.arange(frequencies, dtype=torch.float32),
+                             persistent=False)
+        self.embedders = nn.ModuleList()
+        for levels in self.kinds:
+            if levels:
+                self.embedders.append(nn.Embedding(levels + 1, hidden))
+            else:
+                self.embedders.append(nn.ModuleDict({
+                    "mlp": nn.Sequential(nn.Linear(2 * frequencies, hidden), nn.SiLU(), nn.Linear(hidden, hidden)),
+                    "null": nn.Embedding(1, hidden)}))
+
+    def forward(self, values: torch.Tensor, force_drop: torch.Tensor | None = None) -> torch.Tensor:
+        null = torch.isnan(values)
+        if force_drop is not None:
+            null = null | force_drop[:, None]
+        if self.training and self.dropout > 0:
+            null = null | (torch.rand(values.shape, device=values.device) < self.dropout)
+        out = 0
+        for k, (levels, emb) in enumerate(zip(self.kinds, self.embedders)):
+            drop, v = null[:, k], values[:, k]
+            if levels:
+                idx = torch.where(drop, torch.full_like(v, levels), torch.nan_to_num(v)).long()
+                out = out + emb(idx)
+            else:
+                x = torch.nan_to_num(v).float()[:, None] * self.freqs[None]
+                feats = torch.cat([torch.sin(x), torch.cos(x)], dim=-1).to(emb["null"].weight.dtype)
+                out = out + torch.where(drop[:, None], emb["null"].weight[0].expand(v.shape[0], -1), emb["mlp"](feats))
+        return out

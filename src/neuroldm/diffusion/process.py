@@ -35,16 +35,22 @@ def snr(scheduler: DDPMScheduler, t: torch.Tensor) -> torch.Tensor:
     return (ac / (1 - ac)).float()
 
 
+def _cond(covariates: torch.Tensor | None) -> dict:
+    """The covariates keyword of a model call: none for a model without conditions."""
+    return {} if covariates is None else {"covariates": covariates}
+
+
 def prediction_error(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: torch.Tensor, y: torch.Tensor,
-                     t: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
-    """Per-sample MSE ``(B,)`` of the model's prediction (epsilon or v) for ``x0`` noised with `noise` at `t`."""
+                     t: torch.Tensor, noise: torch.Tensor, covariates: torch.Tensor | None = None) -> torch.Tensor:
+    """Per-sample MSE ``(B,)`` of the model's prediction (epsilon or v) for ``x0`` noised with `noise` at `t`;
+    `covariates` ``(B, K)`` for a model with conditions (`neuroldm.diffusion.conditions.encode`)."""
     xt = scheduler.add_noise(x0, noise, t)
     target = noise if cfg.prediction == "epsilon" else scheduler.get_velocity(x0, noise, t)
-    return (model(xt, t, y).float() - target.float()).pow(2).flatten(1).mean(1)
+    return (model(xt, t, y, **_cond(covariates)).float() - target.float()).pow(2).flatten(1).mean(1)
 
 
 def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: torch.Tensor, y: torch.Tensor,
-                   generator: torch.Generator | None = None) -> torch.Tensor:
+                   generator: torch.Generator | None = None, covariates: torch.Tensor | None = None) -> torch.Tensor:
     """Mean over the batch of the (optionally min-SNR weighted) MSE of the prediction at a random timestep.
 
     ε-prediction targets the noise; v-prediction targets ``v = sqrt(ab)·ε − sqrt(1 − ab)·x0``. Min-SNR-γ
@@ -53,7 +59,7 @@ def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: to
     b = x0.shape[0]
     t = torch.randint(0, cfg.num_train_timesteps, (b,), device=x0.device, generator=generator)
     noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
-    per_sample = prediction_error(model, scheduler, cfg, x0, y, t, noise)
+    per_sample = prediction_error(model, scheduler, cfg, x0, y, t, noise, covariates)
     if cfg.min_snr_gamma:
         s = snr(scheduler, t)
         clipped = s.clamp(max=cfg.min_snr_gamma)
@@ -63,9 +69,11 @@ def diffusion_loss(model, scheduler: DDPMScheduler, cfg: DiffusionConfig, x0: to
 
 @torch.no_grad()
 def sample_latents(model, cfg: DiffusionConfig, labels: torch.Tensor, noise: torch.Tensor, scfg: SampleConfig, *,
-                   generators: list[torch.Generator] | None = None, progress=None) -> torch.Tensor:
-    """Run the reverse process of `scfg`'s sampler from `noise` ``(B, C, d, h, w)`` for class `labels` ``(B,)``;
-    returns ``x0`` in the diffusion model's (scaled) latent space.
+                   generators: list[torch.Generator] | None = None, progress=None,
+                   covariates: torch.Tensor | None = None) -> torch.Tensor:
+    """Run the reverse process of `scfg`'s sampler from `noise` ``(B, C, d, h, w)`` for class `labels` ``(B,)``
+    (and `covariates` ``(B, K)`` for a model with conditions, NaN = null); returns ``x0`` in the diffusion model's
+    (scaled) latent space.
 
     Classifier-free guidance ``scfg.guidance`` applies at every step, or with ``scfg.guidance_interval``
     ``(low, high)`` only at training timesteps ``low <= t <= high``; the other steps use the plain conditional
@@ -94,7 +102,7 @@ def reverse_steps(model, sched, timesteps: torch.Tensor, x: torch.Tensor, labels
     for t in timesteps:
         tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
         g = scfg.guidance if low is None or low <= int(t) <= high else 1.0
-        out = model.forward_with_cfg(sched.scale_model_input(x, t), tt, labels, g)
+        out = model.forward_with_cfg(sched.scale_model_input(x, t), tt, labels, g, **_cond(covariates))
         x = sched.step(out, t, x, **step_args).prev_sample
         if progress is not None:
             progress()

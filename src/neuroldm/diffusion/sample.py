@@ -9,6 +9,14 @@ with the cohort's reference affine, with a JSON sidecar beside it (marked synthe
 volumes whose files exist (writes are atomic, so an existing file is a finished one) and rewrites the manifest over
 every volume in the folder.
 
+A model trained with `diffusion.conditions` takes covariates (`neuroldm.diffusion.conditions`): given for every
+volume (`sample_to_folder`'s `conditions`, ``--condition``), per volume (`sample_table`, ``--conditions FILE``), or,
+by default, a training volume's of the same class drawn with the volume's seed, so the synthetic cohort keeps the
+real one's joint distribution of covariates per class (from a bundle, which holds no subject's covariates: null).
+The sidecar records ``conditions`` and ``conditions_source`` (given, training-cohort or null) and the manifest has
+a column per condition. The file name does not hold the conditions, so a finished volume is skipped only when it
+was sampled with the conditions asked for now. A model without conditions writes exactly what it wrote before.
+
 `generate` is the Python API: latents or decoded volumes as tensors, no files.
 """
 
@@ -16,9 +24,10 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -27,10 +36,11 @@ from tqdm.auto import tqdm
 
 from neuroldm.bundle import Bundle, open_bundle
 from neuroldm.config import DiffusionConfig, SampleConfig
+from neuroldm.diffusion.conditions import check_request, draw_training_row, encode, training_values
 from neuroldm.diffusion.process import sample_latents
 from neuroldm.diffusion.samplers import get_sampler
 from neuroldm.diffusion.weights import load_dit, load_train_subjects, read_dit
-from neuroldm.errors import InputError
+from neuroldm.errors import ConfigError, InputError
 from neuroldm.io import ALIGNED_ANAT, save_nifti_atomic, write_json_atomic
 from neuroldm.names import safe_name
 from neuroldm.runs import BundleDir, RunDir, SampleDir
@@ -77,6 +87,7 @@ class Generator:
         self.classes: list[str] = list(self.meta["classes"])
         self.latent_shape = tuple(self.meta["latent_shape"])
         self.space = LatentSpace.from_meta(self.meta)  # the factor training scaled by
+        self._train_rows: tuple[list[int], list[dict]] | None = None
 
     def train_subjects(self) -> list[str]:
         """The IDs of the subjects the model was trained on: the run's list (checked against the sha256 the model
@@ -100,13 +111,43 @@ class Generator:
 
     @torch.no_grad()
     def latents(self, labels: Sequence[int], seeds: Sequence[int], scfg: SampleConfig,
-                progress=None) -> torch.Tensor:
+                progress=None, conditions: Sequence[Mapping[str, Any]] | None = None) -> torch.Tensor:
         """VAE latents ``(B, C, d, h, w)`` (unscaled, ready to decode) for `labels` and `seeds`, sampled as `scfg`
-        says."""
+        says; `conditions`: each volume's checked covariates (`check_request`) for a model with conditions (None:
+        all null)."""
         noise, gens = self.initial_noise(seeds)
         y = torch.tensor([int(v) for v in labels], device=self.device)
-        z = sample_latents(self.dit, self.cfg, y, noise, scfg, generators=gens, progress=progress)
+        cov = None
+        if self.cfg.conditions:
+            cov = encode(self.cfg.conditions, conditions or [{}] * len(seeds)).to(self.device)
+        z = sample_latents(self.dit, self.cfg, y, noise, scfg, generators=gens, progress=progress, covariates=cov)
         return self.space.unscale(z)
+
+    def training_conditions(self, label: int) -> list[dict]:
+        """The checked covariates of the run's training volumes of class `label` (the latents index's train split,
+        what the model trained on); none for a bundle, which holds no subject's covariates."""
+        if self.kind == "bundle" or not self.cfg.conditions:
+            return []
+        if self._train_rows is None:
+            path = RunDir(self.source).latents.index
+            index = pd.read_csv(path, dtype=str, keep_default_na=False)
+            index = index[index["split"] == "train"]
+            self._train_rows = (index["label"].astype(int).tolist(),
+                                training_values(self.cfg.conditions, index, path))
+        labels, rows = self._train_rows
+        return [r for y, r in zip(labels, rows) if y == label]
+
+    def volume_conditions(self, label: int, seed: int, given: dict | None) -> tuple[dict, str]:
+        """``(conditions, where they came from)`` of one volume: `given` ("given"), else a training volume's of
+        its class drawn with its seed ("training-cohort"), else all null ("null": a bundle, or no such volume)."""
+        if not self.cfg.conditions:
+            return {}, ""
+        if given is not None:
+            return dict(given), "given"
+        rows = self.training_conditions(label)
+        if rows:
+            return draw_training_row(rows, seed), "training-cohort"
+        return {c.name: None for c in self.cfg.conditions}, "null"
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -114,11 +155,14 @@ class Generator:
 
 
 def generate(source: str | Path | Bundle, labels: Sequence[str | int], seeds: Sequence[int],
-             scfg: SampleConfig | None = None, *, decode: bool = True, device: str = "cpu") -> torch.Tensor:
+             scfg: SampleConfig | None = None, *, decode: bool = True, device: str = "cpu",
+             conditions: Sequence[Mapping[str, Any]] | None = None) -> torch.Tensor:
     """Synthetic volumes ``(B, 1, D, H, W)`` (or latents with ``decode=False``) for `labels`, one per seed, sampled
-    as `scfg` says (default: `SampleConfig`'s defaults), from a run or a bundle (`Generator`)."""
+    as `scfg` says (default: `SampleConfig`'s defaults), from a run or a bundle (`Generator`); `conditions`: one
+    ``{name: value}`` per volume for a model with conditions (None or a name left out: null)."""
     gen = Generator(source, device)
-    z = gen.latents([gen.label_index(v) for v in labels], seeds, scfg or SampleConfig())
+    checked = None if conditions is None else [check_request(gen.cfg.conditions, c) for c in conditions]
+    z = gen.latents([gen.label_index(v) for v in labels], seeds, scfg or SampleConfig(), conditions=checked)
     return gen.decode(z) if decode else z
 
 
@@ -139,16 +183,43 @@ def steps_taken(scfg: SampleConfig, cfg: DiffusionConfig) -> SampleConfig:
 
 
 def sample_to_folder(source: str | Path | Bundle, out: str | Path, n: int, label: str | int, scfg: SampleConfig, *,
-                     seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+                     seed: int = 0, device: str = "cpu", progress: bool = True,
+                     conditions: Mapping[str, Any] | None = None) -> dict:
     """Write `n` volumes of class `label` to `out` (skipping finished ones), ``scfg.batch_size`` at a time, from a
     run or a bundle (`Generator`); returns a summary.
 
+    `conditions` (``{name: value}``, for a model with `diffusion.conditions`): the covariates of every volume, the
+    ones not named null. None: each volume's covariates are a training volume's of that class, drawn with the
+    volume's seed (`neuroldm.diffusion.conditions.draw_training_row`), so the synthetic cohort has the real one's
+    joint distribution; from a bundle, which holds no subject's covariates, they are all null.
+
     samples.json lists the run's training subjects; from a bundle it lists none (the evaluation then audits
     memorization against the real training split, and the classifier's leak guard refuses the samples)."""
-    out = SampleDir(out)
     gen = Generator(source, device)
     idx = gen.label_index(label)
-    name = gen.classes[idx]
+    given = None if conditions is None else check_request(gen.cfg.conditions, conditions)
+    return _write_samples(gen, out, [(idx, seed + i, given) for i in range(n)], scfg, progress=progress)
+
+
+def sample_table(source: str | Path | Bundle, out: str | Path, table: Sequence[tuple[str | int, Mapping[str, Any]]],
+                 scfg: SampleConfig, *, seed: int = 0, device: str = "cpu", progress: bool = True) -> dict:
+    """One volume per row of `table` (``(label, {condition: value})``, `neuroldm.diffusion.conditions
+    .read_conditions_table`), row i with seed ``seed + i``; the conditions a row leaves out or empty are null."""
+    gen = Generator(source, device)
+    items = []
+    for i, (label, values) in enumerate(table):
+        try:
+            items.append((gen.label_index(label), seed + i, check_request(gen.cfg.conditions, values)))
+        except (ConfigError, InputError) as e:
+            raise ConfigError(f"conditions row {i + 1}: {e.problem if isinstance(e, InputError) else e}") from None
+    return _write_samples(gen, out, items, scfg, progress=progress)
+
+
+def _write_samples(gen: Generator, out: str | Path, items: list[tuple[int, int, dict | None]], scfg: SampleConfig,
+                   *, progress: bool) -> dict:
+    """Sample and write ``(class index, seed, conditions or None to draw them)`` items not yet in `out`."""
+    out = SampleDir(out)
+    names = [gen.classes[idx] for idx, _, _ in items]
     scfg = steps_taken(scfg, gen.cfg)
     info = {"train_subjects": gen.train_subjects(),
             "train_subjects_sha256": gen.meta.get("train_subjects_sha256", ""), "classes": gen.classes,
@@ -160,30 +231,37 @@ def sample_to_folder(source: str | Path | Bundle, out: str | Path, n: int, label
     affine = np.asarray(gen.latent_info["reference_affine"], dtype=np.float64)
     versions = software_versions()
     frame = int(gen.latent_info.get("reference_frame_code", ALIGNED_ANAT))  # latents encoded before it was recorded
-
-    def stem_of(s: int) -> str:
-        return sample_name(name, scfg, s)
-
-    seeds = [seed + i for i in range(n)]
-    todo = [s for s in seeds if not _done(out, stem_of(s))]
+    # (class, seed, stem, conditions, where they came from); a model without conditions records none
+    todo, n = [], len(items)
+    for (idx, s, given), name in zip(items, names):
+        conds, origin = gen.volume_conditions(idx, s, given)
+        stem = sample_name(name, scfg, s)
+        if _done(out, stem):
+            _check_same_conditions(out, stem, conds)
+        else:
+            todo.append((idx, s, stem, conds, origin))
+    label_names = ", ".join(dict.fromkeys(names))
     per_volume = scfg.steps
     bar = tqdm(total=n * per_volume, initial=(n - len(todo)) * per_volume, unit="step", disable=not progress,
-               desc=f"sample {name}", dynamic_ncols=True)
+               desc=f"sample {label_names}", dynamic_ncols=True)
     start = time.perf_counter()
     try:
         for b in range(0, len(todo), scfg.batch_size):
             chunk = todo[b:b + scfg.batch_size]
-            z = gen.latents([idx] * len(chunk), chunk, scfg, progress=partial(bar.update, len(chunk)))
-            _check_finite(z, gen.dit_file, "sampled latents", chunk)
+            seeds = [s for _, s, _, _, _ in chunk]
+            z = gen.latents([idx for idx, *_ in chunk], seeds, scfg, progress=partial(bar.update, len(chunk)),
+                            conditions=[c for *_, c, _ in chunk])
+            _check_finite(z, gen.dit_file, "sampled latents", seeds)
             vols = gen.decode(z)
-            _check_finite(vols, gen.vae_file, "decoded volumes", chunk)
+            _check_finite(vols, gen.vae_file, "decoded volumes", seeds)
             scaled = gen.space.scale(z).float().flatten(2)  # the diffusion model's units, before decoding
-            for s, vol, zs in zip(chunk, vols, scaled):
-                stem = stem_of(s)
+            for (idx, s, stem, conds, origin), vol, zs in zip(chunk, vols, scaled):
+                name = gen.classes[idx]
                 meta = {"sample": stem, "label": idx, "label_name": name, "seed": s,
                         # per-channel statistics of this volume's generated latent (the realism ladder's dispersion)
                         "latent_mean": zs.mean(1).tolist(), "latent_std": zs.std(1, correction=0).tolist(),
                         **scfg.model_dump(mode="json", exclude={"batch_size"}),
+                        **({"conditions": conds, "conditions_source": origin} if gen.cfg.conditions else {}),
                         "checkpoint_sha256": info["checkpoint_sha256"], "vae_sha256": info["vae_sha256"],
                         gen.kind: info[gen.kind], "diffusion_config": gen.cfg.model_dump(mode="json"),
                         "synthetic": True, "software_versions": versions}
@@ -193,8 +271,18 @@ def sample_to_folder(source: str | Path | Bundle, out: str | Path, n: int, label
     finally:
         bar.close()
         _write_manifest(out, info)
-    return {"n": n, "written": len(todo), "skipped": n - len(todo), "label": name,
+    return {"n": n, "written": len(todo), "skipped": n - len(todo), "label": label_names,
             "seconds": round(time.perf_counter() - start, 2), "folder": str(out.root)}
+
+
+def _check_same_conditions(out: SampleDir, stem: str, conds: dict) -> None:
+    """A finished volume is skipped only when it has the conditions asked for now (its name does not hold them)."""
+    if not conds:
+        return
+    old = json.loads(out.sidecar(stem).read_text()).get("conditions")
+    if old != conds:
+        raise InputError(out.sidecar(stem), f"{stem} was sampled with conditions {old}, now {conds} are asked for; "
+                                            f"use a new --out folder or another --seed")
 
 
 def _check_finite(values: torch.Tensor, model: Path, what: str, seeds: list[int]) -> None:
@@ -224,6 +312,9 @@ def _write_manifest(out: SampleDir, info: dict) -> None:
         meta = json.loads(sidecar.read_text())
         volume = out.volume(meta.get("sample"))
         if volume.exists():
-            rows.append({**{k: meta[k] for k in SAMPLE_COLUMNS if k != "path"}, "path": volume.name})
+            conds = {k: "" if v is None else v for k, v in (meta.get("conditions") or {}).items()}
+            rows.append({**{k: meta[k] for k in SAMPLE_COLUMNS if k != "path"}, "path": volume.name, **conds})
     if rows:
-        write_sample_manifest(out.root, pd.DataFrame(rows)[SAMPLE_COLUMNS], info)
+        frame = pd.DataFrame(rows)
+        write_sample_manifest(out.root, frame[SAMPLE_COLUMNS + [c for c in frame.columns if c not in SAMPLE_COLUMNS]],
+                              info)

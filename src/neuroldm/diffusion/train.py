@@ -6,6 +6,10 @@ uncertainty as augmentation, as the seed did) and scales it into the diffusion m
 have unit variance. Validation: the same loss on the validation latents at fixed timesteps and fixed noise (a
 deterministic number, comparable across steps). Sampling uses the EMA weights of the last step (the seed sampled
 with the raw weights), exported to ``RUN/diffusion/model.safetensors``.
+
+With `diffusion.conditions`, each latent's covariates come from the latents index (the manifest's covariate
+columns, `neuroldm.diffusion.conditions.training_values`): a missing value is that subject's null condition, and
+a value outside a condition's range or levels stops training with the subject named.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ import torch
 from torch.utils.data import Dataset
 
 from neuroldm.config import Config, DiffusionConfig
+from neuroldm.diffusion.conditions import encode, training_values
 from neuroldm.diffusion.process import diffusion_loss, prediction_error, training_scheduler
 from neuroldm.diffusion.weights import dit_from_config, export_dit, save_train_subjects
 from neuroldm.errors import InputError
@@ -30,17 +35,21 @@ log = logging.getLogger(__name__)
 
 
 class LatentDataset(Dataset):
-    """Items ``{"mu", "sigma", "label"}`` of a `LatentSet`; the posterior sample is drawn in the loss."""
+    """Items ``{"mu", "sigma", "label"}`` of a `LatentSet` (and ``"covariates"`` ``(K,)`` when given, the rows of
+    `neuroldm.diffusion.conditions.encode`); the posterior sample is drawn in the loss."""
 
-    def __init__(self, latents: LatentSet):
-        self.latents = latents
+    def __init__(self, latents: LatentSet, covariates: torch.Tensor | None = None):
+        self.latents, self.covariates = latents, covariates
 
     def __len__(self) -> int:
         return len(self.latents.labels)
 
     def __getitem__(self, item) -> dict:
         i = item[0] if isinstance(item, tuple) else item  # the engine's items are (index, epoch)
-        return {"mu": self.latents.mu[i], "sigma": self.latents.sigma[i], "label": self.latents.labels[i]}
+        item = {"mu": self.latents.mu[i], "sigma": self.latents.sigma[i], "label": self.latents.labels[i]}
+        if self.covariates is not None:
+            item["covariates"] = self.covariates[i]
+        return item
 
 
 class DiffusionObjective:
@@ -57,7 +66,8 @@ class DiffusionObjective:
 
     def __call__(self, ctx: StepContext, batch: dict) -> dict:
         model = ctx.module("model")
-        return {"loss": diffusion_loss(model, self.scheduler, self.cfg, self.latents(batch), batch["label"])}
+        return {"loss": diffusion_loss(model, self.scheduler, self.cfg, self.latents(batch), batch["label"],
+                                       covariates=batch.get("covariates"))}
 
     @torch.no_grad()
     def validation_loss(self, model: torch.nn.Module, data: LatentDataset, device: torch.device,
@@ -71,10 +81,11 @@ class DiffusionObjective:
             batch = {k: torch.stack([it[k] for it in items]) for k in items[0]}
             x0 = self.latents(batch, g).to(device)
             y = batch["label"].to(device)
+            cov = batch["covariates"].to(device) if "covariates" in batch else None
             for t in ts:
                 noise = torch.randn(x0.shape, generator=g).to(device)
                 tt = torch.full((x0.shape[0],), int(t), device=device, dtype=torch.long)
-                total += float(prediction_error(model, self.scheduler, self.cfg, x0, y, tt, noise).sum())
+                total += float(prediction_error(model, self.scheduler, self.cfg, x0, y, tt, noise, cov).sum())
                 n += x0.shape[0]
         return total / n
 
@@ -88,6 +99,13 @@ def class_names(latents: LatentSet, cfg: Config) -> list[str]:
                                                         f"data.classes is {names}; train with the classes the "
                                                         f"cohort was prepared with")
     return names
+
+
+def condition_rows(latents: LatentSet, cfg: DiffusionConfig, where: Path) -> torch.Tensor | None:
+    """The network's covariates ``(N, K)`` of `latents`, from their index (`where`); None without conditions."""
+    if not cfg.conditions:
+        return None
+    return encode(cfg.conditions, training_values(cfg.conditions, latents.index, where))
 
 
 def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
@@ -111,9 +129,10 @@ def train_diffusion(run_dir: str | Path, cfg: Config, *, resume: bool = True,
     torch.manual_seed(tcfg.seed)
     model = dit_from_config(dcfg, latent_shape, len(classes))
     objective = DiffusionObjective(dcfg, train.space)
-    val_set = LatentDataset(val) if val is not None else None
+    val_set = LatentDataset(val, condition_rows(val, dcfg, layout.latents.index)) if val is not None else None
     counts = torch.bincount(train.labels, minlength=len(classes)).float()
-    trainer = Trainer(model, tcfg, out, dataset=LatentDataset(train), loss_fn=objective,
+    train_set = LatentDataset(train, condition_rows(train, dcfg, layout.latents.index))
+    trainer = Trainer(model, tcfg, out, dataset=train_set, loss_fn=objective,
                       validate=(lambda t: {"loss": objective.validation_loss(t.eval_module(), val_set,
                                                                              t.world.device)})
                       if val_set is not None else None,

@@ -1,8 +1,8 @@
 """The trained diffusion model as one file: ``RUN/diffusion/model.safetensors`` (EMA weights + what built them).
 
-The file carries the `DiffusionConfig`, the latent shape and channel count, the class names and the latent scale
-factor, so `neuroldm sample` rebuilds exactly the trained network and scales latents as training did
-(`neuroldm.vae.latent_space.LatentSpace.from_meta`).
+The file carries the `DiffusionConfig` (with its `conditions`, against which `neuroldm sample` checks a request),
+the latent shape and channel count, the class names and the latent scale factor, so `neuroldm sample` rebuilds
+exactly the trained network and scales latents as training did (`neuroldm.vae.latent_space.LatentSpace.from_meta`).
 
 It names no subject: the IDs of the training subjects stay in the run (``RUN/diffusion/train_subjects.json``,
 `save_train_subjects`) and the file records their sha256 (``train_subjects_sha256``, `subjects_sha256`), so that
@@ -33,7 +33,8 @@ def dit_from_config(cfg: DiffusionConfig, latent_shape, num_classes: int) -> DiT
     c, *spatial = (int(s) for s in latent_shape)
     return build_dit(cfg.model, spatial, c, num_classes, patch=cfg.patch, window=cfg.window,
                      shift_windows=cfg.shift_windows, global_every=cfg.global_every,
-                     class_dropout=cfg.class_dropout, grad_checkpointing=cfg.train.grad_checkpointing)
+                     class_dropout=cfg.class_dropout, grad_checkpointing=cfg.train.grad_checkpointing,
+                     conditions=[(c.name, len(c.levels or ())) for c in cfg.conditions])
 
 
 def subjects_sha256(subjects: Iterable[str]) -> str:

@@ -11,7 +11,8 @@ accumulated in float64. It is stored in ``latents.json`` and every later stage r
 
 Layout: ``RUN/latents/volumes/<key>.safetensors`` (``mu``, ``sigma``; ``(C, d, h, w)`` float32) per volume,
 keyed by the volume's content and the autoencoder's file hash so a re-run skips what is done; ``index.csv``
-(one row per volume: subject, session, label, split, fold, file); ``latents.json``.
+(one row per volume: subject, session, label, split, fold, file, and the manifest's covariate columns,
+`data.covariates`, which `diffusion.conditions` read); ``latents.json``.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from neuroldm.data.dataset import load_prepared_volume
-from neuroldm.data.manifest import read_manifest, reference_affine, reference_frame_code
+from neuroldm.data.manifest import MANIFEST_COLUMNS, read_manifest, reference_affine, reference_frame_code
 from neuroldm.errors import InputError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.runs import PreparedDir, RunDir
@@ -61,7 +62,8 @@ def encode_cohort(run_dir: str | Path, prepared: str | Path, *, device: str = "c
             with atomic_path(out / rel) as tmp:
                 save_file({"mu": mu[0].float().cpu().contiguous(), "sigma": sigma[0].float().cpu().contiguous()},
                           str(tmp))
-    index = rows.assign(file=files)[INDEX_COLUMNS]
+    covariates = [c for c in rows.columns if c not in MANIFEST_COLUMNS]  # none: the index of before
+    index = rows.assign(file=files)[INDEX_COLUMNS + covariates]
     with atomic_path(out.index) as tmp:
         index.to_csv(tmp, index=False)
     train = index[index["split"] == "train"]
@@ -122,7 +124,10 @@ def load_latents(run_dir: str | Path, splits: tuple[str, ...] | None = None) -> 
     """The latents of `splits` (all when None), with the stored scale factor."""
     out = RunDir(run_dir).latents
     info = out.read_info()
-    index = pd.read_csv(out.index, dtype={"session": str}, keep_default_na=False)
+    columns = pd.read_csv(out.index, nrows=0).columns
+    # covariates as text, as the manifest holds them (a level "1" stays "1", not 1.0)
+    index = pd.read_csv(out.index, dtype={"session": str, **{c: str for c in columns if c not in INDEX_COLUMNS}},
+                        keep_default_na=False)
     if splits is not None:
         index = index[index["split"].isin(splits)].reset_index(drop=True)
     if index.empty:
