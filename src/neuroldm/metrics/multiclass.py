@@ -153,7 +153,8 @@ def multiclass_report(labels, probs, classes: list[str], n_bootstrap: int = 2000
 def paired_macro_auc_test(labels, probs_a, probs_b, n_bootstrap: int = 2000, seed: int = 0) -> dict:
     """Two classifiers scored on the same subjects: ``auc_a``, ``auc_b`` (macro), ``diff`` (a − b), its paired
     stratified bootstrap ``se``, ``z`` and two-sided normal ``p`` (1 when the bootstrap differences do not vary),
-    and ``per_class``: DeLong's paired test of each one-vs-rest AUC (`paired_delong`)."""
+    and ``per_class``: DeLong's paired test of each one-vs-rest AUC (`paired_delong`; None for a class with fewer
+    than two subjects in it or outside it)."""
     y, a = check_multiclass(labels, probs_a)
     _, b = check_multiclass(labels, probs_b)
     if a.shape != b.shape:
@@ -174,7 +175,8 @@ def paired_macro_auc_test(labels, probs_a, probs_b, n_bootstrap: int = 2000, see
     per_class = []
     for c in range(a.shape[1]):
         pos = (y == c).astype(int)
-        per_class.append(paired_delong(pos, a[:, c], b[:, c]) if 0 < pos.sum() < pos.size else None)
+        # DeLong's covariance needs two subjects on each side (a sample covariance of placement values)
+        per_class.append(paired_delong(pos, a[:, c], b[:, c]) if 2 <= pos.sum() <= pos.size - 2 else None)
     return {"auc_a": auc_a, "auc_b": auc_b, "diff": diff, "se": se, "z": z, "p": p, "n_bootstrap": int(draws.size),
             "per_class": per_class}
 
