@@ -211,6 +211,7 @@ def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame, metrics: tuple[st
         "ΔAUC vs real": ["–" if math.isnan(d) else f"{d:+.3f}" for d in pooled["diff_vs_real"]],
         "p (paired DeLong)": ["–" if math.isnan(p) else f"{p:.3g}" for p in pooled["p_vs_real"]]})
     if classes is not None and len(classes) > 2:
+        per_run = per_run.rename(columns={LABELS["auc_roc"]: "AUC macro"})
         tests = tests.rename(columns={"pooled AUC [95% CI, score]": "pooled macro AUC [95% CI, bootstrap]",
                                       "p (paired DeLong)": "p (paired bootstrap)"})
         for c in classes:

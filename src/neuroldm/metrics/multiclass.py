@@ -10,7 +10,9 @@ is used for them, so the binary numbers do not depend on this module.
 - **Macro AUC**: the unweighted mean of the K one-vs-rest AUCs (sklearn's ``roc_auc_score(multi_class="ovr",
   average="macro")``). Its CI is a percentile **stratified subject bootstrap** (subjects resampled with
   replacement within each true class, class counts fixed), since the K one-vs-rest AUCs share subjects and their
-  covariance is not DeLong's (each uses a different split into positives and negatives).
+  covariance is not DeLong's (each uses a different split into positives and negatives). With very few subjects
+  in a class (one or two test subjects) a stratified bootstrap barely varies that class, so the interval and the
+  paired test below are too narrow: read them at realistic N only.
 - **Balanced accuracy**: the mean per-class recall, with the MOVER interval of a mean of independent shares (Zou &
   Donner 2008) built from the K recalls' Wilson intervals — the K-class form of
   `neuroldm.metrics.classification.balanced_accuracy_interval`.
