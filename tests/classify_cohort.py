@@ -46,13 +46,13 @@ def make_cohort(root):
     return root / "prep"
 
 
-def write_samples(cohort, folder, train_subjects, per_class=8, seed=0):
+def write_samples(cohort, folder, train_subjects, per_class=8, seed=0, classes=("HC", "TLE")):
     """Synthetic volumes: noisy copies of the prepared training volumes, with a sample manifest."""
     rows = read_manifest(cohort)
     rng = np.random.default_rng(seed)
     affine = np.eye(4)
     out = []
-    for label, name in enumerate(["HC", "TLE"]):
+    for label, name in enumerate(classes):
         pool = rows[(rows["label"] == label) & (rows["split"] == "train")]
         for i in range(per_class):
             src = pool.iloc[i % len(pool)]

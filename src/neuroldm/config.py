@@ -101,16 +101,29 @@ class CsvColumns(Section):
     session_column: str = "session"  # used when the CSV has it
 
 
+# raw value -> class name; the seed data labelled TLE subjects by side ("left"/"right")
+DEFAULT_LABEL_MAP = {"HC": "HC", "TLE": "TLE", "left": "TLE", "right": "TLE"}
+
+
 class DataConfig(Section):
     """Cohort labels: raw label values are mapped to class names; a class's index in `classes` is its label."""
 
     classes: list[str] = Field(default_factory=lambda: ["HC", "TLE"], min_length=2)
-    # raw value -> class name; the seed data labelled TLE subjects by side ("left"/"right")
-    label_map: dict[str, str] = Field(
-        default_factory=lambda: {"HC": "HC", "TLE": "TLE", "left": "TLE", "right": "TLE"})
+    label_map: dict[str, str] = Field(default_factory=lambda: dict(DEFAULT_LABEL_MAP))
     bids: BidsColumns = Field(default_factory=BidsColumns)
     csv: CsvColumns = Field(default_factory=CsvColumns)
     covariates: list[str] = Field(default_factory=list)  # extra columns copied into the manifest
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_map_follows_the_classes(cls, data: object) -> object:
+        """The default map is for the default classes: with other classes (``[HC, TLE-L, TLE-R]``) its entries whose
+        class is not one of them are dropped, so that labels equal to a class name need no label_map. A map the
+        user wrote differently is checked as written."""
+        if isinstance(data, dict) and isinstance(data.get("classes"), list) and \
+                data.get("label_map", DEFAULT_LABEL_MAP) == DEFAULT_LABEL_MAP:
+            data = {**data, "label_map": {k: v for k, v in DEFAULT_LABEL_MAP.items() if v in data["classes"]}}
+        return data
 
     @model_validator(mode="after")
     def _label_map_targets_are_classes(self) -> DataConfig:

@@ -195,3 +195,23 @@ def test_bids_entities_of_a_file_name():
     assert bids_entities("sub-01_ses-2_space-MNI_desc-preproc_T1w.nii.gz") == (
         {"sub": "01", "ses": "2", "space": "MNI", "desc": "preproc"}, "T1w")
     assert bids_entities("sub-01_T1w.nii") == ({"sub": "01"}, "T1w")
+
+
+def test_labels_equal_to_class_names_need_no_label_map(tmp_path):
+    """Three classes named as the labels: the default label_map (for HC/TLE) keeps only its entries that name a
+    class, and an unknown label is one line naming the known ones."""
+    cfg = load_config(None, None, ["data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]"]).data
+    assert cfg.label_map == {"HC": "HC"}
+    root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "TLE-L", "sub-03": "TLE-R", "sub-04": "TLE-X"})
+    text = (root / "participants.tsv").read_text().replace("group", "diagnosis")
+    (root / "participants.tsv").write_text(text)
+    df = read_cohort(root, cfg)
+    assert list(df["label"]) == [0, 1, 2, -1] and list(df["label_name"][:3]) == ["HC", "TLE-L", "TLE-R"]
+    errors = cohort_errors(df)
+    assert len(errors) == 1 and "\n" not in str(errors[0])
+    assert "sub-04: unknown label value 'TLE-X'; known values: HC, TLE-L, TLE-R" in str(errors[0])
+
+
+def test_a_label_map_written_by_the_user_is_checked_as_written():
+    with pytest.raises(ConfigError, match=r"maps to \['TLE'\], which are not in classes"):
+        load_config(None, None, ["data.classes=[HC,TLE-L,TLE-R]", "data.label_map={HC: HC, left: TLE}"])

@@ -87,7 +87,7 @@ def test_layout_and_descriptions(cohort):
 def test_participants_table(cohort):
     out, table = cohort
     tsv = pd.read_csv(out / "participants.tsv", sep="\t", dtype=str, keep_default_na=False)
-    assert list(tsv.columns) == ["participant_id", "group", "side", "atrophy", "age", "sex"]
+    assert list(tsv.columns) == ["participant_id", "group", "side", "atrophy", "age", "sex", "diagnosis"]
     assert tsv.participant_id.tolist() == [f"sub-{i:03d}" for i in range(1, CFG.subjects + 1)]
     n_tle = round(CFG.subjects * CFG.tle_fraction)
     assert (tsv.group == "TLE").sum() == n_tle and (tsv.group == "HC").sum() == CFG.subjects - n_tle
@@ -98,6 +98,9 @@ def test_participants_table(cohort):
     loss = tle.atrophy.astype(float)
     assert loss.between(*CFG.atrophy).all()
     assert tsv.age.str.isdigit().all() and set(tsv.sex) <= {"M", "F"}
+    # the three-class label is group and side in one: HC, TLE-L, TLE-R
+    assert (hc.diagnosis == "HC").all()
+    assert (tle.diagnosis == tle.side.map({"left": "TLE-L", "right": "TLE-R"})).all()
     assert (table.astype(str).values == tsv.values).all(), "returned table differs from the written one"
 
 

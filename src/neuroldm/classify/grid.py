@@ -13,6 +13,13 @@ whose ``result.json`` exists is reused, so an interrupted grid continues where i
   ``classifier.folds: cv``, on the pooled out-of-fold validation scores (every non-test subject scored once
   per seed by the fold that held it out).
 
+With K > 2 classes (`neuroldm.metrics.multiclass`) the per-run metrics are accuracy, balanced accuracy, the macro
+one-vs-rest AUC (``auc_roc``) and each class's one-vs-rest AUC (``auc_roc_<class>``); the pooled analysis averages
+each subject's probability vector over runs and gives the macro AUC (stratified subject bootstrap CI), each
+class's AUC (DeLong CI, ``auc_<class>``), the balanced accuracy (MOVER-Wilson CI) and confusion matrix of the most
+probable class, and against real-only a paired stratified bootstrap test of the macro AUC (``p_vs_real``) with a
+paired DeLong test per class (``p_vs_real_<class>``).
+
 Regimes that need synthetic volumes are skipped (with a warning, recorded in ``summary.json``) when no sample
 folder is given. A run stopped before its planned steps (a user's ``max_minutes``) is listed in ``summary.json``
 as ``truncated_runs`` and is resumed, not reused, by the next grid. Under ``folds: cv`` the leak guard is checked
@@ -36,6 +43,7 @@ from neuroldm.config import Config
 from neuroldm.data.manifest import read_manifest
 from neuroldm.io import atomic_path, write_json_atomic, write_text_atomic
 from neuroldm.metrics.classification import METRICS, auc_score_interval, paired_delong
+from neuroldm.metrics.multiclass import multiclass_report, paired_macro_auc_test
 from neuroldm.metrics.interval import NONE, Interval, T
 from neuroldm.runs import RunDir
 from neuroldm.samples import read_sample_manifest
@@ -47,12 +55,27 @@ LABELS = {"accuracy": "Accuracy", "balanced_accuracy": "Bal. acc.", "sensitivity
           "auc_pr": "AUC-PR"}
 
 
+MULTICLASS_METRICS = ("accuracy", "balanced_accuracy", "auc_roc")
+
+
+def grid_metrics(classes: list[str]) -> tuple[str, ...]:
+    """The per-run metric columns: `METRICS` with two classes; with K > 2 `MULTICLASS_METRICS` and
+    ``auc_roc_<class>`` (one-vs-rest) per class."""
+    if len(classes) == 2:
+        return METRICS
+    return MULTICLASS_METRICS + tuple(f"auc_roc_{c}" for c in classes)
+
+
 def _run_row(result: dict) -> dict:
     row = {k: result[k] for k in ("regime", "seed", "fold", "n_train", "n_train_real", "n_train_synthetic",
                                   "selected_step", "val_auc")}
     test = result["test"]
     row["n_test"] = test["n"]
-    for name in METRICS:  # value, low and high only: result.json files written before N and method were added
+    multiclass = "per_class" in test
+    if multiclass:
+        test = test | {f"auc_roc_{c}": d["auc_roc"] for c, d in test["per_class"].items()}
+    for name in grid_metrics(test["classes"]) if multiclass else METRICS:
+        # value, low and high only: result.json files written before N and method were added
         row[name] = test[name]["value"]
         row[f"{name}_low"], row[f"{name}_high"] = test[name]["low"], test[name]["high"]
     return row
@@ -71,9 +94,13 @@ def mean_std_ci(values: pd.Series, level: float = 0.95) -> tuple[Interval, float
     return Interval(mean, mean - half, mean + half, v.size, T, level), std
 
 
-def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "real") -> pd.DataFrame:
+def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "real",
+                      classes: list[str] | None = None, n_bootstrap: int = 2000) -> pd.DataFrame:
     """Per regime: each subject's score averaged over runs, its AUC with the score interval that stays honest at
-    AUC 1 (`auc_score_interval`), and the paired DeLong test vs `reference`."""
+    AUC 1 (`auc_score_interval`), and the paired DeLong test vs `reference`. With K > 2 `classes`:
+    `pooled_multiclass` (`n_bootstrap` resamples)."""
+    if classes is not None and len(classes) > 2:
+        return pooled_multiclass(predictions, split, classes, reference, n_bootstrap)
     pred = predictions[predictions["split"] == split]
     key = ["subject", "session"]
     pooled = pred.groupby(["regime", *key]).agg(score=("score", "mean"), label=("label", "first")).reset_index()
@@ -93,7 +120,47 @@ def pooled_comparison(predictions: pd.DataFrame, split: str, reference: str = "r
     return pd.DataFrame(rows)
 
 
-def summary_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
+def pooled_multiclass(predictions: pd.DataFrame, split: str, classes: list[str], reference: str = "real",
+                      n_bootstrap: int = 2000) -> pd.DataFrame:
+    """`pooled_comparison` for K > 2 classes: each subject's probability vector averaged over the regime's runs;
+    macro one-vs-rest AUC (``auc``; stratified subject bootstrap CI), per class ``auc_<class>`` (DeLong CI),
+    ``balanced_accuracy`` (MOVER-Wilson CI) and ``confusion`` of the most probable class; against `reference` on
+    the same subjects ``diff_vs_real`` / ``p_vs_real`` (paired stratified bootstrap of the macro AUC, seed 0) and
+    ``p_vs_real_<class>`` (paired DeLong)."""
+    cols = [f"p_{c}" for c in classes]
+    pred = predictions[predictions["split"] == split]
+    key = ["subject", "session"]
+    pooled = pred.groupby(["regime", *key]).agg(label=("label", "first"),
+                                                 **{c: (c, "mean") for c in cols}).reset_index()
+    ref = pooled[pooled["regime"] == reference].set_index(key)
+    rows = []
+    for regime, part in pooled.groupby("regime", sort=False):
+        part = part.set_index(key)
+        y, p = part["label"].to_numpy(int), part[cols].to_numpy(np.float64)
+        rep = multiclass_report(y, p, classes, n_bootstrap)
+        macro = rep["auc_roc"]
+        row = {"regime": regime, "split": split, "n": len(part), "auc": macro["value"], "auc_low": macro["low"],
+               "auc_high": macro["high"], "diff_vs_real": math.nan, "p_vs_real": math.nan}
+        for c in classes:
+            auc = rep["per_class"][c]["auc_roc"]
+            row |= {f"auc_{c}": auc["value"], f"auc_{c}_low": auc["low"], f"auc_{c}_high": auc["high"],
+                    f"p_vs_real_{c}": math.nan}
+        bal = rep["balanced_accuracy"]
+        row |= {"balanced_accuracy": bal["value"], "balanced_accuracy_low": bal["low"],
+                "balanced_accuracy_high": bal["high"], "confusion": rep["confusion"]}
+        common = part.index.intersection(ref.index)
+        if regime != reference and len(common):
+            test = paired_macro_auc_test(part.loc[common, "label"].to_numpy(int), part.loc[common, cols].to_numpy(),
+                                         ref.loc[common, cols].to_numpy(), n_bootstrap)
+            row.update(diff_vs_real=test["diff"], p_vs_real=test["p"], n_paired=len(common))
+            for c, t in zip(classes, test["per_class"]):
+                if t is not None:
+                    row[f"p_vs_real_{c}"] = t["p"]
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def summary_table(runs: pd.DataFrame, order: list[str], metrics: tuple[str, ...] = METRICS) -> pd.DataFrame:
     rows = []
     for regime in order:
         part = runs[runs["regime"] == regime]
@@ -101,7 +168,7 @@ def summary_table(runs: pd.DataFrame, order: list[str]) -> pd.DataFrame:
             continue
         row = {"regime": regime, "runs": len(part), "n_train_real": int(part["n_train_real"].iloc[0]),
                "n_train_synthetic": int(part["n_train_synthetic"].iloc[0]), "n_test": int(part["n_test"].iloc[0])}
-        for name in METRICS:
+        for name in metrics:
             ci, std = mean_std_ci(part[name])
             row.update({f"{name}_mean": ci.value, f"{name}_std": std, f"{name}_low": ci.low,
                         f"{name}_high": ci.high})
@@ -118,14 +185,22 @@ def _fmt(mean: float, std: float, lo: float, hi: float) -> str:
     return s
 
 
-def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The two display tables: per-run metrics (mean ± std [95% CI over runs]) and the pooled AUC tests."""
+def _label(name: str) -> str:
+    if name.startswith("auc_roc_"):
+        return f"AUC {name[len('auc_roc_'):]}"
+    return LABELS[name]
+
+
+def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame, metrics: tuple[str, ...] = METRICS,
+                  classes: list[str] | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The two display tables: per-run metrics (mean ± std [95% CI over runs]) and the pooled AUC tests (with
+    K > 2 `classes`: the macro AUC, each class's AUC and p, the paired bootstrap's p)."""
     per_run = pd.DataFrame({"regime": summary["regime"], "runs": summary["runs"],
                             "train real+syn": [f"{r}+{s}" for r, s in zip(summary["n_train_real"],
                                                                           summary["n_train_synthetic"])],
                             "N test": summary["n_test"]})
-    for name in METRICS:
-        per_run[LABELS[name]] = [_fmt(*r) for r in summary[[f"{name}_mean", f"{name}_std", f"{name}_low",
+    for name in metrics:
+        per_run[_label(name)] = [_fmt(*r) for r in summary[[f"{name}_mean", f"{name}_std", f"{name}_low",
                                                              f"{name}_high"]].itertuples(index=False)]
     tests = pd.DataFrame({
         "regime": pooled["regime"], "scores": pooled["split"].map({"test": "test", "val": "out-of-fold"}),
@@ -135,6 +210,15 @@ def render_tables(summary: pd.DataFrame, pooled: pd.DataFrame) -> tuple[pd.DataF
                                             index=False)],
         "ΔAUC vs real": ["–" if math.isnan(d) else f"{d:+.3f}" for d in pooled["diff_vs_real"]],
         "p (paired DeLong)": ["–" if math.isnan(p) else f"{p:.3g}" for p in pooled["p_vs_real"]]})
+    if classes is not None and len(classes) > 2:
+        per_run = per_run.rename(columns={LABELS["auc_roc"]: "AUC macro"})
+        tests = tests.rename(columns={"pooled AUC [95% CI, score]": "pooled macro AUC [95% CI, bootstrap]",
+                                      "p (paired DeLong)": "p (paired bootstrap)"})
+        for c in classes:
+            tests[f"AUC {c} [95% CI, DeLong]"] = [
+                "–" if math.isnan(a) else f"{a:.3f} [{lo:.3f}, {hi:.3f}]"
+                for a, lo, hi in pooled[[f"auc_{c}", f"auc_{c}_low", f"auc_{c}_high"]].itertuples(index=False)]
+            tests[f"p {c} (paired DeLong)"] = ["–" if math.isnan(p) else f"{p:.3g}" for p in pooled[f"p_vs_real_{c}"]]
     return per_run, tests
 
 
@@ -202,21 +286,31 @@ def run_grid(prepared: str | Path, run_dir: str | Path, cfg: Config, *, samples:
         with atomic_path(path) as tmp:
             df.to_csv(tmp, index=False)
     order = [r.name for r in regimes]
-    summary = summary_table(runs, order)
-    pooled = pooled_comparison(preds, "test")
+    classes = list(cfg.data.classes)
+    metrics = grid_metrics(classes)
+    summary = summary_table(runs, order, metrics)
+    pooled = pooled_comparison(preds, "test", classes=classes, n_bootstrap=ccfg.bootstrap)
     if ccfg.folds == "cv" and folds != [None]:
-        pooled = pd.concat([pooled, pooled_comparison(preds, "val")], ignore_index=True)
-    per_run, tests = render_tables(summary, pooled)
+        pooled = pd.concat([pooled, pooled_comparison(preds, "val", classes=classes, n_bootstrap=ccfg.bootstrap)],
+                           ignore_index=True)
+    per_run, tests = render_tables(summary, pooled, metrics, classes)
     title = (f"Classifier grid: {ccfg.arch}, {len(ccfg.seeds)} seed(s) × {len(folds)} fold(s); test N = "
              f"{int(runs['n_test'].iloc[0])} real subjects")
     note = ("Per-run table: mean ± std over runs [95% t-interval over runs]; threshold "
             f"{ccfg.threshold} on P({cfg.data.classes[1]}). Pooled table: each subject's score averaged over the "
             "regime's runs; AUC with DeLong's 95% CI; paired DeLong test against real-only on the same subjects.")
+    if len(classes) > 2:
+        note = ("Per-run table: mean ± std over runs [95% t-interval over runs]; the prediction is the most probable "
+                "class; AUC: macro one-vs-rest, AUC <class>: that class vs the rest. Pooled table: each subject's "
+                "probabilities averaged over the regime's runs; macro AUC with a stratified subject bootstrap 95% CI "
+                "and a paired stratified bootstrap test against real-only; per class DeLong's 95% CI and paired "
+                "DeLong test.")
     write_text_atomic(root.summary_md, f"# {title}\n\n{note}\n\n{_markdown(per_run)}\n\n{_markdown(tests)}\n")
     write_text_atomic(root.summary_html,
                       f"<!doctype html><meta charset='utf-8'><title>{title}</title><h1>{title}</h1><p>{note}</p>"
                       + per_run.to_html(index=False, border=0) + tests.to_html(index=False, border=0))
-    out = {"runs": len(runs), "regimes": order, "skipped_regimes": skipped, "folds": folds, "seeds": ccfg.seeds,
+    out = {"runs": len(runs), "regimes": order, "classes": classes, "skipped_regimes": skipped, "folds": folds,
+           "seeds": ccfg.seeds,
            "summary": summary.to_dict(orient="records"), "pooled": pooled.to_dict(orient="records"),
            "truncated_runs": truncated_runs, "seconds_per_step": seconds_per_step(timings)}
     write_json_atomic(root.summary, out)

@@ -10,11 +10,13 @@ Writes into ``OUT`` (``RUN/classifier`` for ``neuroldm classify``):
 - ``training_set.csv`` — every training volume (subject or sample id, path, label, source real/synthetic);
 - ``checkpoints/``, ``metrics.csv``, ``train_summary.json`` — the engine's;
 - ``model.safetensors`` — the selected weights (`neuroldm.classify.predict.load_classifier` reads it);
-- ``predictions.csv`` — per validation and test volume: split, subject, session, label, P(class) per class,
-  score (= P(positive class)), prediction at the threshold;
-- ``result.json`` — ``test``: every test metric as ``{"value", "low", "high", "n", "method", "level"}`` (95% CI,
-  `neuroldm.metrics.classification.classification_report`), the validation AUC, the regime, fold, seed and
-  training counts.
+- ``predictions.csv`` — per validation and test volume: split, subject, session, label, P(class) per class
+  (``p_<class>``), and with two classes score (= P(positive class)) and the prediction at the threshold; with
+  K > 2 classes the prediction is the most probable class;
+- ``result.json`` — ``test``: every test metric as ``{"value", "low", "high", "n", "method", "level"}`` (95% CI;
+  two classes: `neuroldm.metrics.classification.classification_report`; K > 2:
+  `neuroldm.metrics.multiclass.multiclass_report`, whose ``auc_roc`` is the macro one-vs-rest AUC), the
+  validation AUC (macro one-vs-rest with K > 2), the regime, fold, seed and training counts.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ from neuroldm.classify.predict import export_classifier, predict_proba
 from neuroldm.config import Config
 from neuroldm.data.dataset import VolumeDataset
 from neuroldm.data.manifest import read_manifest
-from neuroldm.errors import ConfigError, InputError, NeuroLDMError
+from neuroldm.errors import InputError, NeuroLDMError
 from neuroldm.io import atomic_path, write_json_atomic
 from neuroldm.metrics.classification import auc_roc, classification_report
+from neuroldm.metrics.multiclass import macro_auc, multiclass_report
 from neuroldm.runs import ClassifierDir
 from neuroldm.samples import SampleSet, read_sample_manifest
 from neuroldm.train.checkpoint import load_state
@@ -66,10 +69,15 @@ def _validation(dataset: VolumeDataset, batch_size: int):
     def validate(trainer: Trainer) -> dict[str, float]:
         probs = score_dataset(trainer.eval_module(), dataset, batch_size)
         nll = -np.log(np.clip(probs[np.arange(len(labels)), labels], 1e-12, None)).mean()
-        auc = auc_roc(labels, probs[:, 1])
+        auc = validation_auc(labels, probs)
         return {"auc": auc, "loss": float(nll), "accuracy": float((probs.argmax(1) == labels).mean()),
                 "selection": selection_score(auc, float(nll))}
     return validate
+
+
+def validation_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """AUC of P(class 1) with two classes; with K > 2 the macro one-vs-rest AUC (`neuroldm.metrics.multiclass`)."""
+    return auc_roc(labels, probs[:, 1]) if probs.shape[1] == 2 else macro_auc(labels, probs)
 
 
 def selection_score(auc: float, loss: float) -> float:
@@ -101,9 +109,20 @@ def prediction_table(rows: pd.DataFrame, probs: np.ndarray, split: str, classes:
                           "label": rows["label"].to_numpy()})
     for c, name in enumerate(classes):
         table[f"p_{name}"] = probs[:, c]
-    table["score"] = probs[:, 1]
-    table["prediction"] = (probs[:, 1] >= threshold).astype(int)
+    if len(classes) == 2:
+        table["score"] = probs[:, 1]
+        table["prediction"] = (probs[:, 1] >= threshold).astype(int)
+    else:  # no single score: the threshold is for P(class 1) of two classes
+        table["prediction"] = probs.argmax(1)
     return table
+
+
+def split_report(table: pd.DataFrame, classes: list[str], threshold: float, n_bootstrap: int, seed: int) -> dict:
+    """The test metrics of a `prediction_table`: binary at `threshold` with two classes, else K-class."""
+    if len(classes) == 2:
+        return classification_report(table["label"], table["score"], threshold, n_bootstrap, seed=seed)
+    return multiclass_report(table["label"], table[[f"p_{c}" for c in classes]].to_numpy(), classes, n_bootstrap,
+                             seed=seed)
 
 
 def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, regime: Regime | str = "real",
@@ -115,8 +134,6 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
     `device`: see `neuroldm.runtime.resolve_device` (default: this rank's GPU when there is one, else the CPU).
     """
     ccfg, classes = cfg.classifier, list(cfg.data.classes)
-    if len(classes) != 2:
-        raise ConfigError(f"the classifier's metrics are binary; data.classes has {len(classes)} classes")
     regime = Regime.parse(regime) if isinstance(regime, str) else regime
     seed = ccfg.train.seed if seed is None else seed
     tcfg = ccfg.train.model_copy(update={"seed": seed})
@@ -168,7 +185,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
                                        ccfg.threshold))
     predictions = pd.concat(tables, ignore_index=True)
     v = predictions[predictions["split"] == "val"]
-    val_auc = auc_roc(v["label"], v["score"])
+    val_auc = validation_auc(v["label"].to_numpy(), v[[f"p_{c}" for c in classes]].to_numpy())
     info = {"classes": classes, "grid": list(val_set.shape), "spacing": _spacing(rows), "regime": regime.name,
             "fold": fold, "seed": seed, "step": state["step"], "val_auc": val_auc,
             "checkpoint": str(checkpoint), "parameters": count_parameters(final)}
@@ -180,8 +197,7 @@ def train_classifier(prepared: str | Path, out_dir: str | Path, cfg: Config, *, 
               "n_train": len(training), "n_train_real": int((training["source"] == "real").sum()),
               "n_train_synthetic": int((training["source"] == "synthetic").sum()),
               "train_class_counts": counts.tolist(), "selected_step": state["step"],
-              "val_auc": val_auc, "test": classification_report(t["label"], t["score"], ccfg.threshold,
-                                                                       ccfg.bootstrap, seed=seed),
+              "val_auc": val_auc, "test": split_report(t, classes, ccfg.threshold, ccfg.bootstrap, seed),
               "train_summary": summary, "samples": str(sample_set.folder) if sample_set else None}
     write_json_atomic(out.result, result)
     return result

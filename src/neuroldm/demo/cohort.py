@@ -408,8 +408,9 @@ scanned: every T1w image is the ICBM 2009a nonlinear symmetric MNI152 template (
 random smooth warp and pose, with a bias field, an intensity scale and Rician noise, made by neuroldm
 {neuroldm.__version__} (neuroldm.demo.cohort, whose docstring gives the generative model).
 
-participants.tsv: group (HC/TLE), lesion side, the fraction of hippocampal volume removed, and random age and
-sex covariates that do not affect the images.
+participants.tsv: group (HC/TLE), lesion side, the fraction of hippocampal volume removed, random age and
+sex covariates that do not affect the images, and diagnosis (HC, TLE-L, TLE-R: group and side in one label, for
+three-class use).
 
 derivatives/{DERIVATIVE}/: each subject's hippocampus segmentation after its warp and atrophy
 (*_desc-{ROI_DESC}_dseg.nii.gz, labels in desc-{ROI_DESC}_dseg.tsv: 1 left, 2 right), a coarse ROI (an ellipsoid
@@ -439,7 +440,12 @@ PARTICIPANTS_JSON = {
     "age": {"Description": "Age (random covariate, does not affect the image)", "Units": "year"},
     "sex": {"Description": "Sex (random covariate, does not affect the image)", "Levels": {"F": "female",
                                                                                             "M": "male"}},
+    "diagnosis": {"Description": "Group and lesion side in one label (three classes)",
+                  "Levels": {"HC": "healthy control", "TLE-L": "TLE, left hippocampal atrophy",
+                             "TLE-R": "TLE, right hippocampal atrophy"}},
 }
+
+DIAGNOSIS = {None: "HC", "left": "TLE-L", "right": "TLE-R"}  # lesion side -> the diagnosis column
 
 
 def participants_table(plans: list[SubjectPlan]) -> pd.DataFrame:
@@ -450,6 +456,7 @@ def participants_table(plans: list[SubjectPlan]) -> pd.DataFrame:
         "atrophy": [p.atrophy for p in plans],
         "age": [p.age for p in plans],
         "sex": [p.sex for p in plans],
+        "diagnosis": [DIAGNOSIS[p.side] for p in plans],  # last: every earlier column as it was
     })
 
 

@@ -5,6 +5,11 @@ The report stage writes it (then the page that shows it); every stage output is 
 Every key is documented in `KEYS` (and in the README); a number whose stage has not run is absent, never 0.
 Confidence intervals sit beside their value as ``<key>.low`` / ``<key>.high`` and sample sizes as ``<key>.n``:
 a stage's `neuroldm.metrics.interval.Interval` dict flattened (`KEYS` names each one's method).
+
+With K > 2 classes the keys of two classes keep their names, ``classifier.<regime>.auc`` becomes the macro
+one-vs-rest AUC (stratified subject bootstrap CI), and per-class keys are added (`CLASS_KEYS`, ``<class>`` a name
+of ``data.classes``): ``classifier.<regime>.auc.<class>``, ``classifier.<regime>.recall.<class>`` and
+``synthetic.class_fidelity.<class>``. A run of two classes has none of them, so its keys are those it always had.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from neuroldm.config import PipelineConfig
 from neuroldm.errors import ConfigError
 from neuroldm.evaluate.stats import mean_ci
 from neuroldm.io import write_json_atomic
-from neuroldm.metrics.interval import Interval
+from neuroldm.metrics.interval import Interval, wilson_interval
 from neuroldm.report.bars import judge
 from neuroldm.runs import RunDir
 
@@ -100,6 +105,34 @@ KEYS: dict[str, str] = {
                         "empty when every model trained its planned steps. The numbers of a truncated run are "
                         "not comparable with others: run it again to complete them",
 }
+# per-class keys of a run with K > 2 classes; <class> is a name of data.classes
+CLASS_KEYS: dict[str, str] = {
+    "classifier.real.auc.<class>": "K > 2 classes: that class's one-vs-rest test AUC of the real-trained classifier "
+                                   "(pooled over seeds; DeLong CI); classifier.real.auc is then their mean, the "
+                                   "macro AUC (stratified subject bootstrap CI)",
+    "classifier.real.recall.<class>": "K > 2 classes: share of that class's test subjects whose most probable class "
+                                      "(pooled over seeds) is theirs: a diagonal cell of the confusion matrix (Wilson)",
+    "classifier.synthetic.auc.<class>": "the same one-vs-rest AUC for the classifier trained on synthetic volumes",
+    "classifier.synthetic.recall.<class>": "the same recall for the classifier trained on synthetic volumes",
+    "synthetic.class_fidelity.<class>": "K > 2 classes: share of the synthetic volumes asked for that class that the "
+                                        "real-trained classifier labels as it (Wilson CI)",
+}
+
+
+def class_key_pattern(key: str) -> str | None:
+    """The `CLASS_KEYS` pattern of a per-class key (``classifier.real.auc.HC`` -> ``classifier.real.auc.<class>``)."""
+    for pattern in CLASS_KEYS:
+        prefix = pattern[:-len("<class>")]
+        if key.startswith(prefix) and key[len(prefix):] and "." not in key[len(prefix):]:
+            return pattern
+    return None
+
+
+def key_meaning(key: str) -> str | None:
+    """What a flat key means (`KEYS`, or `CLASS_KEYS` for a per-class key); None if undocumented."""
+    return KEYS.get(key) or CLASS_KEYS.get(class_key_pattern(key) or "")
+
+
 # what the run promised or left undone, not what it measured (the CLI and the report say them apart)
 VERDICT_KEYS = ("quick", "bars", "bars_passed", "truncated_stages")
 # measured, but words, not numbers: shown with the numbers, never given a bar
@@ -181,6 +214,14 @@ def collect_metrics(run: str | Path) -> dict:
             _put(out, f"classifier.{name}.auc", r["auc"], r["auc_low"], r["auc_high"], r["n"])
             bal = per_run.get(key, {}).get("balanced_accuracy_mean")
             _put(out, f"classifier.{name}.balanced_accuracy", bal)
+            classes = grid.get("classes") or []
+            if len(classes) > 2:  # per class: one-vs-rest AUC, and recall from the pooled confusion matrix
+                for c, counts in zip(classes, r.get("confusion") or [[]] * len(classes)):
+                    _put(out, f"classifier.{name}.auc.{c}", r.get(f"auc_{c}"), r.get(f"auc_{c}_low"),
+                         r.get(f"auc_{c}_high"), r["n"])
+                    if counts:
+                        _put_interval(out, f"classifier.{name}.recall.{c}",
+                                      wilson_interval(int(counts[classes.index(c)]), int(sum(counts))).to_dict())
         if "classifier.real.auc" in out and "classifier.synthetic.auc" in out and out["classifier.real.auc"] > 0:
             out["classifier.synthetic.auc_ratio"] = out["classifier.synthetic.auc"] / out["classifier.real.auc"]
 
@@ -189,6 +230,9 @@ def collect_metrics(run: str | Path) -> dict:
         fid = ev.get("fidelity", {})
         if "value" in fid:
             _put_interval(out, "synthetic.class_fidelity", fid)
+            if len(fid.get("per_class", {})) > 2:
+                for c, d in fid["per_class"].items():
+                    _put_interval(out, f"synthetic.class_fidelity.{c}", d)
         metric = ev["feature_network"]["metric"]
         prefix = "fid" if metric == "fid" else "fid_random_features"
         overall = ev["groups"]["overall"]
@@ -250,7 +294,17 @@ def collect_metrics(run: str | Path) -> dict:
 def pipeline_order(keys) -> list[str]:
     """`keys` in the order of `KEYS` (the pipeline's), others after them, alphabetically."""
     rank = {k: i for i, k in enumerate(KEYS)}
-    return sorted(keys, key=lambda k: (rank.get(k, len(rank)), k))
+
+    def place(k: str) -> tuple[float, int, str]:
+        """A per-class key right after its regime's ``.auc`` (or the fidelity) key: AUCs, then recalls, each in the
+        order given (the classes'; `sorted` is stable)."""
+        pattern = class_key_pattern(k)
+        if k in rank or pattern is None:
+            return rank.get(k, len(rank)), 0, k
+        head, kind = pattern[:-len(".<class>")].rsplit(".", 1)
+        parent = f"{head}.auc" if kind in ("auc", "recall") else f"{head}.{kind}"
+        return rank.get(parent, len(rank)) + 0.5, int(kind == "recall"), ""
+    return sorted(keys, key=place)
 
 
 def check_bar_keys(bars: dict[str, str]) -> None:

@@ -25,9 +25,9 @@ from neuroldm import __version__
 from neuroldm.data.dataset import load_prepared_volume
 from neuroldm.data.manifest import read_manifest
 from neuroldm.errors import NeuroLDMError
-from neuroldm.metrics.interval import Interval
+from neuroldm.metrics.interval import Interval, wilson_interval
 from neuroldm.report.figures import real_vs_synthetic, training_curves
-from neuroldm.report.headline import KEYS, NO_INTERVAL, VERDICT_KEYS, pipeline_order
+from neuroldm.report.headline import NO_INTERVAL, VERDICT_KEYS, key_meaning, pipeline_order
 from neuroldm.report.html import Block, Details, Figure, Note, Paragraph, Section, Table, not_run
 from neuroldm.runs import ModelDir, RunDir, SaliencyDir, read_json, truncation_text
 from neuroldm.samples import read_sample_manifest
@@ -131,8 +131,8 @@ _SUFFIXES = (".low", ".high", ".n")
 
 
 def summary_meaning(key: str) -> str:
-    if key in KEYS:
-        return KEYS[key]
+    if key_meaning(key):
+        return key_meaning(key)
     last = key.rsplit(".", 1)[-1]
     for token, meaning in (("auc", "area under the ROC curve (0.5 = chance, 1 = perfect)"),
                            ("ms_ssim", "multi-scale structural similarity"), ("ssim", "structural similarity"),
@@ -588,10 +588,64 @@ def _mean_std_ci(row: dict, name: str) -> str:
     return text
 
 
+def _p(value: object) -> str:
+    return "–" if value is None or not math.isfinite(float(value)) else f"{float(value):.3g}"
+
+
+def multiclass_grid_blocks(grid: dict, classes: list[str]) -> list[Block]:
+    """K > 2 classes: the per-run table (accuracy, balanced accuracy, macro and per-class AUC), the pooled table
+    (macro AUC with its bootstrap CI and paired bootstrap p, each class's AUC with DeLong's CI and paired DeLong p)
+    and each regime's pooled confusion matrix."""
+    metrics = {"auc_roc": "AUC (macro)", "balanced_accuracy": "Bal. acc.", "accuracy": "Accuracy",
+               **{f"auc_roc_{c}": f"AUC {c}" for c in classes}}
+    rows = [[r["regime"], fmt(r.get("runs")), f"{fmt(r.get('n_train_real'))}+{fmt(r.get('n_train_synthetic'))}",
+             fmt(r.get("n_test")), *[_mean_std_ci(r, k) for k in metrics]] for r in grid.get("summary", [])]
+    blocks: list[Block] = [Table(["regime", "runs", "train real+syn", "N test", *metrics.values()], rows,
+                                 "Per regime: mean ± std over runs [95% t-interval over runs, N = runs]; AUC <class>: "
+                                 "that class vs the rest; prediction: the most probable class")]
+    rows = []
+    for r in grid.get("pooled", []):
+        row = [r["regime"], {"test": "test", "val": "out-of-fold"}.get(r.get("split"), str(r.get("split"))),
+               fmt(r.get("n")), f"{fmt(r.get('auc'))} {fmt_ci(r.get('auc_low'), r.get('auc_high'))}",
+               _p(r.get("p_vs_real"))]
+        for c in classes:
+            row.append(f"{fmt(r.get(f'auc_{c}'))} {fmt_ci(r.get(f'auc_{c}_low'), r.get(f'auc_{c}_high'))}, "
+                       f"p {_p(r.get(f'p_vs_real_{c}'))}")
+        rows.append(row)
+    blocks.append(Table(["regime", "scores", "N subjects", "macro AUC [95% CI, bootstrap]",
+                         "p vs real (paired bootstrap)", *[f"AUC {c} [95% CI, DeLong], p vs real (paired DeLong)"
+                                                           for c in classes]], rows,
+                        "Pooled: each subject's probabilities averaged over the regime's runs; macro AUC = mean of "
+                        "the one-vs-rest AUCs; p < 0.05 means the AUC differs from the real-only classifier's on "
+                        "the same subjects"))
+    for r in grid.get("pooled", []):
+        cm = r.get("confusion")
+        if not cm:
+            continue
+        rows = [[c, *[str(int(v)) for v in counts], fmt_interval(wilson_interval(int(counts[i]),
+                                                                                   int(sum(counts))).to_dict())]
+                for i, (c, counts) in enumerate(zip(classes, cm))]
+        blocks.append(Table(["true \\ predicted", *classes, "recall [95% CI, Wilson]"], rows,
+                            f"Confusion matrix, {r['regime']} ({r.get('split')}, N={fmt(r.get('n'))}; balanced "
+                            f"accuracy {fmt(r.get('balanced_accuracy'))} "
+                            f"{fmt_ci(r.get('balanced_accuracy_low'), r.get('balanced_accuracy_high'))}, MOVER-Wilson)"))
+    return blocks
+
+
 def classifier_blocks(run: RunDir) -> list[Block]:
     blocks: list[Block] = []
     grid = run.grid.read_summary()
-    if grid is None:
+    classes = (grid or {}).get("classes") or []
+    if grid is not None and len(classes) > 2:
+        folds = grid.get("folds")
+        folds_text = "the fixed validation split" if folds in ([None], None) else f"folds {folds}"
+        blocks.append(Paragraph(f"{grid.get('runs', '?')} runs: regimes {', '.join(grid.get('regimes', []))}; "
+                                f"seeds {grid.get('seeds')}; {folds_text}; {len(classes)} classes "
+                                f"({', '.join(classes)}). Every number is on real test subjects."))
+        if grid.get("skipped_regimes"):
+            blocks.append(Note(f"Skipped regimes (no synthetic volumes given): {', '.join(grid['skipped_regimes'])}."))
+        blocks += multiclass_grid_blocks(grid, classes)
+    elif grid is None:
         blocks.append(not_run("no classifier grid (classify-grid/summary.json, `neuroldm classify-grid`)"))
     else:
         folds = grid.get("folds")
@@ -623,6 +677,7 @@ def classifier_blocks(run: RunDir) -> list[Block]:
         blocks.append(not_run("no single classifier (classifier/result.json, `neuroldm classify`)"))
     else:
         test = result["test"]
+        multiclass = "per_class" in test
         blocks.append(Paragraph(
             f"Single classifier ({result.get('arch', '?')}, regime {result.get('regime')}, seed {result.get('seed')}): "
             f"trained on {result.get('n_train_real')} real + {result.get('n_train_synthetic')} synthetic volumes, "
@@ -630,10 +685,23 @@ def classifier_blocks(run: RunDir) -> list[Block]:
         rows = [[label, fmt_interval(test[k])]
                 for k, label in {"accuracy": "Accuracy", **GRID_METRICS, "ppv": "PPV", "npv": "NPV"}.items()
                 if k in test]
-        blocks.append(Table(["metric", "value [95% CI]"], rows,
-                            f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC: score interval "
-                            f"(Newcombe 2006), shares: Wilson, balanced accuracy: MOVER-Wilson, F1 and AUC-PR: "
-                            f"bootstrap — each stays below 1 at perfect separation except the bootstrap ones"))
+        if multiclass:
+            rows[[r[0] for r in rows].index("AUC-ROC")][0] = "AUC-ROC (macro one-vs-rest)"
+            for c, d in test["per_class"].items():
+                rows += [[f"AUC-ROC {c} vs rest", fmt_interval(d["auc_roc"])], [f"Recall {c}", fmt_interval(d["recall"])],
+                         [f"Precision {c}", fmt_interval(d["precision"])]]
+            blocks.append(Table(["metric", "value [95% CI]"], rows,
+                                f"Real test split, N={test.get('n')} ({', '.join(f'{n} {c}' for c, n in zip(test['classes'], test['n_per_class']))}); "
+                                "macro AUC: stratified subject bootstrap, AUC per class: DeLong, shares: Wilson, "
+                                "balanced accuracy: MOVER-Wilson"))
+            blocks.append(Table(["true \\ predicted", *test["classes"]],
+                                [[c, *[str(v) for v in counts]] for c, counts in zip(test["classes"], test["confusion"])],
+                                "Confusion matrix of the most probable class"))
+        else:
+            blocks.append(Table(["metric", "value [95% CI]"], rows,
+                                f"Real test split, N={test.get('n')} ({test.get('n_pos')} positive); AUC: score interval "
+                                f"(Newcombe 2006), shares: Wilson, balanced accuracy: MOVER-Wilson, F1 and AUC-PR: "
+                                f"bootstrap — each stays below 1 at perfect separation except the bootstrap ones"))
         blocks += _curves(run.classifier, "Classifier")
     return blocks
 
