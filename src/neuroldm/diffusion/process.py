@@ -88,14 +88,16 @@ def sample_latents(model, cfg: DiffusionConfig, labels: torch.Tensor, noise: tor
     """
     sched = make_sampler(cfg, scfg.sampler, scfg.steps)
     return reverse_steps(model, sched, sched.timesteps, noise * sched.init_noise_sigma, labels, scfg,
-                         generators=generators, progress=progress)
+                         generators=generators, progress=progress, covariates=covariates)
 
 
 @torch.no_grad()
 def reverse_steps(model, sched, timesteps: torch.Tensor, x: torch.Tensor, labels: torch.Tensor, scfg: SampleConfig,
-                  *, generators: list[torch.Generator] | None = None, progress=None) -> torch.Tensor:
+                  *, generators: list[torch.Generator] | None = None, progress=None,
+                  covariates: torch.Tensor | None = None) -> torch.Tensor:
     """The reverse-process loop of `sample_latents` over `timesteps` of `sched` (all of them, or the tail that an
-    edit starts from: `neuroldm.diffusion.edit`), from `x` at the first of them; guidance as `sample_latents`."""
+    edit starts from: `neuroldm.diffusion.edit`), from `x` at the first of them; guidance and `covariates` as
+    `sample_latents` (an edit passes none: a model with conditions then edits with every covariate null)."""
     spec = get_sampler(scfg.sampler)
     step_args = {k: v for k, v in {"generator": generators, "eta": scfg.eta}.items() if k in spec.step_args}
     low, high = scfg.guidance_interval or (None, None)
