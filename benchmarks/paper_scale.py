@@ -350,8 +350,9 @@ def markdown(report: dict) -> str:
              "read) / CUDA allocator (GB).")
     header = ("| stage | amp | attention | compile | grad ckpt | batch | s/step | samples/s | peak GB | planned steps "
               "| projected |")
-    out = [f"# Paper-scale cost on {m['device_name']} ({m['threads']} threads), torch {m['torch']}", "", intro, "",
-           header, "|---|---|---|---|---|---|---|---|---|---|---|"]
+    out = [f"# Paper-scale cost on {m['device_name']} ({m['threads']} threads), torch {m['torch']}", "", intro]
+    if report["training"]:  # each part only where it was measured (--stages)
+        out += ["", header, "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report["training"]:
         plan = report["plan"][r["stage"]]
         steps = f"{plan['steps']:,}" + (f" × {plan['runs']} runs" if plan["runs"] > 1 else "")
@@ -363,9 +364,10 @@ def markdown(report: dict) -> str:
         total = r["seconds_per_step"] * plan["steps"] * plan["runs"]
         out.append(f"{head} {r['batch']} | {r['seconds_per_step']:.3g} | {r['samples_per_second']:.3g} | {_gb(r)} | "
                    f"{steps} | {_hours(total)} |")
-    out += ["", "| sampler | steps | timed steps | batch | s/step (batch) | decode s/volume | s/volume | peak GB |",
-            "|---|---|---|---|---|---|---|---|"]
     sampling = report["sampling"]
+    if sampling:
+        out += ["", "| sampler | steps | timed steps | batch | s/step (batch) | decode s/volume | s/volume | peak GB |",
+                "|---|---|---|---|---|---|---|---|"]
     if "error" in sampling:
         out.append(f"| failed: {sampling['error']} | | | | | | | |")
     for r in sampling.get("samplers", []):
@@ -373,10 +375,11 @@ def markdown(report: dict) -> str:
         out.append(f"| {r['sampler']} | {r['steps']} | {timed} | {r['batch']} | {r['seconds_per_step']:.3g} | "
                    f"{r['decode_seconds_per_volume']:.3g} | {r['seconds_per_volume']:.3g} | {_gb(r)} |")
     e = report["evaluate"]
-    out += ["", "| evaluation | network | slices | s/slice | s/volume | peak GB |", "|---|---|---|---|---|---|"]
+    if e:
+        out += ["", "| evaluation | network | slices | s/slice | s/volume | peak GB |", "|---|---|---|---|---|---|"]
     if "error" in e:
         out.append(f"| slice features | failed: {e['error']} | | | | |")
-    else:
+    elif e:
         out.append(f"| slice features | {e['network']}{'' if e['inception'] else ' (not Inception: its cost differs)'}"
                    f" | {e['slices']} | {e['seconds_per_slice']:.3g} | {e['seconds_per_volume']:.3g} | {_gb(e)} |")
     return "\n".join(out) + "\n"

@@ -56,6 +56,18 @@ def test_the_table_projects_each_row_and_says_why_a_row_failed(bench):
     assert "| failed: not run |" in text
 
 
+def test_the_table_has_only_the_parts_that_were_measured(bench):
+    """``--stages sampling``: no training table and no evaluation row, and no error for them either."""
+    report = _report([], sampling={"samplers": [{"sampler": "ddim", "steps": 50, "timed_steps": 2, "batch": 4,
+                                                 "seconds_per_step": 2.0, "decode_seconds_per_volume": 9.0,
+                                                 "seconds_per_volume": 34.0, "peak_rss_gb": 5.0,
+                                                 "rss_scope": "stage"}]})
+    report["evaluate"] = {}
+    text = bench.markdown(report)
+    assert "| ddim | 50 | 2 (extrapolated) | 4 | 2 | 9 | 34 | 5.00 |" in text
+    assert "| stage |" not in text and "slice features" not in text and "failed" not in text
+
+
 @pytest.mark.slow  # five child processes, each importing torch and MONAI: ~2 CPU minutes (15 on a busy machine)
 def test_a_quick_run_measures_every_stage_and_writes_the_table(tmp_path):
     # its own process group, so a timeout ends the measuring children too, not only the script
