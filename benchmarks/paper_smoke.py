@@ -63,7 +63,7 @@ def check_run(run: Path) -> list[str]:
     latents = sorted((run / "latents" / "volumes").glob("*.safetensors"))
     if latents:
         with safe_open(str(latents[0]), "pt") as f:
-            shapes = {tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            shapes = {tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118 (a safetensors handle)
         if not any(s[-4:] == LATENT for s in shapes):
             problems.append(f"latents: {sorted(shapes)}, expected ...x{'x'.join(map(str, LATENT))}")
     else:
@@ -123,9 +123,10 @@ def main(argv: list[str] | None = None) -> int:
     order = RunDir(run).stage_order()
     stages = {k: stages[k] for k in order if k in stages}
     problems = check_run(run)
+    where = f"{os.cpu_count()} CPU cores (device {args.device or 'default'})"
     lines = [f"# Paper smoke run: {'passed' if not problems else 'FAILED'}", "",
-             f"`neuroldm run --preset paper` at 112×136×112, 1.5 mm, every stage, 2 steps per training stage, on "
-             f"{os.cpu_count()} CPU cores (device {args.device or 'default'}): {wall:.0f} s ({wall / 60:.1f} min) in all.", "",
+             (f"`neuroldm run --preset paper` at 112×136×112, 1.5 mm, every stage, 2 steps per training stage, on "
+              f"{where}: {wall:.0f} s ({wall / 60:.1f} min) in all."), "",
              *table(stages), ""]
     lines += [f"- problem: {p}" for p in problems]
     (out / "paper_smoke.md").write_text("\n".join(lines) + "\n")

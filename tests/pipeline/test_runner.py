@@ -55,6 +55,8 @@ def test_second_run_reuses_everything(toy, tmp_path):
 
 
 def test_each_built_stage_records_its_own_peak_memory(monkeypatch, tmp_path):
+    import gc
+
     import numpy as np
 
     from neuroldm import memory
@@ -72,7 +74,14 @@ def test_each_built_stage_records_its_own_peak_memory(monkeypatch, tmp_path):
     stages = (a, Stage("b", heavy, b.keys, b.after, b.outputs, clean=b.clean), c)
     monkeypatch.setattr(runner, "STAGES", stages)
     monkeypatch.setattr(runner, "STAGE_NAMES", tuple(s.name for s in stages))
-    runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    # the garbage of earlier tests collected first and not during the run: a collection inside b could free as
+    # much as b holds, leaving b's peak at its starting RSS (this failed once late in the full suite)
+    gc.collect()
+    gc.disable()
+    try:
+        runner.run_pipeline(tmp_path, _cfg(), progress=False)
+    finally:
+        gc.enable()
     records = json.loads((tmp_path / "pipeline.json").read_text())["stages"]
     assert all(set(r["memory"]) == {"peak_rss_gb", "rss_scope"} for r in records.values())  # no GPU here
     if records["c"]["memory"]["rss_scope"] == "stage":  # Linux: c's peak is its own, not b's
