@@ -636,25 +636,20 @@ def classifier_blocks(run: RunDir) -> list[Block]:
     blocks: list[Block] = []
     grid = run.grid.read_summary()
     classes = (grid or {}).get("classes") or []
-    if grid is not None and len(classes) > 2:
-        folds = grid.get("folds")
-        folds_text = "the fixed validation split" if folds in ([None], None) else f"folds {folds}"
-        blocks.append(Paragraph(f"{grid.get('runs', '?')} runs: regimes {', '.join(grid.get('regimes', []))}; "
-                                f"seeds {grid.get('seeds')}; {folds_text}; {len(classes)} classes "
-                                f"({', '.join(classes)}). Every number is on real test subjects."))
-        if grid.get("skipped_regimes"):
-            blocks.append(Note(f"Skipped regimes (no synthetic volumes given): {', '.join(grid['skipped_regimes'])}."))
-        blocks += multiclass_grid_blocks(grid, classes)
-    elif grid is None:
+    if grid is None:
         blocks.append(not_run("no classifier grid (classify-grid/summary.json, `neuroldm classify-grid`)"))
     else:
         folds = grid.get("folds")
         folds_text = "the fixed validation split" if folds in ([None], None) else f"folds {folds}"
+        k_text = f"; {len(classes)} classes ({', '.join(classes)})" if len(classes) > 2 else ""
         blocks.append(Paragraph(f"{grid.get('runs', '?')} runs: regimes {', '.join(grid.get('regimes', []))}; "
-                                f"seeds {grid.get('seeds')}; {folds_text}. Every number is on real "
+                                f"seeds {grid.get('seeds')}; {folds_text}{k_text}. Every number is on real "
                                 f"test subjects."))
         if grid.get("skipped_regimes"):
             blocks.append(Note(f"Skipped regimes (no synthetic volumes given): {', '.join(grid['skipped_regimes'])}."))
+    if grid is not None and len(classes) > 2:
+        blocks += multiclass_grid_blocks(grid, classes)
+    elif grid is not None:
         rows = [[r["regime"], fmt(r.get("runs")), f"{fmt(r.get('n_train_real'))}+{fmt(r.get('n_train_synthetic'))}",
                  fmt(r.get("n_test")), *[_mean_std_ci(r, k) for k in GRID_METRICS]] for r in grid.get("summary", [])]
         blocks.append(Table(["regime", "runs", "train real+syn", "N test", *GRID_METRICS.values()], rows,
