@@ -114,17 +114,6 @@ class DataConfig(Section):
     csv: CsvColumns = Field(default_factory=CsvColumns)
     covariates: list[str] = Field(default_factory=list)  # extra columns copied into the manifest
 
-    @model_validator(mode="before")
-    @classmethod
-    def _default_map_follows_the_classes(cls, data: object) -> object:
-        """The default map is for the default classes: with other classes (``[HC, TLE-L, TLE-R]``) its entries whose
-        class is not one of them are dropped, so that labels equal to a class name need no label_map. A map the
-        user wrote differently is checked as written."""
-        if isinstance(data, dict) and isinstance(data.get("classes"), list) and \
-                data.get("label_map", DEFAULT_LABEL_MAP) == DEFAULT_LABEL_MAP:
-            data = {**data, "label_map": {k: v for k, v in DEFAULT_LABEL_MAP.items() if v in data["classes"]}}
-        return data
-
     @model_validator(mode="after")
     def _label_map_targets_are_classes(self) -> DataConfig:
         """`classes` and `label_map` agree: every label_map value is a class, and every class is reachable.

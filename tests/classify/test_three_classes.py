@@ -1,6 +1,6 @@
 """Three classes end to end on a tiny cohort (HC, and a darker left or right 'hippocampus'): classifier grid
 (real and synthetic regimes), conditional fidelity, saliency, metrics.json and the report, with the labels of a
-``diagnosis`` column that need no label_map."""
+``diagnosis`` column that need no label_map entry (an empty label_map)."""
 
 import json
 
@@ -25,7 +25,8 @@ from phantoms import phantom, save
 
 CLASSES = ["HC", "TLE-L", "TLE-R"]
 THREE = TINY + ["classifier.train.steps=2", "classifier.train.val_every=2", "classifier.train.ckpt_every=2",
-                "data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]", "split.folds=0",
+                "data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]", "data.label_map={}",
+                "split.folds=0",
                 "classifier.regimes=[real,synthetic]", "classifier.synthetic_ratio=1.0",
                 "classifier.saliency.methods=[integrated_gradients]", "classifier.saliency.ig_steps=2",
                 "classifier.saliency.figures=0"]

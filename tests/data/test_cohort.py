@@ -197,11 +197,14 @@ def test_bids_entities_of_a_file_name():
     assert bids_entities("sub-01_T1w.nii") == ({"sub": "01"}, "T1w")
 
 
-def test_labels_equal_to_class_names_need_no_label_map(tmp_path):
-    """Three classes named as the labels: the default label_map (for HC/TLE) keeps only its entries that name a
-    class, and an unknown label is one line naming the known ones."""
-    cfg = load_config(None, None, ["data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]"]).data
-    assert cfg.label_map == {"HC": "HC"}
+def test_labels_equal_to_class_names_need_no_label_map_entry(tmp_path):
+    """Three classes named as the labels, with an empty label_map (the default one is for HC/TLE and is refused
+    with other classes, before anything is written): each label is its class, and an unknown label is one line
+    naming the known ones."""
+    with pytest.raises(ConfigError, match=r"maps to \['TLE'\], which are not in classes"):
+        load_config(None, None, ["data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]"])
+    cfg = load_config(None, None, ["data.bids.label_column=diagnosis", "data.classes=[HC,TLE-L,TLE-R]",
+                                   "data.label_map={}"]).data
     root = write_bids(tmp_path / "bids", {"sub-01": "HC", "sub-02": "TLE-L", "sub-03": "TLE-R", "sub-04": "TLE-X"})
     text = (root / "participants.tsv").read_text().replace("group", "diagnosis")
     (root / "participants.tsv").write_text(text)
