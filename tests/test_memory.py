@@ -1,5 +1,7 @@
 """Peak memory of a stretch of work: the stretch's own RSS peak where Linux resets it, else said to be the process's."""
 
+import gc
+
 import numpy as np
 import pytest
 import torch
@@ -15,12 +17,19 @@ def _touch(nbytes: int) -> np.ndarray:
 def test_each_stretch_has_its_own_peak_where_linux_resets_it():
     if not memory._reset_rss_peak():
         pytest.skip("this system does not let a process reset its RSS high-water mark")
-    with PeakMemory("cpu") as big:
-        block = _touch(160 << 20)
-        del block
-    with PeakMemory("cpu") as small:
-        block = _touch(16 << 20)
-        del block
+    # earlier tests' garbage collected first and none during the stretches: a collection inside the first could free
+    # as much as it allocates, leaving its peak at its starting RSS (this failed once late in the full suite)
+    gc.collect()
+    gc.disable()
+    try:
+        with PeakMemory("cpu") as big:
+            block = _touch(160 << 20)
+            del block
+        with PeakMemory("cpu") as small:
+            block = _touch(16 << 20)
+            del block
+    finally:
+        gc.enable()
     assert big.rss_scope == small.rss_scope == "stage"
     # the second stretch does not inherit the first one's 160 MB
     assert big.peak_rss_bytes - small.peak_rss_bytes > 120 << 20
