@@ -55,9 +55,15 @@ def test_second_run_reuses_everything(toy, tmp_path):
 
 
 def test_each_built_stage_records_its_own_peak_memory(monkeypatch, tmp_path):
-    import gc
+    import os
 
     import numpy as np
+
+    from test_memory import ISOLATED, in_a_fresh_process
+
+    if os.environ.get(ISOLATED) != "1":  # alone in a new interpreter: see `in_a_fresh_process`
+        in_a_fresh_process(__file__, "test_each_built_stage_records_its_own_peak_memory")
+        return
 
     from neuroldm import memory
 
@@ -74,14 +80,7 @@ def test_each_built_stage_records_its_own_peak_memory(monkeypatch, tmp_path):
     stages = (a, Stage("b", heavy, b.keys, b.after, b.outputs, clean=b.clean), c)
     monkeypatch.setattr(runner, "STAGES", stages)
     monkeypatch.setattr(runner, "STAGE_NAMES", tuple(s.name for s in stages))
-    # the garbage of earlier tests collected first and not during the run: a collection inside b could free as
-    # much as b holds, leaving b's peak at its starting RSS (this failed once late in the full suite)
-    gc.collect()
-    gc.disable()
-    try:
-        runner.run_pipeline(tmp_path, _cfg(), progress=False)
-    finally:
-        gc.enable()
+    runner.run_pipeline(tmp_path, _cfg(), progress=False)
     records = json.loads((tmp_path / "pipeline.json").read_text())["stages"]
     assert all(set(r["memory"]) == {"peak_rss_gb", "rss_scope"} for r in records.values())  # no GPU here
     if records["c"]["memory"]["rss_scope"] == "stage":  # Linux: c's peak is its own, not b's
